@@ -1,0 +1,92 @@
+//! crc32c per block of a shard (DESIGN.md invariant 5): computed where data is encoded,
+//! verified by the dataserver before it acknowledges, and again by every reader.
+
+use thiserror::Error;
+
+/// A block whose bytes do not match its checksum.
+#[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
+#[error("block {block} is corrupt: crc32c {actual:#010x}, expected {expected:#010x}")]
+pub struct CorruptBlock {
+    pub block: u32,
+    pub expected: u32,
+    pub actual: u32,
+}
+
+/// Number of blocks of `block_bytes` needed to cover `len` bytes.
+pub fn block_count(len: u64, block_bytes: u32) -> u64 {
+    len.div_ceil(u64::from(block_bytes))
+}
+
+/// The crc32c of each `block_bytes` block of `data` (the last block may be short).
+pub fn block_checksums(data: &[u8], block_bytes: u32) -> Vec<u32> {
+    data.chunks(block_bytes as usize).map(crc32c::crc32c).collect()
+}
+
+/// Checks `data`, which starts at block `first_block` of its shard, against `expected`
+/// (the checksums of those blocks, in order). `data` must cover whole blocks, except
+/// that the last one may be short (the end of the shard).
+pub fn verify_blocks(
+    data: &[u8],
+    block_bytes: u32,
+    first_block: u32,
+    expected: &[u32],
+) -> Result<(), CorruptBlock> {
+    let mut block = first_block;
+    let mut chunks = data.chunks(block_bytes as usize);
+    for &want in expected {
+        let actual = chunks.next().map_or(0, crc32c::crc32c);
+        if actual != want {
+            return Err(CorruptBlock {
+                block,
+                expected: want,
+                actual,
+            });
+        }
+        block += 1;
+    }
+    match chunks.next() {
+        // More bytes than checksums: the extra block has no checksum to match.
+        Some(extra) => Err(CorruptBlock {
+            block,
+            expected: 0,
+            actual: crc32c::crc32c(extra),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_any_flipped_byte() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let sums = block_checksums(&data, 4096);
+        assert_eq!(sums.len(), 3);
+        assert_eq!(verify_blocks(&data, 4096, 0, &sums), Ok(()));
+        for pos in [0, 4095, 4096, 9999] {
+            let mut bad = data.clone();
+            bad[pos] ^= 0x40;
+            let err = verify_blocks(&bad, 4096, 0, &sums).unwrap_err();
+            assert_eq!(err.block, (pos / 4096) as u32);
+        }
+    }
+
+    #[test]
+    fn verifies_a_sub_range_of_blocks() {
+        let data = vec![9u8; 4096 * 4];
+        let sums = block_checksums(&data, 4096);
+        assert_eq!(verify_blocks(&data[4096..12288], 4096, 1, &sums[1..3]), Ok(()));
+        assert!(verify_blocks(&data[..4096], 4096, 0, &sums[..2]).is_err(), "missing block accepted");
+        assert!(verify_blocks(&data[..8192], 4096, 0, &sums[..1]).is_err(), "extra block accepted");
+    }
+
+    #[test]
+    fn counts_blocks() {
+        assert_eq!(block_count(0, 4096), 0);
+        assert_eq!(block_count(1, 4096), 1);
+        assert_eq!(block_count(4096, 4096), 1);
+        assert_eq!(block_count(4097, 4096), 2);
+    }
+}

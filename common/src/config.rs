@@ -1,0 +1,347 @@
+//! Configuration in TOML, validated on load. Unknown keys, values out of range and
+//! topologies that cannot hold a stripe are rejected with a message naming the key.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::erasure::ErasureCode;
+use crate::ids::{HallId, NodeId};
+use crate::placement::{placeable_shards, Candidate};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML for Cairn: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// One configuration file. Each process reads the sections it needs; every section
+/// present is validated.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub erasure: ErasureConfig,
+    /// Settings of the dataserver process reading this file.
+    pub dataserver: Option<DataserverConfig>,
+    /// The cluster's dataservers, for tools and logic nodes that address them.
+    #[serde(default)]
+    pub dataservers: Vec<DataserverEntry>,
+}
+
+/// How stripes are coded and checksummed.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureConfig {
+    /// k: data shards per stripe.
+    pub data_shards: u8,
+    /// m: parity shards per stripe; also the most shards of a stripe in one hall.
+    pub parity_shards: u8,
+    /// Bytes of one full shard.
+    pub shard_unit_bytes: u32,
+    /// Bytes covered by one crc32c.
+    pub block_bytes: u32,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        ErasureConfig {
+            data_shards: 4,
+            parity_shards: 2,
+            shard_unit_bytes: MIB as u32,
+            block_bytes: (64 * KIB) as u32,
+        }
+    }
+}
+
+/// How the dataserver does disk I/O; `auto` probes io_uring and O_DIRECT at start-up.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    #[default]
+    Auto,
+    Uring,
+    Posix,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataserverConfig {
+    pub node_id: u32,
+    pub hall: String,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub io: IoMode,
+    /// Capacity reported to placement; defaults to the data directory's file system size.
+    pub capacity_bytes: Option<u64>,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Request bytes (frames being handled) held in memory at once, across connections.
+    #[serde(default = "defaults::inflight_bytes_max")]
+    pub inflight_bytes_max: u64,
+    /// io_uring submission queue depth.
+    #[serde(default = "defaults::uring_entries")]
+    pub uring_entries: u32,
+    /// Background scrub read rate; 0 turns background scrub off.
+    #[serde(default = "defaults::scrub_bytes_per_sec")]
+    pub scrub_bytes_per_sec: u64,
+}
+
+mod defaults {
+    pub fn max_connections() -> u32 {
+        256
+    }
+    pub fn inflight_bytes_max() -> u64 {
+        256 * super::MIB
+    }
+    pub fn uring_entries() -> u32 {
+        256
+    }
+    pub fn scrub_bytes_per_sec() -> u64 {
+        32 * super::MIB
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataserverEntry {
+    pub node_id: u32,
+    pub hall: String,
+    pub addr: SocketAddr,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.erasure.validate()?;
+        if let Some(ds) = &self.dataserver {
+            ds.validate(&self.erasure)?;
+        }
+        self.validate_topology()
+    }
+
+    /// The dataserver section, or an error naming it.
+    pub fn dataserver(&self) -> Result<&DataserverConfig, ConfigError> {
+        self.dataserver
+            .as_ref()
+            .ok_or_else(|| invalid("dataserver", "section is required to run a dataserver"))
+    }
+
+    /// The largest frame payload a node must accept: one shard unit plus its message.
+    pub fn payload_bytes_max(&self) -> u32 {
+        self.erasure.shard_unit_bytes.saturating_add(FRAME_META_BYTES_MAX)
+    }
+
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        if self.dataservers.is_empty() {
+            return Ok(());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut candidates = Vec::new();
+        for (i, d) in self.dataservers.iter().enumerate() {
+            let key = |field: &str| format!("dataservers[{i}].{field}");
+            if !ids.insert(d.node_id) {
+                return Err(invalid(key("node_id"), format!("node {} is listed twice", d.node_id)));
+            }
+            if !addrs.insert(d.addr) {
+                return Err(invalid(key("addr"), format!("{} is used by two dataservers", d.addr)));
+            }
+            let hall = HallId::new(d.hall.clone()).map_err(|e| invalid(key("hall"), e.to_string()))?;
+            candidates.push(Candidate {
+                node: NodeId(d.node_id),
+                hall,
+                free_bytes: 1,
+            });
+        }
+        let (k, m) = (usize::from(self.erasure.data_shards), usize::from(self.erasure.parity_shards));
+        let placeable = placeable_shards(&candidates, m);
+        if placeable < k + m {
+            let halls: HashMap<_, _> = candidates.iter().map(|c| (&c.hall, ())).collect();
+            return Err(invalid(
+                "dataservers",
+                format!(
+                    "{} dataservers in {} halls can hold only {placeable} shards of a {k}+{m} stripe \
+                     with at most {m} per hall; add halls or dataservers",
+                    candidates.len(),
+                    halls.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Room for a frame's message part beside the shard bytes (ids, checksums of every block).
+pub const FRAME_META_BYTES_MAX: u32 = 64 * 1024;
+const SHARD_UNIT_BYTES_MAX: u32 = 64 * MIB as u32;
+/// Direct I/O works in units of the logical block size; 4 KiB covers every device.
+pub const IO_ALIGN_BYTES: u32 = 4096;
+
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
+    if v < lo || v > hi {
+        return Err(invalid(key, format!("must be between {lo} and {hi}, got {v}")));
+    }
+    Ok(())
+}
+
+impl ErasureConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range("erasure.data_shards", self.data_shards, 1, 32)?;
+        in_range("erasure.parity_shards", self.parity_shards, 1, 16)?;
+        ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
+            .map_err(|e| invalid("erasure", e.to_string()))?;
+        in_range("erasure.block_bytes", self.block_bytes, IO_ALIGN_BYTES, 4 * MIB as u32)?;
+        if self.block_bytes % IO_ALIGN_BYTES != 0 {
+            return Err(invalid("erasure.block_bytes", format!("must be a multiple of {IO_ALIGN_BYTES}")));
+        }
+        in_range("erasure.shard_unit_bytes", self.shard_unit_bytes, self.block_bytes, SHARD_UNIT_BYTES_MAX)?;
+        if self.shard_unit_bytes % self.block_bytes != 0 {
+            return Err(invalid(
+                "erasure.shard_unit_bytes",
+                format!("must be a multiple of erasure.block_bytes ({})", self.block_bytes),
+            ));
+        }
+        // Every block's checksum must fit in one frame's message part.
+        let blocks = self.shard_unit_bytes / self.block_bytes;
+        if blocks * 4 > FRAME_META_BYTES_MAX / 2 {
+            return Err(invalid("erasure.block_bytes", format!("too small: {blocks} blocks per shard")));
+        }
+        Ok(())
+    }
+
+    pub fn code(&self) -> ErasureCode {
+        // validate() has checked the pair is supported.
+        ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
+            .unwrap_or_else(|_| unreachable!("erasure config validated on load"))
+    }
+}
+
+impl DataserverConfig {
+    fn validate(&self, erasure: &ErasureConfig) -> Result<(), ConfigError> {
+        HallId::new(self.hall.clone()).map_err(|e| invalid("dataserver.hall", e.to_string()))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("dataserver.data_dir", "must not be empty"));
+        }
+        in_range("dataserver.max_connections", self.max_connections, 1, 65_536)?;
+        let frame = u64::from(erasure.shard_unit_bytes) + u64::from(FRAME_META_BYTES_MAX);
+        in_range("dataserver.inflight_bytes_max", self.inflight_bytes_max, frame, 64 * 1024 * MIB)?;
+        in_range("dataserver.uring_entries", self.uring_entries, 8, 4096)?;
+        if let Some(c) = self.capacity_bytes {
+            in_range("dataserver.capacity_bytes", c, 64 * MIB, u64::MAX)?;
+        }
+        in_range("dataserver.scrub_bytes_per_sec", self.scrub_bytes_per_sec, 0, 64 * 1024 * MIB)?;
+        Ok(())
+    }
+
+    pub fn hall_id(&self) -> HallId {
+        HallId::new(self.hall.clone()).unwrap_or_else(|_| unreachable!("hall validated on load"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DS: &str = r#"
+        [dataserver]
+        node_id = 1
+        hall = "h1"
+        listen = "127.0.0.1:7001"
+        data_dir = "/tmp/ds1"
+    "#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_4_plus_2_with_1_mib_units() {
+        let c = Config::parse(DS).unwrap();
+        assert_eq!(c.erasure, ErasureConfig::default());
+        assert_eq!((c.erasure.data_shards, c.erasure.parity_shards, c.erasure.shard_unit_bytes), (4, 2, 1 << 20));
+        let ds = c.dataserver().unwrap();
+        assert_eq!(ds.io, IoMode::Auto);
+        assert_eq!(ds.max_connections, 256);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err(&format!("{DS}\nmax_conections = 3"));
+        assert!(e.contains("max_conections"), "{e}");
+        let e = err("[erasure]\ndata_shard = 3");
+        assert!(e.contains("data_shard"), "{e}");
+        let e = err("[nonsense]\nx = 1");
+        assert!(e.contains("nonsense"), "{e}");
+    }
+
+    #[test]
+    fn bad_ranges_are_named() {
+        for (text, key) in [
+            ("[erasure]\nparity_shards = 0", "erasure.parity_shards"),
+            ("[erasure]\ndata_shards = 200", "erasure.data_shards"),
+            ("[erasure]\nblock_bytes = 1000", "erasure.block_bytes"),
+            ("[erasure]\nblock_bytes = 6144", "erasure.block_bytes"),
+            ("[erasure]\nshard_unit_bytes = 100000", "erasure.shard_unit_bytes"),
+            (&format!("{DS}\nmax_connections = 0"), "dataserver.max_connections"),
+            (&format!("{DS}\ninflight_bytes_max = 10"), "dataserver.inflight_bytes_max"),
+            (&DS.replace("\"h1\"", "\"Hall 1\""), "dataserver.hall"),
+            (&DS.replace("127.0.0.1:7001", "nowhere"), "listen"),
+            (&format!("{DS}\nio = \"magic\""), "io"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "error for {key} does not name it: {e}");
+        }
+    }
+
+    #[test]
+    fn impossible_topologies_are_rejected() {
+        let mut text = String::new();
+        for (i, hall) in ["a", "a", "a", "b", "b", "b"].iter().enumerate() {
+            text += &format!("[[dataservers]]\nnode_id = {i}\nhall = \"{hall}\"\naddr = \"127.0.0.1:{}\"\n", 7000 + i);
+        }
+        let e = err(&text);
+        assert!(e.contains("`dataservers`") && e.contains("only 4 shards"), "{e}");
+        let three_halls = text.replace("hall = \"b\"\naddr = \"127.0.0.1:7005\"", "hall = \"c\"\naddr = \"127.0.0.1:7005\"");
+        let e = err(&three_halls);
+        assert!(e.contains("only 5 shards"), "{e}");
+        let ok = three_halls.replace("hall = \"a\"\naddr = \"127.0.0.1:7002\"", "hall = \"c\"\naddr = \"127.0.0.1:7002\"");
+        Config::parse(&ok).unwrap();
+        let dup = ok.replace("node_id = 1\n", "node_id = 0\n");
+        assert!(err(&dup).contains("dataservers[1].node_id"));
+    }
+}

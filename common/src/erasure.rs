@@ -1,0 +1,214 @@
+//! Reed-Solomon erasure coding of stripes (`reed-solomon-simd`): a stripe is k data
+//! shards plus m parity shards, and any k of the k+m rebuild the data.
+
+use bytes::{Bytes, BytesMut};
+use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ErasureError {
+    #[error("erasure code {k}+{m} is not supported")]
+    Unsupported { k: usize, m: usize },
+    #[error("stripe of {len} bytes does not fit {k} shards of {unit} bytes")]
+    StripeTooLarge { len: usize, k: usize, unit: usize },
+    #[error("got {got} shards, a {k}+{m} stripe has {}", k + m)]
+    WrongShardCount { got: usize, k: usize, m: usize },
+    #[error("only {present} shards of the stripe are available, {needed} are needed")]
+    TooFewShards { present: usize, needed: usize },
+    #[error("shard {index} is {got} bytes, the stripe's shards are {want}")]
+    ShardLength { index: usize, got: usize, want: usize },
+    #[error("reed-solomon: {0}")]
+    Codec(String),
+}
+
+/// A k+m code. Cheap to copy; the coder's working space is allocated per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErasureCode {
+    data_shards: usize,
+    parity_shards: usize,
+}
+
+impl ErasureCode {
+    pub fn new(data_shards: usize, parity_shards: usize) -> Result<Self, ErasureError> {
+        if data_shards == 0 || parity_shards == 0 || !ReedSolomonEncoder::supports(data_shards, parity_shards) {
+            return Err(ErasureError::Unsupported {
+                k: data_shards,
+                m: parity_shards,
+            });
+        }
+        Ok(ErasureCode {
+            data_shards,
+            parity_shards,
+        })
+    }
+
+    pub fn data_shards(&self) -> usize {
+        self.data_shards
+    }
+
+    pub fn parity_shards(&self) -> usize {
+        self.parity_shards
+    }
+
+    pub fn total_shards(&self) -> usize {
+        self.data_shards + self.parity_shards
+    }
+
+    /// Length of each shard of a stripe holding `data_len` bytes: the data split over k
+    /// shards, rounded up to an even length (the coder works on 16-bit words). A full
+    /// stripe's shards are one shard unit; a short last stripe gets short shards.
+    pub fn shard_len(&self, data_len: usize) -> usize {
+        data_len.div_ceil(self.data_shards).next_multiple_of(2).max(2)
+    }
+
+    /// Splits `data` into k data shards and computes m parity shards. Full data shards
+    /// are slices of `data` (no copy); only the tail is copied to pad it.
+    pub fn encode(&self, data: &Bytes, unit: usize) -> Result<Vec<Bytes>, ErasureError> {
+        if data.len() > unit.saturating_mul(self.data_shards) {
+            return Err(ErasureError::StripeTooLarge {
+                len: data.len(),
+                k: self.data_shards,
+                unit,
+            });
+        }
+        let shard_len = self.shard_len(data.len());
+        let mut shards: Vec<Bytes> = (0..self.data_shards)
+            .map(|i| {
+                let start = (i * shard_len).min(data.len());
+                let end = ((i + 1) * shard_len).min(data.len());
+                if end - start == shard_len {
+                    data.slice(start..end)
+                } else {
+                    let mut padded = BytesMut::zeroed(shard_len);
+                    padded[..end - start].copy_from_slice(&data[start..end]);
+                    padded.freeze()
+                }
+            })
+            .collect();
+        let codec = |e: reed_solomon_simd::Error| ErasureError::Codec(e.to_string());
+        let mut encoder = ReedSolomonEncoder::new(self.data_shards, self.parity_shards, shard_len).map_err(codec)?;
+        for shard in &shards {
+            encoder.add_original_shard(shard).map_err(codec)?;
+        }
+        let result = encoder.encode().map_err(codec)?;
+        shards.extend(result.recovery_iter().map(Bytes::copy_from_slice));
+        Ok(shards)
+    }
+
+    /// Rebuilds the stripe's `data_len` bytes from any k of its k+m shards (`None` for
+    /// a missing one). Returns the data shards' bytes in order, trimmed to `data_len`;
+    /// when every data shard is present nothing is decoded or copied.
+    pub fn decode(&self, shards: &[Option<Bytes>], data_len: usize) -> Result<Vec<Bytes>, ErasureError> {
+        let (k, m) = (self.data_shards, self.parity_shards);
+        if shards.len() != k + m {
+            return Err(ErasureError::WrongShardCount { got: shards.len(), k, m });
+        }
+        let shard_len = self.shard_len(data_len);
+        for (index, shard) in shards.iter().enumerate() {
+            if let Some(s) = shard {
+                if s.len() != shard_len {
+                    return Err(ErasureError::ShardLength {
+                        index,
+                        got: s.len(),
+                        want: shard_len,
+                    });
+                }
+            }
+        }
+        let present = shards.iter().filter(|s| s.is_some()).count();
+        if present < k {
+            return Err(ErasureError::TooFewShards { present, needed: k });
+        }
+        let mut data: Vec<Option<Bytes>> = shards[..k].to_vec();
+        if data.iter().any(Option::is_none) {
+            let codec = |e: reed_solomon_simd::Error| ErasureError::Codec(e.to_string());
+            let mut decoder = ReedSolomonDecoder::new(k, m, shard_len).map_err(codec)?;
+            for (i, s) in shards.iter().enumerate() {
+                match s {
+                    Some(s) if i < k => decoder.add_original_shard(i, s).map_err(codec)?,
+                    Some(s) => decoder.add_recovery_shard(i - k, s).map_err(codec)?,
+                    None => {}
+                }
+            }
+            let result = decoder.decode().map_err(codec)?;
+            for (i, restored) in result.restored_original_iter() {
+                data[i] = Some(Bytes::copy_from_slice(restored));
+            }
+        }
+        let mut remaining = data_len;
+        let mut out = Vec::with_capacity(k);
+        for shard in data {
+            let shard = shard.ok_or(ErasureError::TooFewShards { present, needed: k })?;
+            let take = remaining.min(shard_len);
+            remaining -= take;
+            out.push(shard.slice(..take));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn joined(parts: &[Bytes]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    proptest! {
+        /// Any k of the k+m shards give back the original bytes.
+        #[test]
+        fn any_k_shards_rebuild_the_stripe(
+            k in 1usize..8, m in 1usize..4, len in 0usize..5000,
+            seed in any::<u64>(), lost in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+        ) {
+            let code = ErasureCode::new(k, m).unwrap();
+            let data: Bytes = (0..len).map(|i| (i as u64 ^ seed).wrapping_mul(31) as u8).collect::<Vec<_>>().into();
+            let shards = code.encode(&data, 8192).unwrap();
+            prop_assert_eq!(shards.len(), k + m);
+            let mut have: Vec<Option<Bytes>> = shards.into_iter().map(Some).collect();
+            for idx in lost.iter().take(m) {
+                have[idx.index(k + m)] = None;
+            }
+            prop_assert_eq!(joined(&code.decode(&have, len).unwrap()), data.to_vec());
+        }
+    }
+
+    #[test]
+    fn default_code_survives_losing_any_two_of_six() {
+        let code = ErasureCode::new(4, 2).unwrap();
+        let unit = 1 << 20;
+        let data: Bytes = (0..4 * unit).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
+        let shards = code.encode(&data, unit).unwrap();
+        assert!(shards.iter().all(|s| s.len() == unit));
+        for a in 0..6 {
+            for b in a + 1..6 {
+                let mut have: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
+                have[a] = None;
+                have[b] = None;
+                assert_eq!(joined(&code.decode(&have, data.len()).unwrap()), data.to_vec(), "lost {a},{b}");
+            }
+        }
+        let mut have: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
+        have[0] = None;
+        have[1] = None;
+        have[5] = None;
+        assert_eq!(
+            code.decode(&have, data.len()),
+            Err(ErasureError::TooFewShards { present: 3, needed: 4 })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert!(ErasureCode::new(0, 2).is_err());
+        assert!(ErasureCode::new(4, 0).is_err());
+        let code = ErasureCode::new(4, 2).unwrap();
+        let data = Bytes::from(vec![0u8; 100]);
+        assert!(matches!(code.encode(&data, 10), Err(ErasureError::StripeTooLarge { .. })));
+        let shards: Vec<Option<Bytes>> = code.encode(&data, 64).unwrap().into_iter().map(Some).collect();
+        assert!(matches!(code.decode(&shards[..5], 100), Err(ErasureError::WrongShardCount { .. })));
+        assert!(matches!(code.decode(&shards, 1000), Err(ErasureError::ShardLength { .. })));
+    }
+}

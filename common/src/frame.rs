@@ -1,0 +1,404 @@
+//! The data-plane frame: a fixed 24-byte header, then a payload made of a small message
+//! part (`meta`, protobuf) and a bulk part (`data`, shard bytes, never copied on its way
+//! through).
+//!
+//! ```text
+//! 0      4        6     8            16            20       24
+//! | magic | version | kind | request id | payload len | crc32c |
+//! payload = meta len (u32 LE) | meta | data
+//! ```
+//! All integers are little-endian. The crc32c covers header bytes 0..20 and the whole
+//! payload, so a flipped bit anywhere is caught. The decoder bounds the payload length
+//! before it allocates and rejects a bad header as soon as the header has arrived.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::Decoder;
+
+use crate::ids::RequestId;
+
+pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
+/// The protocol version this build writes.
+pub const VERSION: u16 = 1;
+/// The oldest version this build reads: its own and the one before it, so two builds
+/// can run side by side during a rolling upgrade (DESIGN.md, "Versions").
+pub const VERSION_MIN: u16 = 1;
+pub const HEADER_BYTES: usize = 24;
+const META_LEN_BYTES: usize = 4;
+/// Bytes covered by the crc before the payload.
+const CRC_HEADER_BYTES: usize = 20;
+
+/// Every frame kind this version knows. Requests go to a server, replies come back with
+/// the request's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Kind {
+    PutShard = 1,
+    GetShard = 2,
+    DeleteShard = 3,
+    ListShards = 4,
+    Stat = 5,
+    PutShardDone = 101,
+    ShardData = 102,
+    DeleteShardDone = 103,
+    ShardList = 104,
+    StatReport = 105,
+    Error = 199,
+}
+
+impl Kind {
+    pub fn from_u16(v: u16) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::PutShard,
+            2 => Kind::GetShard,
+            3 => Kind::DeleteShard,
+            4 => Kind::ListShards,
+            5 => Kind::Stat,
+            101 => Kind::PutShardDone,
+            102 => Kind::ShardData,
+            103 => Kind::DeleteShardDone,
+            104 => Kind::ShardList,
+            105 => Kind::StatReport,
+            199 => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("bad magic {0:#010x}: not a Cairn data-plane stream")]
+    BadMagic(u32),
+    #[error("unsupported protocol version {0} (this node reads {VERSION_MIN}..={VERSION})")]
+    UnsupportedVersion(u16),
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u16),
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: u32, max: u32 },
+    #[error("payload of {payload} bytes cannot hold its {meta}-byte message part")]
+    BadMetaLength { meta: u32, payload: u32 },
+    #[error("frame checksum mismatch: crc32c {actual:#010x}, header says {expected:#010x}")]
+    BadChecksum { expected: u32, actual: u32 },
+    #[error("stream ended in the middle of a frame ({0} bytes left over)")]
+    Truncated(usize),
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// One decoded (or to-be-sent) frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub version: u16,
+    pub kind: Kind,
+    pub request_id: RequestId,
+    /// Protobuf-encoded message describing the request or reply.
+    pub meta: Bytes,
+    /// Bulk bytes (shard data); empty for most kinds.
+    pub data: Bytes,
+}
+
+impl Frame {
+    pub fn new(kind: Kind, request_id: RequestId, meta: Bytes, data: Bytes) -> Frame {
+        Frame {
+            version: VERSION,
+            kind,
+            request_id,
+            meta,
+            data,
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        META_LEN_BYTES + self.meta.len() + self.data.len()
+    }
+
+    /// Header, meta length and meta as one small buffer; `data` follows it on the wire.
+    /// Fails if the payload does not fit the 32-bit length field.
+    pub fn encode_head(&self) -> io::Result<Bytes> {
+        let payload_len = u32::try_from(self.payload_len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame payload over 4 GiB"))?;
+        let meta_len = self.meta.len() as u32; // < payload_len, so it fits
+        let mut head = BytesMut::with_capacity(HEADER_BYTES + META_LEN_BYTES + self.meta.len());
+        head.put_u32_le(MAGIC);
+        head.put_u16_le(self.version);
+        head.put_u16_le(self.kind as u16);
+        head.put_u64_le(self.request_id.0);
+        head.put_u32_le(payload_len);
+        let mut crc = crc32c::crc32c(&head[..CRC_HEADER_BYTES]);
+        crc = crc32c::crc32c_append(crc, &meta_len.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &self.meta);
+        crc = crc32c::crc32c_append(crc, &self.data);
+        head.put_u32_le(crc);
+        head.put_u32_le(meta_len);
+        head.put_slice(&self.meta);
+        Ok(head.freeze())
+    }
+
+    /// The whole frame in one buffer (tests and small control messages).
+    pub fn encode_to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut out = self.encode_head()?.to_vec();
+        out.extend_from_slice(&self.data);
+        Ok(out)
+    }
+}
+
+/// Writes frames with vectored writes: each frame's small head and its data go out in
+/// the same system call, and the data is never copied into a staging buffer.
+pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> io::Result<()> {
+    let mut parts: Vec<Bytes> = Vec::with_capacity(frames.len() * 2);
+    for frame in frames {
+        parts.push(frame.encode_head()?);
+        if !frame.data.is_empty() {
+            parts.push(frame.data.clone());
+        }
+    }
+    let mut first = 0;
+    while first < parts.len() {
+        let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+        let mut written = w.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while first < parts.len() && written >= parts[first].len() {
+            written -= parts[first].len();
+            first += 1;
+        }
+        if written > 0 {
+            parts[first].advance(written);
+        }
+    }
+    w.flush().await
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
+    write_frames(w, std::slice::from_ref(frame)).await
+}
+
+/// Parsed, validated header of the frame being received.
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    version: u16,
+    kind: Kind,
+    request_id: RequestId,
+    payload_len: u32,
+    crc: u32,
+}
+
+/// Incremental decoder: feed it any split of the byte stream (tokio's `FramedRead`, or
+/// `decode` by hand); it returns whole, verified frames.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    payload_bytes_max: u32,
+    header: Option<Header>,
+}
+
+impl FrameDecoder {
+    /// `payload_bytes_max` bounds what one frame may make the decoder allocate.
+    pub fn new(payload_bytes_max: u32) -> Self {
+        FrameDecoder {
+            payload_bytes_max,
+            header: None,
+        }
+    }
+
+    fn parse_header(&self, h: &[u8]) -> Result<Header, FrameError> {
+        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let magic = u32_at(0);
+        if magic != MAGIC {
+            return Err(FrameError::BadMagic(magic));
+        }
+        let version = u16_at(4);
+        if !(VERSION_MIN..=VERSION).contains(&version) {
+            return Err(FrameError::UnsupportedVersion(version));
+        }
+        let kind = Kind::from_u16(u16_at(6)).ok_or(FrameError::UnknownKind(u16_at(6)))?;
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h[8..16]);
+        let payload_len = u32_at(16);
+        if payload_len > self.payload_bytes_max {
+            return Err(FrameError::TooLarge {
+                len: payload_len,
+                max: self.payload_bytes_max,
+            });
+        }
+        if (payload_len as usize) < META_LEN_BYTES {
+            return Err(FrameError::BadMetaLength {
+                meta: 0,
+                payload: payload_len,
+            });
+        }
+        Ok(Header {
+            version,
+            kind,
+            request_id: RequestId(u64::from_le_bytes(id)),
+            payload_len,
+            crc: u32_at(20),
+        })
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let header = match self.header {
+            Some(h) => h,
+            None => {
+                if src.len() < HEADER_BYTES {
+                    return Ok(None);
+                }
+                let h = self.parse_header(&src[..HEADER_BYTES])?;
+                self.header = Some(h);
+                h
+            }
+        };
+        let total = HEADER_BYTES + header.payload_len as usize;
+        if src.len() < total {
+            // Bounded by payload_bytes_max, checked in parse_header.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        self.header = None;
+        let frame_bytes = src.split_to(total).freeze();
+        let payload = frame_bytes.slice(HEADER_BYTES..);
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&frame_bytes[..CRC_HEADER_BYTES]), &payload);
+        if actual != header.crc {
+            return Err(FrameError::BadChecksum {
+                expected: header.crc,
+                actual,
+            });
+        }
+        let meta_len = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+        let meta_end = META_LEN_BYTES as u64 + u64::from(meta_len);
+        if meta_end > u64::from(header.payload_len) {
+            return Err(FrameError::BadMetaLength {
+                meta: meta_len,
+                payload: header.payload_len,
+            });
+        }
+        let meta_end = meta_end as usize;
+        Ok(Some(Frame {
+            version: header.version,
+            kind: header.kind,
+            request_id: header.request_id,
+            meta: payload.slice(META_LEN_BYTES..meta_end),
+            data: payload.slice(meta_end..),
+        }))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(data_len: usize) -> Frame {
+        Frame::new(
+            Kind::PutShard,
+            RequestId(0xdead_beef_0102),
+            Bytes::from_static(b"meta-part"),
+            Bytes::from((0..data_len).map(|i| i as u8).collect::<Vec<_>>()),
+        )
+    }
+
+    fn decode_all(bytes: &[u8], splits: &[usize]) -> Result<Vec<Frame>, FrameError> {
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
+            let s = s.clamp(pos, bytes.len());
+            buf.extend_from_slice(&bytes[pos..s]);
+            pos = s;
+            while let Some(f) = dec.decode(&mut buf)? {
+                out.push(f);
+            }
+        }
+        if let Some(f) = dec.decode_eof(&mut buf)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        /// A stream split at any points decodes to the frames that were sent.
+        #[test]
+        fn decodes_streams_split_anywhere(
+            lens in proptest::collection::vec(0usize..5000, 1..4),
+            mut splits in proptest::collection::vec(0usize..20_000, 0..8),
+        ) {
+            let frames: Vec<Frame> = lens.iter().map(|&l| sample(l)).collect();
+            let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode_to_vec().unwrap()).collect();
+            splits.sort_unstable();
+            prop_assert_eq!(decode_all(&bytes, &splits).unwrap(), frames);
+        }
+
+        /// Arbitrary bytes never panic the decoder and never yield a frame whose
+        /// checksum did not match.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_all(&bytes, &[7, 30]);
+        }
+
+        /// Any single flipped bit in an encoded frame is rejected.
+        #[test]
+        fn any_flipped_bit_is_rejected(len in 0usize..300, bit in any::<prop::sample::Index>()) {
+            let mut bytes = sample(len).encode_to_vec().unwrap();
+            let bit = bit.index(bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(decode_all(&bytes, &[]).is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_bad_headers_with_typed_errors() {
+        let good = sample(10).encode_to_vec().unwrap();
+        let mut bad_magic = good.clone();
+        bad_magic[0] = b'X';
+        assert!(matches!(decode_all(&bad_magic, &[]), Err(FrameError::BadMagic(_))));
+        let mut bad_version = good.clone();
+        bad_version[4] = 9;
+        assert!(matches!(decode_all(&bad_version, &[]), Err(FrameError::UnsupportedVersion(9))));
+        let mut bad_kind = good.clone();
+        bad_kind[6] = 77;
+        assert!(matches!(decode_all(&bad_kind, &[]), Err(FrameError::UnknownKind(77))));
+        let mut huge = good.clone();
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode_all(&huge, &[]), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(decode_all(&good[..good.len() - 1], &[]), Err(FrameError::Truncated(_))));
+    }
+
+    #[test]
+    fn rejects_meta_length_past_the_payload() {
+        let mut f = sample(0);
+        f.meta = Bytes::new();
+        let mut bytes = f.encode_to_vec().unwrap();
+        // Claim a 100-byte meta part in a 4-byte payload, with a valid crc.
+        bytes[24..28].copy_from_slice(&100u32.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..20]), &bytes[24..]);
+        bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(decode_all(&bytes, &[]), Err(FrameError::BadMetaLength { meta: 100, .. })));
+    }
+
+    #[tokio::test]
+    async fn vectored_writer_matches_the_encoding() {
+        let frames = vec![sample(3), sample(70_000), sample(0)];
+        let mut out = Vec::new();
+        write_frames(&mut out, &frames).await.unwrap();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.encode_to_vec().unwrap()).collect();
+        assert_eq!(out, expected);
+    }
+}

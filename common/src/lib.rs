@@ -1,0 +1,13 @@
+//! Foundations every Cairn crate stands on: identifiers, configuration, the data-plane
+//! frame and its messages, erasure coding, block checksums and hall-aware placement.
+//!
+//! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
+//! so the same code runs in production and in the simulator (DESIGN.md invariant 8).
+
+pub mod checksum;
+pub mod config;
+pub mod erasure;
+pub mod frame;
+pub mod ids;
+pub mod placement;
+pub mod wire;

@@ -1,0 +1,506 @@
+//! Messages of the dataserver protocol, carried in frames (`frame.rs`). The message part
+//! of a frame is protobuf (prost), which tolerates fields it does not know, so a newer
+//! peer can add optional fields during a rolling upgrade; shard bytes travel in the
+//! frame's data part. `Request` and `Reply` are the typed forms; converting a frame into
+//! one validates it, so handlers only ever see well-formed requests.
+
+use bytes::Bytes;
+use prost::Message;
+use thiserror::Error;
+
+use crate::frame::{Frame, Kind};
+use crate::ids::{RequestId, ShardId};
+
+/// The most entries one `ListShards` reply carries (keeps the reply's message part
+/// well under the frame's limit).
+pub const LIST_LIMIT_MAX: u32 = 1000;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame kind {0:?} is not a request")]
+    NotARequest(Kind),
+    #[error("frame kind {0:?} is not a reply")]
+    NotAReply(Kind),
+    #[error("malformed {kind:?} message: {reason}")]
+    Malformed { kind: Kind, reason: String },
+}
+
+/// Why a request failed, as the wire carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum ErrorCode {
+    /// The request was malformed or violated a limit; retrying it will not help.
+    BadRequest = 1,
+    /// Stored bytes failed their checksum; read the stripe from other shards.
+    Corrupt = 2,
+    NotFound = 3,
+    /// The shard exists with different content; shards are never modified.
+    AlreadyExists = 4,
+    /// Another request for the same shard is in progress, or the server is saturated;
+    /// retry later.
+    Busy = 5,
+    /// The server's disk failed the operation.
+    Io = 6,
+    OutOfSpace = 7,
+    /// A byte range outside the shard.
+    OutOfRange = 8,
+    /// A code this build does not know (sent by a newer peer).
+    Unknown = 0,
+}
+
+impl ErrorCode {
+    fn from_i32(v: i32) -> ErrorCode {
+        match v {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::Corrupt,
+            3 => ErrorCode::NotFound,
+            4 => ErrorCode::AlreadyExists,
+            5 => ErrorCode::Busy,
+            6 => ErrorCode::Io,
+            7 => ErrorCode::OutOfSpace,
+            8 => ErrorCode::OutOfRange,
+            _ => ErrorCode::Unknown,
+        }
+    }
+}
+
+/// What a dataserver reports about itself.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct StatReport {
+    #[prost(uint32, tag = "1")]
+    pub node_id: u32,
+    #[prost(string, tag = "2")]
+    pub hall: String,
+    #[prost(uint64, tag = "3")]
+    pub capacity_bytes: u64,
+    #[prost(uint64, tag = "4")]
+    pub free_bytes: u64,
+    #[prost(uint64, tag = "5")]
+    pub used_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub shard_count: u64,
+    /// Corrupt blocks found since start, by reads and by scrub.
+    #[prost(uint64, tag = "7")]
+    pub corrupt_blocks: u64,
+    /// "uring+direct", "posix+direct", "posix" ...
+    #[prost(string, tag = "8")]
+    pub io_mode: String,
+    #[prost(string, tag = "9")]
+    pub build_version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Store a shard. `checksums` are the crc32c of each `block_bytes` block of `data`.
+    Put {
+        shard: ShardId,
+        block_bytes: u32,
+        checksums: Vec<u32>,
+        data: Bytes,
+    },
+    /// Read `length` bytes (to the end when `None`) from `offset`.
+    Get {
+        shard: ShardId,
+        offset: u64,
+        length: Option<u64>,
+    },
+    Delete {
+        shard: ShardId,
+    },
+    /// Shards in id order after `start_after`, at most `limit` (capped at LIST_LIMIT_MAX).
+    List {
+        start_after: Option<ShardId>,
+        limit: u32,
+    },
+    Stat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `created` is false when an identical shard was already stored (a retried put).
+    PutDone { created: bool },
+    Data { shard_len: u64, offset: u64, data: Bytes },
+    DeleteDone { existed: bool },
+    List { shards: Vec<(ShardId, u64)>, more: bool },
+    Stat(StatReport),
+    Error { code: ErrorCode, message: String },
+}
+
+// Protobuf forms of the message parts. Private: the enums above are the interface.
+mod pb {
+    use bytes::Bytes;
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Put {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub shard: Bytes,
+        #[prost(uint32, tag = "2")]
+        pub block_bytes: u32,
+        #[prost(fixed32, repeated, tag = "3")]
+        pub checksums: Vec<u32>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Get {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub shard: Bytes,
+        #[prost(uint64, tag = "2")]
+        pub offset: u64,
+        #[prost(uint64, optional, tag = "3")]
+        pub length: Option<u64>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct ShardRef {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub shard: Bytes,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct List {
+        #[prost(bytes = "bytes", optional, tag = "1")]
+        pub start_after: Option<Bytes>,
+        #[prost(uint32, tag = "2")]
+        pub limit: u32,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Empty {}
+    #[derive(Clone, PartialEq, Message)]
+    pub struct PutDone {
+        #[prost(bool, tag = "1")]
+        pub created: bool,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Data {
+        #[prost(uint64, tag = "1")]
+        pub shard_len: u64,
+        #[prost(uint64, tag = "2")]
+        pub offset: u64,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct DeleteDone {
+        #[prost(bool, tag = "1")]
+        pub existed: bool,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct ListEntry {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub shard: Bytes,
+        #[prost(uint64, tag = "2")]
+        pub len: u64,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct ListReply {
+        #[prost(message, repeated, tag = "1")]
+        pub shards: Vec<ListEntry>,
+        #[prost(bool, tag = "2")]
+        pub more: bool,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Error {
+        #[prost(int32, tag = "1")]
+        pub code: i32,
+        #[prost(string, tag = "2")]
+        pub message: String,
+    }
+}
+
+fn shard_bytes(id: ShardId) -> Bytes {
+    Bytes::copy_from_slice(&id.to_bytes())
+}
+
+struct Parse<'a> {
+    frame: &'a Frame,
+}
+
+impl Parse<'_> {
+    fn bad(&self, reason: impl Into<String>) -> WireError {
+        WireError::Malformed {
+            kind: self.frame.kind,
+            reason: reason.into(),
+        }
+    }
+
+    fn meta<M: Message + Default>(&self) -> Result<M, WireError> {
+        M::decode(self.frame.meta.clone()).map_err(|e| self.bad(e.to_string()))
+    }
+
+    fn shard(&self, b: &[u8]) -> Result<ShardId, WireError> {
+        ShardId::from_bytes(b).ok_or_else(|| self.bad(format!("shard id is {} bytes, expected {}", b.len(), ShardId::ENCODED_BYTES)))
+    }
+
+    fn no_data(&self) -> Result<(), WireError> {
+        if self.frame.data.is_empty() {
+            Ok(())
+        } else {
+            Err(self.bad("unexpected data part"))
+        }
+    }
+}
+
+impl Request {
+    pub fn to_frame(&self, id: RequestId) -> Frame {
+        let (kind, meta, data) = match self {
+            Request::Put {
+                shard,
+                block_bytes,
+                checksums,
+                data,
+            } => {
+                let m = pb::Put {
+                    shard: shard_bytes(*shard),
+                    block_bytes: *block_bytes,
+                    checksums: checksums.clone(),
+                };
+                (Kind::PutShard, m.encode_to_vec(), data.clone())
+            }
+            Request::Get { shard, offset, length } => {
+                let m = pb::Get {
+                    shard: shard_bytes(*shard),
+                    offset: *offset,
+                    length: *length,
+                };
+                (Kind::GetShard, m.encode_to_vec(), Bytes::new())
+            }
+            Request::Delete { shard } => (
+                Kind::DeleteShard,
+                pb::ShardRef { shard: shard_bytes(*shard) }.encode_to_vec(),
+                Bytes::new(),
+            ),
+            Request::List { start_after, limit } => {
+                let m = pb::List {
+                    start_after: start_after.map(shard_bytes),
+                    limit: *limit,
+                };
+                (Kind::ListShards, m.encode_to_vec(), Bytes::new())
+            }
+            Request::Stat => (Kind::Stat, Vec::new(), Bytes::new()),
+        };
+        Frame::new(kind, id, meta.into(), data)
+    }
+
+    pub fn from_frame(frame: &Frame) -> Result<Request, WireError> {
+        let p = Parse { frame };
+        Ok(match frame.kind {
+            Kind::PutShard => {
+                let m: pb::Put = p.meta()?;
+                Request::Put {
+                    shard: p.shard(&m.shard)?,
+                    block_bytes: m.block_bytes,
+                    checksums: m.checksums,
+                    data: frame.data.clone(),
+                }
+            }
+            Kind::GetShard => {
+                p.no_data()?;
+                let m: pb::Get = p.meta()?;
+                Request::Get {
+                    shard: p.shard(&m.shard)?,
+                    offset: m.offset,
+                    length: m.length,
+                }
+            }
+            Kind::DeleteShard => {
+                p.no_data()?;
+                let m: pb::ShardRef = p.meta()?;
+                Request::Delete { shard: p.shard(&m.shard)? }
+            }
+            Kind::ListShards => {
+                p.no_data()?;
+                let m: pb::List = p.meta()?;
+                let start_after = m.start_after.map(|b| p.shard(&b)).transpose()?;
+                Request::List {
+                    start_after,
+                    limit: m.limit,
+                }
+            }
+            Kind::Stat => {
+                p.no_data()?;
+                let _: pb::Empty = p.meta()?;
+                Request::Stat
+            }
+            other => return Err(WireError::NotARequest(other)),
+        })
+    }
+}
+
+impl Reply {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn to_frame(&self, id: RequestId) -> Frame {
+        let (kind, meta, data) = match self {
+            Reply::PutDone { created } => (Kind::PutShardDone, pb::PutDone { created: *created }.encode_to_vec(), Bytes::new()),
+            Reply::Data { shard_len, offset, data } => {
+                let m = pb::Data {
+                    shard_len: *shard_len,
+                    offset: *offset,
+                };
+                (Kind::ShardData, m.encode_to_vec(), data.clone())
+            }
+            Reply::DeleteDone { existed } => (
+                Kind::DeleteShardDone,
+                pb::DeleteDone { existed: *existed }.encode_to_vec(),
+                Bytes::new(),
+            ),
+            Reply::List { shards, more } => {
+                let m = pb::ListReply {
+                    shards: shards
+                        .iter()
+                        .map(|(s, len)| pb::ListEntry {
+                            shard: shard_bytes(*s),
+                            len: *len,
+                        })
+                        .collect(),
+                    more: *more,
+                };
+                (Kind::ShardList, m.encode_to_vec(), Bytes::new())
+            }
+            Reply::Stat(report) => (Kind::StatReport, report.encode_to_vec(), Bytes::new()),
+            Reply::Error { code, message } => {
+                let m = pb::Error {
+                    code: *code as i32,
+                    message: message.clone(),
+                };
+                (Kind::Error, m.encode_to_vec(), Bytes::new())
+            }
+        };
+        Frame::new(kind, id, meta.into(), data)
+    }
+
+    pub fn from_frame(frame: &Frame) -> Result<Reply, WireError> {
+        let p = Parse { frame };
+        Ok(match frame.kind {
+            Kind::PutShardDone => Reply::PutDone {
+                created: p.meta::<pb::PutDone>()?.created,
+            },
+            Kind::ShardData => {
+                let m: pb::Data = p.meta()?;
+                Reply::Data {
+                    shard_len: m.shard_len,
+                    offset: m.offset,
+                    data: frame.data.clone(),
+                }
+            }
+            Kind::DeleteShardDone => Reply::DeleteDone {
+                existed: p.meta::<pb::DeleteDone>()?.existed,
+            },
+            Kind::ShardList => {
+                let m: pb::ListReply = p.meta()?;
+                let shards = m
+                    .shards
+                    .iter()
+                    .map(|e| Ok((p.shard(&e.shard)?, e.len)))
+                    .collect::<Result<_, WireError>>()?;
+                Reply::List { shards, more: m.more }
+            }
+            Kind::StatReport => Reply::Stat(p.meta()?),
+            Kind::Error => {
+                let m: pb::Error = p.meta()?;
+                Reply::Error {
+                    code: ErrorCode::from_i32(m.code),
+                    message: m.message,
+                }
+            }
+            other => return Err(WireError::NotAReply(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::StripeId;
+    use proptest::prelude::*;
+
+    fn shard(i: u8) -> ShardId {
+        ShardId::new(StripeId(0x1234_5678_9abc_def0_1122_3344_5566_7788), i)
+    }
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let requests = [
+            Request::Put {
+                shard: shard(3),
+                block_bytes: 4096,
+                checksums: vec![1, 2, 3],
+                data: Bytes::from_static(b"abc"),
+            },
+            Request::Get {
+                shard: shard(0),
+                offset: 7,
+                length: Some(9),
+            },
+            Request::Get {
+                shard: shard(0),
+                offset: 0,
+                length: None,
+            },
+            Request::Delete { shard: shard(5) },
+            Request::List {
+                start_after: Some(shard(1)),
+                limit: 10,
+            },
+            Request::List {
+                start_after: None,
+                limit: 0,
+            },
+            Request::Stat,
+        ];
+        for r in requests {
+            let frame = r.to_frame(RequestId(9));
+            assert_eq!(Request::from_frame(&frame), Ok(r));
+            assert!(Reply::from_frame(&frame).is_err());
+        }
+        let replies = [
+            Reply::PutDone { created: true },
+            Reply::Data {
+                shard_len: 10,
+                offset: 2,
+                data: Bytes::from_static(b"xyz"),
+            },
+            Reply::DeleteDone { existed: false },
+            Reply::List {
+                shards: vec![(shard(1), 5), (shard(2), 0)],
+                more: true,
+            },
+            Reply::Stat(StatReport {
+                node_id: 3,
+                hall: "h".into(),
+                shard_count: 4,
+                ..Default::default()
+            }),
+            Reply::error(ErrorCode::Corrupt, "block 3"),
+        ];
+        for r in replies {
+            let frame = r.to_frame(RequestId(9));
+            assert_eq!(Reply::from_frame(&frame), Ok(r));
+            assert!(Request::from_frame(&frame).is_err());
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_typed_errors() {
+        let mut frame = Request::Delete { shard: shard(1) }.to_frame(RequestId(1));
+        frame.meta = Bytes::from_static(&[0x0a, 0x02, 1, 2]); // a 2-byte shard id
+        assert!(matches!(Request::from_frame(&frame), Err(WireError::Malformed { .. })));
+        frame.meta = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        assert!(matches!(Request::from_frame(&frame), Err(WireError::Malformed { .. })));
+        let mut get = Request::Stat.to_frame(RequestId(1));
+        get.data = Bytes::from_static(b"x");
+        assert!(matches!(Request::from_frame(&get), Err(WireError::Malformed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_message_parts_never_panic(kind in 0u16..200, meta in proptest::collection::vec(any::<u8>(), 0..64)) {
+            if let Some(kind) = Kind::from_u16(kind) {
+                let frame = Frame::new(kind, RequestId(1), meta.into(), Bytes::new());
+                let _ = Request::from_frame(&frame);
+                let _ = Reply::from_frame(&frame);
+            }
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Prometheus counters of one dataserver. Each store has its own registry so several
+//! stores in one process (tests) never collide.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by operation and outcome ("ok" or an error code).
+    pub requests: IntCounterVec,
+    pub bytes_written: IntCounter,
+    pub bytes_read: IntCounter,
+    /// Corrupt blocks found by reads ("read") and by scrub ("scrub").
+    pub corrupt_blocks: IntCounterVec,
+    pub scrubbed_bytes: IntCounter,
+    pub scrubbed_shards: IntCounter,
+    pub connections: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("cairn_dataserver".into()), None)
+            .unwrap_or_else(|e| unreachable!("static registry prefix: {e}"));
+        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by operation and outcome"), &["op", "outcome"]);
+        let corrupt = IntCounterVec::new(Opts::new("corrupt_blocks_total", "Blocks that failed their checksum"), &["found_by"]);
+        let m = Metrics {
+            requests: requests.unwrap_or_else(|e| unreachable!("{e}")),
+            bytes_written: IntCounter::new("written_bytes_total", "Shard bytes stored").unwrap_or_else(|e| unreachable!("{e}")),
+            bytes_read: IntCounter::new("read_bytes_total", "Shard bytes served").unwrap_or_else(|e| unreachable!("{e}")),
+            corrupt_blocks: corrupt.unwrap_or_else(|e| unreachable!("{e}")),
+            scrubbed_bytes: IntCounter::new("scrubbed_bytes_total", "Bytes re-read by scrub").unwrap_or_else(|e| unreachable!("{e}")),
+            scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub").unwrap_or_else(|e| unreachable!("{e}")),
+            connections: IntGauge::new("connections", "Open client connections").unwrap_or_else(|e| unreachable!("{e}")),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+            Box::new(m.requests.clone()),
+            Box::new(m.bytes_written.clone()),
+            Box::new(m.bytes_read.clone()),
+            Box::new(m.corrupt_blocks.clone()),
+            Box::new(m.scrubbed_bytes.clone()),
+            Box::new(m.scrubbed_shards.clone()),
+            Box::new(m.connections.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).unwrap_or_else(|e| unreachable!("metric names are distinct: {e}"));
+        }
+        m
+    }
+
+    /// Text exposition of every metric.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,68 @@
+//! Start-up of a dataserver from its configuration: data directory, disk engine, store,
+//! listener, background scrub.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_common::config::Config;
+use cairn_common::ids::NodeId;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::disk;
+use crate::metrics::Metrics;
+use crate::scrub;
+use crate::server::{Server, ServerConfig};
+use crate::store::{ShardStore, StoreLimits};
+
+/// A dataserver that has opened its store and bound its port.
+#[derive(Debug)]
+pub struct Node {
+    pub store: ShardStore,
+    pub server: Arc<Server>,
+    pub listener: TcpListener,
+    pub addr: SocketAddr,
+    scrub_bytes_per_sec: u64,
+}
+
+impl Node {
+    pub async fn start(config: &Config) -> anyhow::Result<Node> {
+        let ds = config.dataserver()?;
+        std::fs::create_dir_all(&ds.data_dir).with_context(|| format!("create data directory {}", ds.data_dir.display()))?;
+        let choice = disk::choose(&ds.data_dir, ds.io, ds.uring_entries).await.context("choose disk I/O engine")?;
+        let limits = StoreLimits {
+            shard_bytes_max: u64::from(config.erasure.shard_unit_bytes),
+            capacity_bytes: ds.capacity_bytes,
+        };
+        let store = ShardStore::open(&ds.data_dir, choice, limits, Metrics::new()).context("open shard store")?;
+        let listener = TcpListener::bind(ds.listen).await.with_context(|| format!("listen on {}", ds.listen))?;
+        let addr = listener.local_addr()?;
+        let server = Server::new(
+            store.clone(),
+            ServerConfig {
+                node: NodeId(ds.node_id),
+                hall: ds.hall_id(),
+                max_connections: ds.max_connections,
+                inflight_bytes_max: ds.inflight_bytes_max,
+                payload_bytes_max: config.payload_bytes_max(),
+            },
+        );
+        Ok(Node {
+            store,
+            server,
+            listener,
+            addr,
+            scrub_bytes_per_sec: ds.scrub_bytes_per_sec,
+        })
+    }
+
+    /// Serves until `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let scrubber = (self.scrub_bytes_per_sec > 0).then(|| scrub::spawn_background(self.store.clone(), self.scrub_bytes_per_sec, shutdown.clone()));
+        self.server.serve(self.listener, shutdown).await;
+        if let Some(s) = scrubber {
+            let _ = s.await;
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Scrub: re-reads stored shards and checks every block (DESIGN.md invariant 5), in the
+//! background at a configured rate, or once on demand from the command line.
+
+use std::time::Duration;
+
+use cairn_common::ids::ShardId;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::store::{ShardStore, StoreError};
+
+/// Shards fetched from the index per step of a pass.
+const PAGE_SHARDS: usize = 256;
+/// Background passes start at most this often, so an empty store is not spun over.
+const PASS_INTERVAL_MIN: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    pub shards: u64,
+    pub bytes: u64,
+    /// Shards with corrupt blocks, and those blocks.
+    pub corrupt: Vec<(ShardId, Vec<u32>)>,
+}
+
+/// One pass over every shard, reading at most `bytes_per_sec` (0: as fast as the disk
+/// allows). Shards deleted during the pass are skipped. Stops early when cancelled.
+pub async fn scrub_pass(store: &ShardStore, bytes_per_sec: u64, cancel: &CancellationToken) -> Result<ScrubReport, StoreError> {
+    let start = Instant::now();
+    let mut report = ScrubReport::default();
+    let mut after = None;
+    loop {
+        let (page, more) = store.list(after, PAGE_SHARDS).await?;
+        for (id, _) in &page {
+            if cancel.is_cancelled() {
+                return Ok(report);
+            }
+            match store.scrub(*id).await {
+                Ok(outcome) => {
+                    report.shards += 1;
+                    report.bytes += outcome.bytes;
+                    if !outcome.corrupt_blocks.is_empty() {
+                        report.corrupt.push((*id, outcome.corrupt_blocks));
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if bytes_per_sec > 0 {
+                let due = start + Duration::from_secs_f64(report.bytes as f64 / bytes_per_sec as f64);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = cancel.cancelled() => return Ok(report),
+                }
+            }
+        }
+        after = page.last().map(|(id, _)| *id);
+        if !more {
+            return Ok(report);
+        }
+    }
+}
+
+/// Scrubs forever in the background until `cancel` fires.
+pub fn spawn_background(store: ShardStore, bytes_per_sec: u64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            match scrub_pass(&store, bytes_per_sec, &cancel).await {
+                Ok(r) => info!(shards = r.shards, bytes = r.bytes, corrupt_shards = r.corrupt.len(), "scrub pass finished"),
+                Err(e) => tracing::error!(error = %e, "scrub pass failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + PASS_INTERVAL_MIN) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    })
+}

@@ -1,0 +1,648 @@
+//! The shard store: immutable shards as files under `shards/<xx>/`, indexed in RocksDB.
+//!
+//! Put (acknowledged only when data and index are on stable storage, invariant 6):
+//! 1. verify every block checksum of the received bytes (invariant 5);
+//! 2. mark the shard pending in the index (synced);
+//! 3. write the file and fdatasync it (one linked io_uring submission), fsync its
+//!    directory so the new name survives a power loss;
+//! 4. one synced batch adds the index record and clears the pending mark.
+//!
+//! A crash before step 4 leaves a pending mark; the next start removes that file. So
+//! start-up reads only the pending marks (bounded by the puts in flight at the crash),
+//! never every shard. Shards are never modified: a second put with other bytes is refused.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use cairn_common::checksum::{block_count, verify_blocks, CorruptBlock};
+use cairn_common::config::{IO_ALIGN_BYTES, FRAME_META_BYTES_MAX};
+use cairn_common::ids::ShardId;
+use cairn_common::wire::ErrorCode;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::aligned::{padded_len, AlignedBuf};
+use crate::disk::{open_shard_file, DiskChoice};
+use crate::index::{Index, IndexError, ShardRecord, FORMAT_VERSION};
+use crate::metrics::Metrics;
+
+/// Free space kept back so the index can always be written.
+const RESERVE_BYTES: u64 = 64 << 20;
+/// Scrub and other whole-shard reads go in pieces of at most this many bytes.
+const READ_PIECE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("shard {0} not found")]
+    NotFound(ShardId),
+    #[error("shard {0} already exists with different content; shards are never modified")]
+    AlreadyExists(ShardId),
+    #[error("shard {0} is being written or deleted by another request")]
+    Busy(ShardId),
+    #[error("shard {shard} is corrupt: {detail}")]
+    Corrupt { shard: ShardId, detail: String },
+    #[error("shard {shard}: range at {offset} of {length:?} bytes is outside its {len} bytes")]
+    OutOfRange {
+        shard: ShardId,
+        offset: u64,
+        length: Option<u64>,
+        len: u64,
+    },
+    #[error("out of space: {needed} bytes needed, {free} free")]
+    OutOfSpace { needed: u64, free: u64 },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl StoreError {
+    /// The one place store errors become wire error codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StoreError::Busy(_) => ErrorCode::Busy,
+            StoreError::Corrupt { .. } => ErrorCode::Corrupt,
+            StoreError::OutOfRange { .. } => ErrorCode::OutOfRange,
+            StoreError::OutOfSpace { .. } => ErrorCode::OutOfSpace,
+            StoreError::BadRequest(_) => ErrorCode::BadRequest,
+            StoreError::Io { .. } | StoreError::Index(_) => ErrorCode::Io,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Limits a put must respect.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    pub shard_bytes_max: u64,
+    pub capacity_bytes: Option<u64>,
+}
+
+/// Space figures for `stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub shard_count: u64,
+}
+
+/// Result of re-reading one shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScrubOutcome {
+    pub bytes: u64,
+    pub corrupt_blocks: Vec<u32>,
+}
+
+#[derive(Clone)]
+pub struct ShardStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore").field("dir", &self.inner.shards_dir).field("io", &self.inner.disk).finish()
+    }
+}
+
+struct Inner {
+    index: Index,
+    disk: DiskChoice,
+    shards_dir: PathBuf,
+    /// Open handles of the 256 shard directories, for fsync after a file is created.
+    dirs: Vec<Arc<File>>,
+    busy: Mutex<HashSet<ShardId>>,
+    limits: StoreLimits,
+    metrics: Metrics,
+}
+
+/// Marks a shard as being worked on; a second put or delete of it gets `Busy`.
+struct BusyGuard {
+    inner: Arc<Inner>,
+    id: ShardId,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.inner.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+fn subdir(id: ShardId) -> usize {
+    (id.stripe.0 & 0xff) as usize
+}
+
+impl ShardStore {
+    /// Opens the store in `data_dir`, creating it if new, and finishes what a crash
+    /// interrupted (only the pending puts and deletes; nothing else is scanned).
+    pub fn open(data_dir: &Path, disk: DiskChoice, limits: StoreLimits, metrics: Metrics) -> Result<ShardStore> {
+        let index = Index::open(&data_dir.join("index"))?;
+        let store = Self::assemble(data_dir, index, disk, limits, metrics, true)?;
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store read-only (for an on-demand scrub), even while a
+    /// dataserver is serving it.
+    pub fn open_read_only(data_dir: &Path, disk: DiskChoice, metrics: Metrics) -> Result<ShardStore> {
+        let index = Index::open_read_only(&data_dir.join("index"))?;
+        let limits = StoreLimits {
+            shard_bytes_max: 0,
+            capacity_bytes: None,
+        };
+        Self::assemble(data_dir, index, disk, limits, metrics, false)
+    }
+
+    fn assemble(data_dir: &Path, index: Index, disk: DiskChoice, limits: StoreLimits, metrics: Metrics, create: bool) -> Result<ShardStore> {
+        let shards_dir = data_dir.join("shards");
+        let mut dirs = Vec::with_capacity(256);
+        for i in 0..256 {
+            let d = shards_dir.join(format!("{i:02x}"));
+            if create {
+                std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            }
+            dirs.push(Arc::new(File::open(&d).map_err(io_err("open directory", &d))?));
+        }
+        Ok(ShardStore {
+            inner: Arc::new(Inner {
+                index,
+                disk,
+                shards_dir,
+                dirs,
+                busy: Mutex::new(HashSet::new()),
+                limits,
+                metrics,
+            }),
+        })
+    }
+
+    fn recover(&self) -> Result<()> {
+        let pending = self.inner.index.pending()?;
+        for &id in &pending {
+            if self.inner.index.get(id)?.is_none() {
+                let path = self.inner.path(id);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove unfinished shard", &path)(e)),
+                }
+            }
+            self.inner.index.clear_pending(id)?;
+        }
+        if !pending.is_empty() {
+            info!(count = pending.len(), "reclaimed the space of puts and deletes a crash interrupted");
+        }
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn io_mode(&self) -> &str {
+        &self.inner.disk.describe
+    }
+
+    fn busy(&self, id: ShardId) -> Result<BusyGuard> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(id) {
+            return Err(StoreError::Busy(id));
+        }
+        Ok(BusyGuard {
+            inner: self.inner.clone(),
+            id,
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Inner) -> Result<T> + Send + 'static) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Io {
+                op: "join blocking task",
+                path: PathBuf::new(),
+                source: io::Error::other(e),
+            })?
+    }
+
+    /// Stores a shard. Returns false when an identical shard was already stored (a
+    /// retried put); refuses different bytes under an existing id.
+    pub async fn put(&self, id: ShardId, block_bytes: u32, checksums: Vec<u32>, data: Bytes) -> Result<bool> {
+        self.check_put(id, block_bytes, &checksums, &data)?;
+        let _guard = self.busy(id)?;
+        let len = data.len() as u64;
+        let disk_bytes = padded_len(len);
+        let record = ShardRecord {
+            format_version: FORMAT_VERSION,
+            len,
+            block_bytes,
+            checksums,
+        };
+        let existing_record = record.clone();
+        let existing = self.blocking(move |s| s.index.get(id).map_err(StoreError::from)).await?;
+        if let Some(existing) = existing {
+            return if existing.len == existing_record.len && existing.checksums == existing_record.checksums && existing.block_bytes == block_bytes {
+                Ok(false)
+            } else {
+                Err(StoreError::AlreadyExists(id))
+            };
+        }
+        self.check_space(disk_bytes)?;
+        let buf = AlignedBuf::padded_copy(&data);
+        drop(data);
+        let file = self
+            .blocking(move |s| {
+                s.index.mark_pending(id)?;
+                let path = s.path(id);
+                open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path))
+            })
+            .await?;
+        let path = self.inner.path(id);
+        self.inner.disk.disk.write_durable(Arc::new(file), buf).await.map_err(io_err("write shard", &path))?;
+        let dir = self.inner.dirs[subdir(id)].clone();
+        self.inner.disk.disk.sync(dir).await.map_err(io_err("sync directory of", &path))?;
+        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from)).await?;
+        self.inner.metrics.bytes_written.inc_by(len);
+        Ok(true)
+    }
+
+    fn check_put(&self, id: ShardId, block_bytes: u32, checksums: &[u32], data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
+        if len > self.inner.limits.shard_bytes_max {
+            return Err(StoreError::BadRequest(format!(
+                "shard of {len} bytes exceeds the shard limit of {} bytes",
+                self.inner.limits.shard_bytes_max
+            )));
+        }
+        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > FRAME_META_BYTES_MAX * 64 {
+            return Err(StoreError::BadRequest(format!(
+                "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {}",
+                FRAME_META_BYTES_MAX * 64
+            )));
+        }
+        let want = block_count(len, block_bytes);
+        if checksums.len() as u64 != want {
+            return Err(StoreError::BadRequest(format!(
+                "{} checksums for {want} blocks of {block_bytes} bytes",
+                checksums.len()
+            )));
+        }
+        verify_blocks(data, block_bytes, 0, checksums).map_err(|e| StoreError::Corrupt {
+            shard: id,
+            detail: format!("damaged in transit, nothing stored: {e}"),
+        })
+    }
+
+    fn check_space(&self, needed: u64) -> Result<()> {
+        let usage = self.usage()?;
+        if usage.free_bytes < needed {
+            return Err(StoreError::OutOfSpace {
+                needed,
+                free: usage.free_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads `length` bytes (to the end when `None`) at `offset`, verifying the checksum
+    /// of every block it touches. Returns the shard's length and the bytes.
+    pub async fn get(&self, id: ShardId, offset: u64, length: Option<u64>) -> Result<(u64, Bytes)> {
+        let (record, file) = self
+            .blocking(move |s| {
+                let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
+                let path = s.path(id);
+                let file = open_shard_file(&path, false, s.disk.direct).map_err(io_err("open shard", &path))?;
+                Ok((record, file))
+            })
+            .await?;
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(record.len),
+        };
+        let end = end.filter(|&e| offset <= e && e <= record.len).ok_or(StoreError::OutOfRange {
+            shard: id,
+            offset,
+            length,
+            len: record.len,
+        })?;
+        if offset == end {
+            return Ok((record.len, Bytes::new()));
+        }
+        let bytes = self.read_verified(id, &record, Arc::new(file), offset, end).await?;
+        self.inner.metrics.bytes_read.inc_by(end - offset);
+        Ok((record.len, bytes))
+    }
+
+    /// Reads the blocks covering [start, end) and checks them; returns exactly [start, end).
+    async fn read_verified(&self, id: ShardId, record: &ShardRecord, file: Arc<File>, start: u64, end: u64) -> Result<Bytes> {
+        let bs = u64::from(record.block_bytes);
+        let first_block = start / bs;
+        let last_block = end.div_ceil(bs);
+        let read_start = first_block * bs;
+        let read_end = (last_block * bs).min(padded_len(record.len));
+        let path = self.inner.path(id);
+        let buf = match self.inner.disk.disk.read_at(file, read_start, (read_end - read_start) as usize).await {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(self.corrupt(id, "read", format!("file is shorter than its {} bytes", record.len), 1));
+            }
+            Err(e) => return Err(io_err("read shard", &path)(e)),
+        };
+        // The buffer holds whole blocks; the shard's bytes stop at its length.
+        let data_len = (record.len.min(read_end) - read_start) as usize;
+        let sums = record
+            .checksums
+            .get(first_block as usize..last_block as usize)
+            .ok_or_else(|| self.corrupt(id, "read", "index has too few checksums".into(), 1))?;
+        verify_blocks(&buf.as_slice()[..data_len], record.block_bytes, first_block as u32, sums)
+            .map_err(|e: CorruptBlock| self.corrupt(id, "read", e.to_string(), 1))?;
+        Ok(buf.into_bytes().slice((start - read_start) as usize..(end - read_start) as usize))
+    }
+
+    fn corrupt(&self, id: ShardId, found_by: &str, detail: String, blocks: u64) -> StoreError {
+        warn!(shard = %id, found_by, %detail, "corrupt shard");
+        self.inner.metrics.corrupt_blocks.with_label_values(&[found_by]).inc_by(blocks);
+        StoreError::Corrupt { shard: id, detail }
+    }
+
+    /// Deletes a shard; returns whether it existed.
+    pub async fn delete(&self, id: ShardId) -> Result<bool> {
+        let _guard = self.busy(id)?;
+        self.blocking(move |s| {
+            let Some(record) = s.index.get(id)? else { return Ok(false) };
+            s.index.begin_delete(id, padded_len(record.len))?;
+            let path = s.path(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove shard", &path)(e)),
+            }
+            s.index.clear_pending(id)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Up to `limit` shards (id, length) after `after`, and whether more follow.
+    pub async fn list(&self, after: Option<ShardId>, limit: usize) -> Result<(Vec<(ShardId, u64)>, bool)> {
+        self.blocking(move |s| {
+            let (page, more) = s.index.list(after, limit)?;
+            Ok((page.into_iter().map(|(id, r)| (id, r.len)).collect(), more))
+        })
+        .await
+    }
+
+    pub fn usage(&self) -> Result<Usage> {
+        let (shard_count, used_bytes) = self.inner.index.counters()?;
+        let vfs = rustix::fs::statvfs(&self.inner.shards_dir).map_err(|e| io_err("statvfs", &self.inner.shards_dir)(e.into()))?;
+        let fs_total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
+        let fs_free = vfs.f_bavail.saturating_mul(vfs.f_frsize).saturating_sub(RESERVE_BYTES);
+        let capacity_bytes = self.inner.limits.capacity_bytes.unwrap_or(fs_total);
+        let free_bytes = fs_free.min(capacity_bytes.saturating_sub(used_bytes));
+        Ok(Usage {
+            capacity_bytes,
+            free_bytes,
+            used_bytes,
+            shard_count,
+        })
+    }
+
+    /// Re-reads a whole shard and checks every block; a shard deleted meanwhile gives
+    /// `NotFound`. Corrupt blocks are counted and logged, not returned as an error.
+    pub async fn scrub(&self, id: ShardId) -> Result<ScrubOutcome> {
+        let (record, file) = self
+            .blocking(move |s| {
+                let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
+                let path = s.path(id);
+                let file = open_shard_file(&path, false, s.disk.direct).map_err(io_err("open shard", &path))?;
+                Ok((record, Arc::new(file)))
+            })
+            .await?;
+        let bs = u64::from(record.block_bytes);
+        let piece = READ_PIECE_BYTES.max(bs) / bs * bs;
+        let mut corrupt_blocks = Vec::new();
+        let mut pos = 0;
+        while pos < record.len {
+            let end = (pos + piece).min(record.len);
+            let blocks = (pos / bs) as u32..end.div_ceil(bs) as u32;
+            match self.inner.disk.disk.read_at(file.clone(), pos, (padded_len(end) - pos) as usize).await {
+                Ok(buf) => {
+                    for b in blocks {
+                        let lo = u64::from(b) * bs - pos;
+                        let hi = ((u64::from(b) + 1) * bs).min(end) - pos;
+                        if !block_ok(&record, b, &buf.as_slice()[lo as usize..hi as usize]) {
+                            corrupt_blocks.push(b);
+                        }
+                    }
+                }
+                // A short file or a media error: read block by block so that only the
+                // blocks that really cannot be read are reported.
+                Err(_) => {
+                    for b in blocks {
+                        let lo = u64::from(b) * bs;
+                        let hi = (lo + bs).min(record.len);
+                        let read = self.inner.disk.disk.read_at(file.clone(), lo, (padded_len(hi) - lo) as usize).await;
+                        if !read.is_ok_and(|buf| block_ok(&record, b, &buf.as_slice()[..(hi - lo) as usize])) {
+                            corrupt_blocks.push(b);
+                        }
+                    }
+                }
+            }
+            pos = end;
+        }
+        self.inner.metrics.scrubbed_shards.inc();
+        self.inner.metrics.scrubbed_bytes.inc_by(record.len);
+        if !corrupt_blocks.is_empty() {
+            let n = corrupt_blocks.len() as u64;
+            self.corrupt(id, "scrub", format!("blocks {corrupt_blocks:?} fail their checksum"), n);
+        }
+        Ok(ScrubOutcome {
+            bytes: record.len,
+            corrupt_blocks,
+        })
+    }
+
+    /// Where shard `id`'s file lives (tests use it to damage shards on purpose).
+    pub fn shard_path(&self, id: ShardId) -> PathBuf {
+        self.inner.path(id)
+    }
+}
+
+fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
+    record.checksums.get(block as usize) == Some(&crc32c::crc32c(bytes))
+}
+
+impl Inner {
+    fn path(&self, id: ShardId) -> PathBuf {
+        self.shards_dir.join(format!("{:02x}", subdir(id))).join(id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk;
+    use cairn_common::checksum::block_checksums;
+    use cairn_common::config::IoMode;
+    use cairn_common::ids::StripeId;
+
+    const BS: u32 = 4096;
+
+    async fn open(dir: &Path) -> ShardStore {
+        let choice = disk::choose(dir, IoMode::Auto, 32).await.unwrap();
+        let limits = StoreLimits {
+            shard_bytes_max: 1 << 20,
+            capacity_bytes: None,
+        };
+        ShardStore::open(dir, choice, limits, Metrics::new()).unwrap()
+    }
+
+    fn data(len: usize, seed: u8) -> Bytes {
+        (0..len).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)).collect::<Vec<_>>().into()
+    }
+
+    async fn put(store: &ShardStore, id: ShardId, d: &Bytes) -> Result<bool> {
+        store.put(id, BS, block_checksums(d, BS), d.clone()).await
+    }
+
+    #[tokio::test]
+    async fn put_get_ranges_and_immutability() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let id = ShardId::new(StripeId(1), 0);
+        let d = data(10_000, 3);
+        assert!(put(&store, id, &d).await.unwrap());
+        assert!(!put(&store, id, &d).await.unwrap(), "identical retry is accepted as a no-op");
+        assert!(matches!(put(&store, id, &data(10_000, 4)).await, Err(StoreError::AlreadyExists(_))));
+        assert_eq!(store.get(id, 0, None).await.unwrap(), (10_000, d.clone()));
+        for (off, len) in [(0, 1), (4095, 2), (4096, 4096), (9999, 1), (5000, 0), (10_000, 0)] {
+            let (_, got) = store.get(id, off, Some(len)).await.unwrap();
+            assert_eq!(got, d.slice(off as usize..(off + len) as usize), "range {off}+{len}");
+        }
+        for (off, len) in [(10_001, None), (0, Some(10_001)), (u64::MAX, Some(2))] {
+            assert!(matches!(store.get(id, off, len).await, Err(StoreError::OutOfRange { .. })));
+        }
+        assert!(matches!(store.get(ShardId::new(StripeId(2), 0), 0, None).await, Err(StoreError::NotFound(_))));
+        let empty = ShardId::new(StripeId(3), 0);
+        assert!(put(&store, empty, &Bytes::new()).await.unwrap());
+        assert_eq!(store.get(empty, 0, None).await.unwrap(), (0, Bytes::new()));
+        assert_eq!(store.usage().unwrap().shard_count, 2);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_puts_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let id = ShardId::new(StripeId(1), 0);
+        let d = data(9000, 5);
+        let mut sums = block_checksums(&d, BS);
+        sums[1] ^= 1;
+        assert!(matches!(store.put(id, BS, sums, d.clone()).await, Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.put(id, BS, vec![1], d.clone()).await, Err(StoreError::BadRequest(_))));
+        assert!(matches!(store.put(id, 1000, vec![], d.clone()).await, Err(StoreError::BadRequest(_))));
+        let big = data((1 << 20) + 1, 1);
+        assert!(matches!(put(&store, id, &big).await, Err(StoreError::BadRequest(_))));
+        assert!(matches!(store.get(id, 0, None).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.usage().unwrap().shard_count, 0);
+        assert!(!store.shard_path(id).exists());
+    }
+
+    #[tokio::test]
+    async fn corrupt_blocks_are_never_returned_and_scrub_finds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let id = ShardId::new(StripeId(7), 1);
+        let d = data(3 * 4096 + 100, 9);
+        put(&store, id, &d).await.unwrap();
+        let path = store.shard_path(id);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4096 + 17] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(store.get(id, 0, None).await, Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.get(id, 5000, Some(10)).await, Err(StoreError::Corrupt { .. })));
+        // Blocks around the damaged one still read.
+        assert_eq!(store.get(id, 0, Some(4096)).await.unwrap().1, d.slice(..4096));
+        assert_eq!(store.get(id, 8192, None).await.unwrap().1, d.slice(8192..));
+        assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1]);
+        // A truncated file is corrupt too, not an I/O error.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+        assert!(matches!(store.get(id, 8192, None).await, Err(StoreError::Corrupt { .. })));
+        assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1, 2, 3]);
+        let m = store.metrics();
+        assert!(m.corrupt_blocks.with_label_values(&["scrub"]).get() >= 4);
+        assert!(m.corrupt_blocks.with_label_values(&["read"]).get() >= 3);
+    }
+
+    #[tokio::test]
+    async fn unfinished_puts_are_reclaimed_and_deletes_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = ShardId::new(StripeId(1), 0);
+        let torn = ShardId::new(StripeId(2), 0);
+        let deleted = ShardId::new(StripeId(3), 0);
+        {
+            let store = open(dir.path()).await;
+            put(&store, kept, &data(5000, 1)).await.unwrap();
+            put(&store, deleted, &data(5000, 2)).await.unwrap();
+            assert!(store.delete(deleted).await.unwrap());
+            assert!(!store.delete(deleted).await.unwrap());
+            // What a crash between the file write and the index commit leaves behind.
+            store.inner.index.mark_pending(torn).unwrap();
+            std::fs::write(store.shard_path(torn), vec![1u8; 8192]).unwrap();
+        }
+        let store = open(dir.path()).await;
+        assert!(!store.shard_path(torn).exists(), "space of the unfinished put is reclaimed");
+        assert!(store.inner.index.pending().unwrap().is_empty());
+        assert_eq!(store.get(kept, 0, None).await.unwrap().1, data(5000, 1));
+        assert!(matches!(store.get(deleted, 0, None).await, Err(StoreError::NotFound(_))));
+        let u = store.usage().unwrap();
+        assert_eq!((u.shard_count, u.used_bytes), (1, 8192));
+        let (page, more) = store.list(None, 10).await.unwrap();
+        assert_eq!((page, more), (vec![(kept, 5000)], false));
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_of_one_shard_do_not_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let id = ShardId::new(StripeId(5), 0);
+        let d = data(100_000, 7);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, d) = (store.clone(), d.clone());
+                tokio::spawn(async move { put(&s, id, &d).await })
+            })
+            .collect();
+        let mut created = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(true) => created += 1,
+                Ok(false) | Err(StoreError::Busy(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(store.get(id, 0, None).await.unwrap().1, d);
+    }
+}
