@@ -25,12 +25,7 @@ pub fn block_checksums(data: &[u8], block_bytes: u32) -> Vec<u32> {
 /// Checks `data`, which starts at block `first_block` of its shard, against `expected`
 /// (the checksums of those blocks, in order). `data` must cover whole blocks, except
 /// that the last one may be short (the end of the shard).
-pub fn verify_blocks(
-    data: &[u8],
-    block_bytes: u32,
-    first_block: u32,
-    expected: &[u32],
-) -> Result<(), CorruptBlock> {
+pub fn verify_blocks(data: &[u8], block_bytes: u32, first_block: u32, expected: &[u32]) -> Result<(), CorruptBlock> {
     let mut block = first_block;
     let mut chunks = data.chunks(block_bytes as usize);
     for &want in expected {
@@ -78,8 +73,14 @@ mod tests {
         let data = vec![9u8; 4096 * 4];
         let sums = block_checksums(&data, 4096);
         assert_eq!(verify_blocks(&data[4096..12288], 4096, 1, &sums[1..3]), Ok(()));
-        assert!(verify_blocks(&data[..4096], 4096, 0, &sums[..2]).is_err(), "missing block accepted");
-        assert!(verify_blocks(&data[..8192], 4096, 0, &sums[..1]).is_err(), "extra block accepted");
+        assert!(
+            verify_blocks(&data[..4096], 4096, 0, &sums[..2]).is_err(),
+            "missing block accepted"
+        );
+        assert!(
+            verify_blocks(&data[..8192], 4096, 0, &sums[..1]).is_err(),
+            "extra block accepted"
+        );
     }
 
     #[test]

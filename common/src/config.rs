@@ -18,10 +18,7 @@ const MIB: u64 = 1024 * KIB;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config is not valid TOML for Cairn: {0}")]
     Parse(String),
     #[error("config key `{key}`: {reason}")]
@@ -188,7 +185,10 @@ impl Config {
                 free_bytes: 1,
             });
         }
-        let (k, m) = (usize::from(self.erasure.data_shards), usize::from(self.erasure.parity_shards));
+        let (k, m) = (
+            usize::from(self.erasure.data_shards),
+            usize::from(self.erasure.parity_shards),
+        );
         let placeable = placeable_shards(&candidates, m);
         if placeable < k + m {
             let halls: HashMap<_, _> = candidates.iter().map(|c| (&c.hall, ())).collect();
@@ -227,9 +227,17 @@ impl ErasureConfig {
             .map_err(|e| invalid("erasure", e.to_string()))?;
         in_range("erasure.block_bytes", self.block_bytes, IO_ALIGN_BYTES, 4 * MIB as u32)?;
         if self.block_bytes % IO_ALIGN_BYTES != 0 {
-            return Err(invalid("erasure.block_bytes", format!("must be a multiple of {IO_ALIGN_BYTES}")));
+            return Err(invalid(
+                "erasure.block_bytes",
+                format!("must be a multiple of {IO_ALIGN_BYTES}"),
+            ));
         }
-        in_range("erasure.shard_unit_bytes", self.shard_unit_bytes, self.block_bytes, SHARD_UNIT_BYTES_MAX)?;
+        in_range(
+            "erasure.shard_unit_bytes",
+            self.shard_unit_bytes,
+            self.block_bytes,
+            SHARD_UNIT_BYTES_MAX,
+        )?;
         if self.shard_unit_bytes % self.block_bytes != 0 {
             return Err(invalid(
                 "erasure.shard_unit_bytes",
@@ -239,7 +247,10 @@ impl ErasureConfig {
         // Every block's checksum must fit in one frame's message part.
         let blocks = self.shard_unit_bytes / self.block_bytes;
         if blocks * 4 > FRAME_META_BYTES_MAX / 2 {
-            return Err(invalid("erasure.block_bytes", format!("too small: {blocks} blocks per shard")));
+            return Err(invalid(
+                "erasure.block_bytes",
+                format!("too small: {blocks} blocks per shard"),
+            ));
         }
         Ok(())
     }
@@ -259,12 +270,22 @@ impl DataserverConfig {
         }
         in_range("dataserver.max_connections", self.max_connections, 1, 65_536)?;
         let frame = u64::from(erasure.shard_unit_bytes) + u64::from(FRAME_META_BYTES_MAX);
-        in_range("dataserver.inflight_bytes_max", self.inflight_bytes_max, frame, 64 * 1024 * MIB)?;
+        in_range(
+            "dataserver.inflight_bytes_max",
+            self.inflight_bytes_max,
+            frame,
+            64 * 1024 * MIB,
+        )?;
         in_range("dataserver.uring_entries", self.uring_entries, 8, 4096)?;
         if let Some(c) = self.capacity_bytes {
             in_range("dataserver.capacity_bytes", c, 64 * MIB, u64::MAX)?;
         }
-        in_range("dataserver.scrub_bytes_per_sec", self.scrub_bytes_per_sec, 0, 64 * 1024 * MIB)?;
+        in_range(
+            "dataserver.scrub_bytes_per_sec",
+            self.scrub_bytes_per_sec,
+            0,
+            64 * 1024 * MIB,
+        )?;
         Ok(())
     }
 
@@ -293,7 +314,14 @@ mod tests {
     fn defaults_are_4_plus_2_with_1_mib_units() {
         let c = Config::parse(DS).unwrap();
         assert_eq!(c.erasure, ErasureConfig::default());
-        assert_eq!((c.erasure.data_shards, c.erasure.parity_shards, c.erasure.shard_unit_bytes), (4, 2, 1 << 20));
+        assert_eq!(
+            (
+                c.erasure.data_shards,
+                c.erasure.parity_shards,
+                c.erasure.shard_unit_bytes
+            ),
+            (4, 2, 1 << 20)
+        );
         let ds = c.dataserver().unwrap();
         assert_eq!(ds.io, IoMode::Auto);
         assert_eq!(ds.max_connections, 256);
@@ -318,7 +346,10 @@ mod tests {
             ("[erasure]\nblock_bytes = 6144", "erasure.block_bytes"),
             ("[erasure]\nshard_unit_bytes = 100000", "erasure.shard_unit_bytes"),
             (&format!("{DS}\nmax_connections = 0"), "dataserver.max_connections"),
-            (&format!("{DS}\ninflight_bytes_max = 10"), "dataserver.inflight_bytes_max"),
+            (
+                &format!("{DS}\ninflight_bytes_max = 10"),
+                "dataserver.inflight_bytes_max",
+            ),
             (&DS.replace("\"h1\"", "\"Hall 1\""), "dataserver.hall"),
             (&DS.replace("127.0.0.1:7001", "nowhere"), "listen"),
             (&format!("{DS}\nio = \"magic\""), "io"),
@@ -332,14 +363,23 @@ mod tests {
     fn impossible_topologies_are_rejected() {
         let mut text = String::new();
         for (i, hall) in ["a", "a", "a", "b", "b", "b"].iter().enumerate() {
-            text += &format!("[[dataservers]]\nnode_id = {i}\nhall = \"{hall}\"\naddr = \"127.0.0.1:{}\"\n", 7000 + i);
+            text += &format!(
+                "[[dataservers]]\nnode_id = {i}\nhall = \"{hall}\"\naddr = \"127.0.0.1:{}\"\n",
+                7000 + i
+            );
         }
         let e = err(&text);
         assert!(e.contains("`dataservers`") && e.contains("only 4 shards"), "{e}");
-        let three_halls = text.replace("hall = \"b\"\naddr = \"127.0.0.1:7005\"", "hall = \"c\"\naddr = \"127.0.0.1:7005\"");
+        let three_halls = text.replace(
+            "hall = \"b\"\naddr = \"127.0.0.1:7005\"",
+            "hall = \"c\"\naddr = \"127.0.0.1:7005\"",
+        );
         let e = err(&three_halls);
         assert!(e.contains("only 5 shards"), "{e}");
-        let ok = three_halls.replace("hall = \"a\"\naddr = \"127.0.0.1:7002\"", "hall = \"c\"\naddr = \"127.0.0.1:7002\"");
+        let ok = three_halls.replace(
+            "hall = \"a\"\naddr = \"127.0.0.1:7002\"",
+            "hall = \"c\"\naddr = \"127.0.0.1:7002\"",
+        );
         Config::parse(&ok).unwrap();
         let dup = ok.replace("node_id = 1\n", "node_id = 0\n");
         assert!(err(&dup).contains("dataservers[1].node_id"));

@@ -101,7 +101,11 @@ impl ErasureCode {
     pub fn decode(&self, shards: &[Option<Bytes>], data_len: usize) -> Result<Vec<Bytes>, ErasureError> {
         let (k, m) = (self.data_shards, self.parity_shards);
         if shards.len() != k + m {
-            return Err(ErasureError::WrongShardCount { got: shards.len(), k, m });
+            return Err(ErasureError::WrongShardCount {
+                got: shards.len(),
+                k,
+                m,
+            });
         }
         let shard_len = self.shard_len(data_len);
         for (index, shard) in shards.iter().enumerate() {
@@ -187,7 +191,11 @@ mod tests {
                 let mut have: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
                 have[a] = None;
                 have[b] = None;
-                assert_eq!(joined(&code.decode(&have, data.len()).unwrap()), data.to_vec(), "lost {a},{b}");
+                assert_eq!(
+                    joined(&code.decode(&have, data.len()).unwrap()),
+                    data.to_vec(),
+                    "lost {a},{b}"
+                );
             }
         }
         let mut have: Vec<Option<Bytes>> = shards.iter().cloned().map(Some).collect();
@@ -206,9 +214,18 @@ mod tests {
         assert!(ErasureCode::new(4, 0).is_err());
         let code = ErasureCode::new(4, 2).unwrap();
         let data = Bytes::from(vec![0u8; 100]);
-        assert!(matches!(code.encode(&data, 10), Err(ErasureError::StripeTooLarge { .. })));
+        assert!(matches!(
+            code.encode(&data, 10),
+            Err(ErasureError::StripeTooLarge { .. })
+        ));
         let shards: Vec<Option<Bytes>> = code.encode(&data, 64).unwrap().into_iter().map(Some).collect();
-        assert!(matches!(code.decode(&shards[..5], 100), Err(ErasureError::WrongShardCount { .. })));
-        assert!(matches!(code.decode(&shards, 1000), Err(ErasureError::ShardLength { .. })));
+        assert!(matches!(
+            code.decode(&shards[..5], 100),
+            Err(ErasureError::WrongShardCount { .. })
+        ));
+        assert!(matches!(
+            code.decode(&shards, 1000),
+            Err(ErasureError::ShardLength { .. })
+        ));
     }
 }

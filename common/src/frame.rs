@@ -371,14 +371,20 @@ mod tests {
         assert!(matches!(decode_all(&bad_magic, &[]), Err(FrameError::BadMagic(_))));
         let mut bad_version = good.clone();
         bad_version[4] = 9;
-        assert!(matches!(decode_all(&bad_version, &[]), Err(FrameError::UnsupportedVersion(9))));
+        assert!(matches!(
+            decode_all(&bad_version, &[]),
+            Err(FrameError::UnsupportedVersion(9))
+        ));
         let mut bad_kind = good.clone();
         bad_kind[6] = 77;
         assert!(matches!(decode_all(&bad_kind, &[]), Err(FrameError::UnknownKind(77))));
         let mut huge = good.clone();
         huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode_all(&huge, &[]), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(decode_all(&good[..good.len() - 1], &[]), Err(FrameError::Truncated(_))));
+        assert!(matches!(
+            decode_all(&good[..good.len() - 1], &[]),
+            Err(FrameError::Truncated(_))
+        ));
     }
 
     #[test]
@@ -390,7 +396,10 @@ mod tests {
         bytes[24..28].copy_from_slice(&100u32.to_le_bytes());
         let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[..20]), &bytes[24..]);
         bytes[20..24].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(decode_all(&bytes, &[]), Err(FrameError::BadMetaLength { meta: 100, .. })));
+        assert!(matches!(
+            decode_all(&bytes, &[]),
+            Err(FrameError::BadMetaLength { meta: 100, .. })
+        ));
     }
 
     #[tokio::test]

@@ -170,7 +170,14 @@ mod tests {
 
     #[test]
     fn shard_id_rejects_bad_text() {
-        for bad in ["", "-1", "abc-1", &format!("{}-256", "0".repeat(32)), &format!("{}-", "0".repeat(32)), &format!("+{}-1", "0".repeat(31))] {
+        for bad in [
+            "",
+            "-1",
+            "abc-1",
+            &format!("{}-256", "0".repeat(32)),
+            &format!("{}-", "0".repeat(32)),
+            &format!("+{}-1", "0".repeat(31)),
+        ] {
             assert!(bad.parse::<ShardId>().is_err(), "{bad:?} accepted");
         }
         assert_eq!(ShardId::from_bytes(&[0; 16]), None);

@@ -82,7 +82,11 @@ pub fn place(
         }
     }
     if chosen.len() < shards {
-        let halls = candidates.iter().filter(|c| c.free_bytes > 0).map(|c| &c.hall).collect::<std::collections::HashSet<_>>();
+        let halls = candidates
+            .iter()
+            .filter(|c| c.free_bytes > 0)
+            .map(|c| &c.hall)
+            .collect::<std::collections::HashSet<_>>();
         return Err(PlacementError::Insufficient {
             needed: shards,
             per_hall_max,
@@ -208,11 +212,20 @@ mod tests {
         let cands = topology(&[3, 3], |_| 1 << 30);
         assert_eq!(
             place(&cands, StripeId(1), 6, 2),
-            Err(PlacementError::Insufficient { needed: 6, per_hall_max: 2, placeable: 4, nodes: 6, halls: 2 })
+            Err(PlacementError::Insufficient {
+                needed: 6,
+                per_hall_max: 2,
+                placeable: 4,
+                nodes: 6,
+                halls: 2
+            })
         );
         let mut dup = topology(&[2, 2, 2], |_| 1);
         dup[1].node = NodeId(0);
-        assert_eq!(place(&dup, StripeId(1), 6, 2), Err(PlacementError::DuplicateNode(NodeId(0))));
+        assert_eq!(
+            place(&dup, StripeId(1), 6, 2),
+            Err(PlacementError::DuplicateNode(NodeId(0)))
+        );
     }
 
     #[test]

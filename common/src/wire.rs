@@ -118,12 +118,26 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `created` is false when an identical shard was already stored (a retried put).
-    PutDone { created: bool },
-    Data { shard_len: u64, offset: u64, data: Bytes },
-    DeleteDone { existed: bool },
-    List { shards: Vec<(ShardId, u64)>, more: bool },
+    PutDone {
+        created: bool,
+    },
+    Data {
+        shard_len: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    DeleteDone {
+        existed: bool,
+    },
+    List {
+        shards: Vec<(ShardId, u64)>,
+        more: bool,
+    },
     Stat(StatReport),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 // Protobuf forms of the message parts. Private: the enums above are the interface.
@@ -224,7 +238,13 @@ impl Parse<'_> {
     }
 
     fn shard(&self, b: &[u8]) -> Result<ShardId, WireError> {
-        ShardId::from_bytes(b).ok_or_else(|| self.bad(format!("shard id is {} bytes, expected {}", b.len(), ShardId::ENCODED_BYTES)))
+        ShardId::from_bytes(b).ok_or_else(|| {
+            self.bad(format!(
+                "shard id is {} bytes, expected {}",
+                b.len(),
+                ShardId::ENCODED_BYTES
+            ))
+        })
     }
 
     fn no_data(&self) -> Result<(), WireError> {
@@ -262,7 +282,10 @@ impl Request {
             }
             Request::Delete { shard } => (
                 Kind::DeleteShard,
-                pb::ShardRef { shard: shard_bytes(*shard) }.encode_to_vec(),
+                pb::ShardRef {
+                    shard: shard_bytes(*shard),
+                }
+                .encode_to_vec(),
                 Bytes::new(),
             ),
             Request::List { start_after, limit } => {
@@ -301,7 +324,9 @@ impl Request {
             Kind::DeleteShard => {
                 p.no_data()?;
                 let m: pb::ShardRef = p.meta()?;
-                Request::Delete { shard: p.shard(&m.shard)? }
+                Request::Delete {
+                    shard: p.shard(&m.shard)?,
+                }
             }
             Kind::ListShards => {
                 p.no_data()?;
@@ -332,8 +357,16 @@ impl Reply {
 
     pub fn to_frame(&self, id: RequestId) -> Frame {
         let (kind, meta, data) = match self {
-            Reply::PutDone { created } => (Kind::PutShardDone, pb::PutDone { created: *created }.encode_to_vec(), Bytes::new()),
-            Reply::Data { shard_len, offset, data } => {
+            Reply::PutDone { created } => (
+                Kind::PutShardDone,
+                pb::PutDone { created: *created }.encode_to_vec(),
+                Bytes::new(),
+            ),
+            Reply::Data {
+                shard_len,
+                offset,
+                data,
+            } => {
                 let m = pb::Data {
                     shard_len: *shard_len,
                     offset: *offset,

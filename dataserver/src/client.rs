@@ -21,6 +21,8 @@ use tokio_util::codec::FramedRead;
 
 /// The largest reply payload accepted: the largest shard unit plus its message.
 const REPLY_PAYLOAD_BYTES_MAX: u32 = (64 << 20) + FRAME_META_BYTES_MAX;
+/// After a failed write, how long to wait for the server's reason.
+const REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -69,7 +71,9 @@ impl Drop for DataserverClient {
 
 impl DataserverClient {
     pub async fn connect(addr: SocketAddr) -> Result<DataserverClient, ClientError> {
-        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr, source })?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
         stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -79,11 +83,15 @@ impl DataserverClient {
             let failure = loop {
                 match frames.next().await {
                     Some(Ok(frame)) => {
-                        let waiter = lock(&reader_waiters).as_mut().and_then(|w| w.remove(&frame.request_id.0));
+                        let waiter = lock(&reader_waiters)
+                            .as_mut()
+                            .and_then(|w| w.remove(&frame.request_id.0));
                         match (waiter, Reply::from_frame(&frame)) {
                             (Some(w), reply) => drop(w.send(reply.map_err(ClientError::from))),
                             // Request id 0: the server rejected our stream and is closing it.
-                            (None, Ok(Reply::Error { code, message })) => break Some(ClientError::Remote { code, message }),
+                            (None, Ok(Reply::Error { code, message })) => {
+                                break Some(ClientError::Remote { code, message })
+                            }
                             (None, _) => {}
                         }
                     }
@@ -92,11 +100,17 @@ impl DataserverClient {
                 }
             };
             let pending = lock(&reader_waiters).take().unwrap_or_default();
-            let mut failure = failure;
+            let refusal = match failure {
+                Some(ClientError::Remote { code, message }) => Some((code, message)),
+                _ => None,
+            };
             for (_, w) in pending {
-                let e = match failure.take() {
-                    Some(ClientError::Remote { code, message }) => ClientError::Remote { code, message },
-                    _ => ClientError::Closed,
+                let e = match &refusal {
+                    Some((code, message)) => ClientError::Remote {
+                        code: *code,
+                        message: message.clone(),
+                    },
+                    None => ClientError::Closed,
                 };
                 let _ = w.send(Err(e));
             }
@@ -121,10 +135,17 @@ impl DataserverClient {
         let frame = request.to_frame(RequestId(id));
         let sent = write_frame(&mut *self.writer.lock().await, &frame).await;
         if let Err(e) = sent {
-            if let Some(w) = lock(&self.waiters).as_mut() {
-                w.remove(&id);
-            }
-            return Err(e.into());
+            // The server may have refused the stream and closed it while we were still
+            // writing; its error frame says why, which beats "broken pipe".
+            return match tokio::time::timeout(REFUSAL_WAIT, rx).await {
+                Ok(Ok(Err(refusal @ ClientError::Remote { .. }))) => Err(refusal),
+                _ => {
+                    if let Some(w) = lock(&self.waiters).as_mut() {
+                        w.remove(&id);
+                    }
+                    Err(e.into())
+                }
+            };
         }
         match rx.await.map_err(|_| ClientError::Closed)?? {
             Reply::Error { code, message } => Err(ClientError::Remote { code, message }),
@@ -163,7 +184,11 @@ impl DataserverClient {
         }
     }
 
-    pub async fn list(&self, start_after: Option<ShardId>, limit: u32) -> Result<(Vec<(ShardId, u64)>, bool), ClientError> {
+    pub async fn list(
+        &self,
+        start_after: Option<ShardId>,
+        limit: u32,
+    ) -> Result<(Vec<(ShardId, u64)>, bool), ClientError> {
         match self.call(&Request::List { start_after, limit }).await? {
             Reply::List { shards, more } => Ok((shards, more)),
             other => Err(ClientError::Unexpected(Box::new(other))),

@@ -103,7 +103,10 @@ pub async fn choose(dir: &Path, mode: IoMode, uring_entries: u32) -> io::Result<
         IoMode::Uring | IoMode::Auto => match probe_uring(&probe, direct, uring_entries).await {
             Ok(disk) => (disk, "uring"),
             Err(e) if mode == IoMode::Uring => {
-                return Err(io::Error::new(e.kind(), format!("io = \"uring\" but io_uring failed: {e}")))
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("io = \"uring\" but io_uring failed: {e}"),
+                ))
             }
             Err(e) => {
                 warn!(error = %e, "io_uring not permitted here; using positioned I/O");
@@ -113,7 +116,11 @@ pub async fn choose(dir: &Path, mode: IoMode, uring_entries: u32) -> io::Result<
     };
     // The probe file only matters during the probe.
     let _ = std::fs::remove_file(&probe);
-    let describe = if direct { format!("{engine}+direct") } else { engine.to_owned() };
+    let describe = if direct {
+        format!("{engine}+direct")
+    } else {
+        engine.to_owned()
+    };
     info!(io = %describe, "disk I/O engine chosen");
     Ok(DiskChoice { disk, direct, describe })
 }

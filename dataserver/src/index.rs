@@ -16,8 +16,7 @@ use std::sync::Arc;
 use cairn_common::ids::ShardId;
 use prost::Message;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options, WriteBatch, WriteOptions,
-    DB,
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, MergeOperands, Options, WriteBatch, WriteOptions, DB,
 };
 use thiserror::Error;
 
@@ -115,7 +114,12 @@ impl Index {
         match index.meta_u64(KEY_FORMAT)? {
             None => index
                 .db
-                .put_cf_opt(index.cf(CF_META), KEY_FORMAT, u64::from(FORMAT_VERSION).to_le_bytes(), &sync_write())
+                .put_cf_opt(
+                    index.cf(CF_META),
+                    KEY_FORMAT,
+                    u64::from(FORMAT_VERSION).to_le_bytes(),
+                    &sync_write(),
+                )
                 .map_err(db_err("write format version"))?,
             Some(v) if v > u64::from(FORMAT_VERSION) => return Err(IndexError::TooNew { found: v as u32 }),
             Some(_) => {}
@@ -141,10 +145,12 @@ impl Index {
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
         let v = self.db.get_cf(self.cf(CF_META), key).map_err(db_err("read meta"))?;
         v.map(|v| {
-            <[u8; 8]>::try_from(v.as_slice()).map(u64::from_le_bytes).map_err(|_| IndexError::BadEntry {
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason: format!("{} bytes, expected 8", v.len()),
-            })
+            <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_le_bytes)
+                .map_err(|_| IndexError::BadEntry {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: format!("{} bytes, expected 8", v.len()),
+                })
         })
         .transpose()
     }
@@ -164,7 +170,10 @@ impl Index {
     }
 
     pub fn get(&self, id: ShardId) -> Result<Option<ShardRecord>> {
-        let v = self.db.get_pinned_cf(self.cf(CF_SHARDS), id.to_bytes()).map_err(db_err("read shard"))?;
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_SHARDS), id.to_bytes())
+            .map_err(db_err("read shard"))?;
         v.map(|v| Self::decode(id, &v)).transpose()
     }
 
@@ -200,7 +209,9 @@ impl Index {
     /// Forgets a pending mark whose file is gone. Not synced: if the mark survives a
     /// crash, the next start removes the (already missing) file again.
     pub fn clear_pending(&self, id: ShardId) -> Result<()> {
-        self.db.delete_cf(self.cf(CF_PENDING), id.to_bytes()).map_err(db_err("clear pending"))
+        self.db
+            .delete_cf(self.cf(CF_PENDING), id.to_bytes())
+            .map_err(db_err("clear pending"))
     }
 
     /// Shards with a pending mark: at start-up, the puts and deletes a crash interrupted.

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -122,5 +123,9 @@ async fn scrub(config_path: PathBuf, bytes_per_sec: u64) -> anyhow::Result<ExitC
         report.bytes,
         report.corrupt.len()
     );
-    Ok(if report.corrupt.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if report.corrupt.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

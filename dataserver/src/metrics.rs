@@ -21,16 +21,27 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("cairn_dataserver".into()), None)
             .unwrap_or_else(|e| unreachable!("static registry prefix: {e}"));
-        let requests = IntCounterVec::new(Opts::new("requests_total", "Requests by operation and outcome"), &["op", "outcome"]);
-        let corrupt = IntCounterVec::new(Opts::new("corrupt_blocks_total", "Blocks that failed their checksum"), &["found_by"]);
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by operation and outcome"),
+            &["op", "outcome"],
+        );
+        let corrupt = IntCounterVec::new(
+            Opts::new("corrupt_blocks_total", "Blocks that failed their checksum"),
+            &["found_by"],
+        );
         let m = Metrics {
             requests: requests.unwrap_or_else(|e| unreachable!("{e}")),
-            bytes_written: IntCounter::new("written_bytes_total", "Shard bytes stored").unwrap_or_else(|e| unreachable!("{e}")),
-            bytes_read: IntCounter::new("read_bytes_total", "Shard bytes served").unwrap_or_else(|e| unreachable!("{e}")),
+            bytes_written: IntCounter::new("written_bytes_total", "Shard bytes stored")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            bytes_read: IntCounter::new("read_bytes_total", "Shard bytes served")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             corrupt_blocks: corrupt.unwrap_or_else(|e| unreachable!("{e}")),
-            scrubbed_bytes: IntCounter::new("scrubbed_bytes_total", "Bytes re-read by scrub").unwrap_or_else(|e| unreachable!("{e}")),
-            scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub").unwrap_or_else(|e| unreachable!("{e}")),
-            connections: IntGauge::new("connections", "Open client connections").unwrap_or_else(|e| unreachable!("{e}")),
+            scrubbed_bytes: IntCounter::new("scrubbed_bytes_total", "Bytes re-read by scrub")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            connections: IntGauge::new("connections", "Open client connections")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
@@ -43,7 +54,9 @@ impl Metrics {
             Box::new(m.connections.clone()),
         ];
         for c in collectors {
-            m.registry.register(c).unwrap_or_else(|e| unreachable!("metric names are distinct: {e}"));
+            m.registry
+                .register(c)
+                .unwrap_or_else(|e| unreachable!("metric names are distinct: {e}"));
         }
         m
     }

@@ -29,14 +29,19 @@ pub struct Node {
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         let ds = config.dataserver()?;
-        std::fs::create_dir_all(&ds.data_dir).with_context(|| format!("create data directory {}", ds.data_dir.display()))?;
-        let choice = disk::choose(&ds.data_dir, ds.io, ds.uring_entries).await.context("choose disk I/O engine")?;
+        std::fs::create_dir_all(&ds.data_dir)
+            .with_context(|| format!("create data directory {}", ds.data_dir.display()))?;
+        let choice = disk::choose(&ds.data_dir, ds.io, ds.uring_entries)
+            .await
+            .context("choose disk I/O engine")?;
         let limits = StoreLimits {
             shard_bytes_max: u64::from(config.erasure.shard_unit_bytes),
             capacity_bytes: ds.capacity_bytes,
         };
         let store = ShardStore::open(&ds.data_dir, choice, limits, Metrics::new()).context("open shard store")?;
-        let listener = TcpListener::bind(ds.listen).await.with_context(|| format!("listen on {}", ds.listen))?;
+        let listener = TcpListener::bind(ds.listen)
+            .await
+            .with_context(|| format!("listen on {}", ds.listen))?;
         let addr = listener.local_addr()?;
         let server = Server::new(
             store.clone(),
@@ -59,7 +64,8 @@ impl Node {
 
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
-        let scrubber = (self.scrub_bytes_per_sec > 0).then(|| scrub::spawn_background(self.store.clone(), self.scrub_bytes_per_sec, shutdown.clone()));
+        let scrubber = (self.scrub_bytes_per_sec > 0)
+            .then(|| scrub::spawn_background(self.store.clone(), self.scrub_bytes_per_sec, shutdown.clone()));
         self.server.serve(self.listener, shutdown).await;
         if let Some(s) = scrubber {
             let _ = s.await;

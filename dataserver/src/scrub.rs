@@ -25,7 +25,11 @@ pub struct ScrubReport {
 
 /// One pass over every shard, reading at most `bytes_per_sec` (0: as fast as the disk
 /// allows). Shards deleted during the pass are skipped. Stops early when cancelled.
-pub async fn scrub_pass(store: &ShardStore, bytes_per_sec: u64, cancel: &CancellationToken) -> Result<ScrubReport, StoreError> {
+pub async fn scrub_pass(
+    store: &ShardStore,
+    bytes_per_sec: u64,
+    cancel: &CancellationToken,
+) -> Result<ScrubReport, StoreError> {
     let start = Instant::now();
     let mut report = ScrubReport::default();
     let mut after = None;
@@ -62,12 +66,21 @@ pub async fn scrub_pass(store: &ShardStore, bytes_per_sec: u64, cancel: &Cancell
 }
 
 /// Scrubs forever in the background until `cancel` fires.
-pub fn spawn_background(store: ShardStore, bytes_per_sec: u64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+pub fn spawn_background(
+    store: ShardStore,
+    bytes_per_sec: u64,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let started = Instant::now();
             match scrub_pass(&store, bytes_per_sec, &cancel).await {
-                Ok(r) => info!(shards = r.shards, bytes = r.bytes, corrupt_shards = r.corrupt.len(), "scrub pass finished"),
+                Ok(r) => info!(
+                    shards = r.shards,
+                    bytes = r.bytes,
+                    corrupt_shards = r.corrupt.len(),
+                    "scrub pass finished"
+                ),
                 Err(e) => tracing::error!(error = %e, "scrub pass failed"),
             }
             tokio::select! {

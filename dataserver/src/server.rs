@@ -144,7 +144,9 @@ impl Server {
             match next {
                 Ok(Some(Ok(frame))) => {
                     let cost = self.cost_permits(&frame);
-                    let Ok(permit) = self.inflight.clone().acquire_many_owned(cost).await else { break };
+                    let Ok(permit) = self.inflight.clone().acquire_many_owned(cost).await else {
+                        break;
+                    };
                     let server = self.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
@@ -205,11 +207,20 @@ impl Server {
                 block_bytes,
                 checksums,
                 data,
-            } => store.put(shard, block_bytes, checksums, data).await.map(|created| Reply::PutDone { created }),
-            Request::Get { shard, offset, length } => store
-                .get(shard, offset, length)
+            } => store
+                .put(shard, block_bytes, checksums, data)
                 .await
-                .map(|(shard_len, data)| Reply::Data { shard_len, offset, data }),
+                .map(|created| Reply::PutDone { created }),
+            Request::Get { shard, offset, length } => {
+                store
+                    .get(shard, offset, length)
+                    .await
+                    .map(|(shard_len, data)| Reply::Data {
+                        shard_len,
+                        offset,
+                        data,
+                    })
+            }
             Request::Delete { shard } => store.delete(shard).await.map(|existed| Reply::DeleteDone { existed }),
             Request::List { start_after, limit } => store
                 .list(start_after, limit.min(LIST_LIMIT_MAX) as usize)
@@ -232,7 +243,8 @@ impl Server {
     fn stat(&self) -> Result<Reply, crate::store::StoreError> {
         let usage = self.store.usage()?;
         let metrics = self.store.metrics();
-        let corrupt = metrics.corrupt_blocks.with_label_values(&["scrub"]).get() + metrics.corrupt_blocks.with_label_values(&["read"]).get();
+        let corrupt = metrics.corrupt_blocks.with_label_values(&["scrub"]).get()
+            + metrics.corrupt_blocks.with_label_values(&["read"]).get();
         Ok(Reply::Stat(StatReport {
             node_id: self.config.node.0,
             hall: self.config.hall.to_string(),

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cairn_common::checksum::{block_count, verify_blocks, CorruptBlock};
-use cairn_common::config::{IO_ALIGN_BYTES, FRAME_META_BYTES_MAX};
+use cairn_common::config::{FRAME_META_BYTES_MAX, IO_ALIGN_BYTES};
 use cairn_common::ids::ShardId;
 use cairn_common::wire::ErrorCode;
 use thiserror::Error;
@@ -123,7 +123,10 @@ pub struct ShardStore {
 
 impl std::fmt::Debug for ShardStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardStore").field("dir", &self.inner.shards_dir).field("io", &self.inner.disk).finish()
+        f.debug_struct("ShardStore")
+            .field("dir", &self.inner.shards_dir)
+            .field("io", &self.inner.disk)
+            .finish()
     }
 }
 
@@ -146,7 +149,11 @@ struct BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        self.inner.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -175,7 +182,14 @@ impl ShardStore {
         Self::assemble(data_dir, index, disk, limits, metrics, false)
     }
 
-    fn assemble(data_dir: &Path, index: Index, disk: DiskChoice, limits: StoreLimits, metrics: Metrics, create: bool) -> Result<ShardStore> {
+    fn assemble(
+        data_dir: &Path,
+        index: Index,
+        disk: DiskChoice,
+        limits: StoreLimits,
+        metrics: Metrics,
+        create: bool,
+    ) -> Result<ShardStore> {
         let shards_dir = data_dir.join("shards");
         let mut dirs = Vec::with_capacity(256);
         for i in 0..256 {
@@ -212,7 +226,10 @@ impl ShardStore {
             self.inner.index.clear_pending(id)?;
         }
         if !pending.is_empty() {
-            info!(count = pending.len(), "reclaimed the space of puts and deletes a crash interrupted");
+            info!(
+                count = pending.len(),
+                "reclaimed the space of puts and deletes a crash interrupted"
+            );
         }
         Ok(())
     }
@@ -261,9 +278,14 @@ impl ShardStore {
             checksums,
         };
         let existing_record = record.clone();
-        let existing = self.blocking(move |s| s.index.get(id).map_err(StoreError::from)).await?;
+        let existing = self
+            .blocking(move |s| s.index.get(id).map_err(StoreError::from))
+            .await?;
         if let Some(existing) = existing {
-            return if existing.len == existing_record.len && existing.checksums == existing_record.checksums && existing.block_bytes == block_bytes {
+            return if existing.len == existing_record.len
+                && existing.checksums == existing_record.checksums
+                && existing.block_bytes == block_bytes
+            {
                 Ok(false)
             } else {
                 Err(StoreError::AlreadyExists(id))
@@ -280,10 +302,21 @@ impl ShardStore {
             })
             .await?;
         let path = self.inner.path(id);
-        self.inner.disk.disk.write_durable(Arc::new(file), buf).await.map_err(io_err("write shard", &path))?;
+        self.inner
+            .disk
+            .disk
+            .write_durable(Arc::new(file), buf)
+            .await
+            .map_err(io_err("write shard", &path))?;
         let dir = self.inner.dirs[subdir(id)].clone();
-        self.inner.disk.disk.sync(dir).await.map_err(io_err("sync directory of", &path))?;
-        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from)).await?;
+        self.inner
+            .disk
+            .disk
+            .sync(dir)
+            .await
+            .map_err(io_err("sync directory of", &path))?;
+        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
+            .await?;
         self.inner.metrics.bytes_written.inc_by(len);
         Ok(true)
     }
@@ -296,7 +329,8 @@ impl ShardStore {
                 self.inner.limits.shard_bytes_max
             )));
         }
-        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > FRAME_META_BYTES_MAX * 64 {
+        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > FRAME_META_BYTES_MAX * 64
+        {
             return Err(StoreError::BadRequest(format!(
                 "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {}",
                 FRAME_META_BYTES_MAX * 64
@@ -341,12 +375,14 @@ impl ShardStore {
             Some(l) => offset.checked_add(l),
             None => Some(record.len),
         };
-        let end = end.filter(|&e| offset <= e && e <= record.len).ok_or(StoreError::OutOfRange {
-            shard: id,
-            offset,
-            length,
-            len: record.len,
-        })?;
+        let end = end
+            .filter(|&e| offset <= e && e <= record.len)
+            .ok_or(StoreError::OutOfRange {
+                shard: id,
+                offset,
+                length,
+                len: record.len,
+            })?;
         if offset == end {
             return Ok((record.len, Bytes::new()));
         }
@@ -356,14 +392,27 @@ impl ShardStore {
     }
 
     /// Reads the blocks covering [start, end) and checks them; returns exactly [start, end).
-    async fn read_verified(&self, id: ShardId, record: &ShardRecord, file: Arc<File>, start: u64, end: u64) -> Result<Bytes> {
+    async fn read_verified(
+        &self,
+        id: ShardId,
+        record: &ShardRecord,
+        file: Arc<File>,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes> {
         let bs = u64::from(record.block_bytes);
         let first_block = start / bs;
         let last_block = end.div_ceil(bs);
         let read_start = first_block * bs;
         let read_end = (last_block * bs).min(padded_len(record.len));
         let path = self.inner.path(id);
-        let buf = match self.inner.disk.disk.read_at(file, read_start, (read_end - read_start) as usize).await {
+        let buf = match self
+            .inner
+            .disk
+            .disk
+            .read_at(file, read_start, (read_end - read_start) as usize)
+            .await
+        {
             Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(self.corrupt(id, "read", format!("file is shorter than its {} bytes", record.len), 1));
@@ -376,14 +425,25 @@ impl ShardStore {
             .checksums
             .get(first_block as usize..last_block as usize)
             .ok_or_else(|| self.corrupt(id, "read", "index has too few checksums".into(), 1))?;
-        verify_blocks(&buf.as_slice()[..data_len], record.block_bytes, first_block as u32, sums)
-            .map_err(|e: CorruptBlock| self.corrupt(id, "read", e.to_string(), 1))?;
-        Ok(buf.into_bytes().slice((start - read_start) as usize..(end - read_start) as usize))
+        verify_blocks(
+            &buf.as_slice()[..data_len],
+            record.block_bytes,
+            first_block as u32,
+            sums,
+        )
+        .map_err(|e: CorruptBlock| self.corrupt(id, "read", e.to_string(), 1))?;
+        Ok(buf
+            .into_bytes()
+            .slice((start - read_start) as usize..(end - read_start) as usize))
     }
 
     fn corrupt(&self, id: ShardId, found_by: &str, detail: String, blocks: u64) -> StoreError {
         warn!(shard = %id, found_by, %detail, "corrupt shard");
-        self.inner.metrics.corrupt_blocks.with_label_values(&[found_by]).inc_by(blocks);
+        self.inner
+            .metrics
+            .corrupt_blocks
+            .with_label_values(&[found_by])
+            .inc_by(blocks);
         StoreError::Corrupt { shard: id, detail }
     }
 
@@ -391,7 +451,9 @@ impl ShardStore {
     pub async fn delete(&self, id: ShardId) -> Result<bool> {
         let _guard = self.busy(id)?;
         self.blocking(move |s| {
-            let Some(record) = s.index.get(id)? else { return Ok(false) };
+            let Some(record) = s.index.get(id)? else {
+                return Ok(false);
+            };
             s.index.begin_delete(id, padded_len(record.len))?;
             let path = s.path(id);
             match std::fs::remove_file(&path) {
@@ -416,7 +478,8 @@ impl ShardStore {
 
     pub fn usage(&self) -> Result<Usage> {
         let (shard_count, used_bytes) = self.inner.index.counters()?;
-        let vfs = rustix::fs::statvfs(&self.inner.shards_dir).map_err(|e| io_err("statvfs", &self.inner.shards_dir)(e.into()))?;
+        let vfs = rustix::fs::statvfs(&self.inner.shards_dir)
+            .map_err(|e| io_err("statvfs", &self.inner.shards_dir)(e.into()))?;
         let fs_total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
         let fs_free = vfs.f_bavail.saturating_mul(vfs.f_frsize).saturating_sub(RESERVE_BYTES);
         let capacity_bytes = self.inner.limits.capacity_bytes.unwrap_or(fs_total);
@@ -447,7 +510,13 @@ impl ShardStore {
         while pos < record.len {
             let end = (pos + piece).min(record.len);
             let blocks = (pos / bs) as u32..end.div_ceil(bs) as u32;
-            match self.inner.disk.disk.read_at(file.clone(), pos, (padded_len(end) - pos) as usize).await {
+            match self
+                .inner
+                .disk
+                .disk
+                .read_at(file.clone(), pos, (padded_len(end) - pos) as usize)
+                .await
+            {
                 Ok(buf) => {
                     for b in blocks {
                         let lo = u64::from(b) * bs - pos;
@@ -463,7 +532,12 @@ impl ShardStore {
                     for b in blocks {
                         let lo = u64::from(b) * bs;
                         let hi = (lo + bs).min(record.len);
-                        let read = self.inner.disk.disk.read_at(file.clone(), lo, (padded_len(hi) - lo) as usize).await;
+                        let read = self
+                            .inner
+                            .disk
+                            .disk
+                            .read_at(file.clone(), lo, (padded_len(hi) - lo) as usize)
+                            .await;
                         if !read.is_ok_and(|buf| block_ok(&record, b, &buf.as_slice()[..(hi - lo) as usize])) {
                             corrupt_blocks.push(b);
                         }
@@ -520,7 +594,10 @@ mod tests {
     }
 
     fn data(len: usize, seed: u8) -> Bytes {
-        (0..len).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)).collect::<Vec<_>>().into()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
+            .collect::<Vec<_>>()
+            .into()
     }
 
     async fn put(store: &ShardStore, id: ShardId, d: &Bytes) -> Result<bool> {
@@ -534,17 +611,29 @@ mod tests {
         let id = ShardId::new(StripeId(1), 0);
         let d = data(10_000, 3);
         assert!(put(&store, id, &d).await.unwrap());
-        assert!(!put(&store, id, &d).await.unwrap(), "identical retry is accepted as a no-op");
-        assert!(matches!(put(&store, id, &data(10_000, 4)).await, Err(StoreError::AlreadyExists(_))));
+        assert!(
+            !put(&store, id, &d).await.unwrap(),
+            "identical retry is accepted as a no-op"
+        );
+        assert!(matches!(
+            put(&store, id, &data(10_000, 4)).await,
+            Err(StoreError::AlreadyExists(_))
+        ));
         assert_eq!(store.get(id, 0, None).await.unwrap(), (10_000, d.clone()));
         for (off, len) in [(0, 1), (4095, 2), (4096, 4096), (9999, 1), (5000, 0), (10_000, 0)] {
             let (_, got) = store.get(id, off, Some(len)).await.unwrap();
             assert_eq!(got, d.slice(off as usize..(off + len) as usize), "range {off}+{len}");
         }
         for (off, len) in [(10_001, None), (0, Some(10_001)), (u64::MAX, Some(2))] {
-            assert!(matches!(store.get(id, off, len).await, Err(StoreError::OutOfRange { .. })));
+            assert!(matches!(
+                store.get(id, off, len).await,
+                Err(StoreError::OutOfRange { .. })
+            ));
         }
-        assert!(matches!(store.get(ShardId::new(StripeId(2), 0), 0, None).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get(ShardId::new(StripeId(2), 0), 0, None).await,
+            Err(StoreError::NotFound(_))
+        ));
         let empty = ShardId::new(StripeId(3), 0);
         assert!(put(&store, empty, &Bytes::new()).await.unwrap());
         assert_eq!(store.get(empty, 0, None).await.unwrap(), (0, Bytes::new()));
@@ -559,9 +648,18 @@ mod tests {
         let d = data(9000, 5);
         let mut sums = block_checksums(&d, BS);
         sums[1] ^= 1;
-        assert!(matches!(store.put(id, BS, sums, d.clone()).await, Err(StoreError::Corrupt { .. })));
-        assert!(matches!(store.put(id, BS, vec![1], d.clone()).await, Err(StoreError::BadRequest(_))));
-        assert!(matches!(store.put(id, 1000, vec![], d.clone()).await, Err(StoreError::BadRequest(_))));
+        assert!(matches!(
+            store.put(id, BS, sums, d.clone()).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.put(id, BS, vec![1], d.clone()).await,
+            Err(StoreError::BadRequest(_))
+        ));
+        assert!(matches!(
+            store.put(id, 1000, vec![], d.clone()).await,
+            Err(StoreError::BadRequest(_))
+        ));
         let big = data((1 << 20) + 1, 1);
         assert!(matches!(put(&store, id, &big).await, Err(StoreError::BadRequest(_))));
         assert!(matches!(store.get(id, 0, None).await, Err(StoreError::NotFound(_))));
@@ -581,14 +679,25 @@ mod tests {
         bytes[4096 + 17] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         assert!(matches!(store.get(id, 0, None).await, Err(StoreError::Corrupt { .. })));
-        assert!(matches!(store.get(id, 5000, Some(10)).await, Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.get(id, 5000, Some(10)).await,
+            Err(StoreError::Corrupt { .. })
+        ));
         // Blocks around the damaged one still read.
         assert_eq!(store.get(id, 0, Some(4096)).await.unwrap().1, d.slice(..4096));
         assert_eq!(store.get(id, 8192, None).await.unwrap().1, d.slice(8192..));
         assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1]);
         // A truncated file is corrupt too, not an I/O error.
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
-        assert!(matches!(store.get(id, 8192, None).await, Err(StoreError::Corrupt { .. })));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        assert!(matches!(
+            store.get(id, 8192, None).await,
+            Err(StoreError::Corrupt { .. })
+        ));
         assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1, 2, 3]);
         let m = store.metrics();
         assert!(m.corrupt_blocks.with_label_values(&["scrub"]).get() >= 4);
@@ -612,10 +721,16 @@ mod tests {
             std::fs::write(store.shard_path(torn), vec![1u8; 8192]).unwrap();
         }
         let store = open(dir.path()).await;
-        assert!(!store.shard_path(torn).exists(), "space of the unfinished put is reclaimed");
+        assert!(
+            !store.shard_path(torn).exists(),
+            "space of the unfinished put is reclaimed"
+        );
         assert!(store.inner.index.pending().unwrap().is_empty());
         assert_eq!(store.get(kept, 0, None).await.unwrap().1, data(5000, 1));
-        assert!(matches!(store.get(deleted, 0, None).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get(deleted, 0, None).await,
+            Err(StoreError::NotFound(_))
+        ));
         let u = store.usage().unwrap();
         assert_eq!((u.shard_count, u.used_bytes), (1, 8192));
         let (page, more) = store.list(None, 10).await.unwrap();

@@ -130,7 +130,8 @@ impl Drop for UringDisk {
 }
 
 async fn recv<T>(rx: oneshot::Receiver<io::Result<T>>) -> io::Result<T> {
-    rx.await.map_err(|_| io::Error::other("io_uring thread dropped an operation"))?
+    rx.await
+        .map_err(|_| io::Error::other("io_uring thread dropped an operation"))?
 }
 
 impl ShardDisk for UringDisk {
@@ -143,7 +144,12 @@ impl ShardDisk for UringDisk {
     fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> DiskFuture<AlignedBuf> {
         let (reply, rx) = oneshot::channel();
         let buf = AlignedBuf::zeroed(len);
-        self.send(Op::Read { file, offset, buf, reply });
+        self.send(Op::Read {
+            file,
+            offset,
+            buf,
+            reply,
+        });
         Box::pin(recv(rx))
     }
 
@@ -218,7 +224,9 @@ impl Engine {
     fn push(&mut self, pending: &mut VecDeque<Op>) {
         let mut sq = self.ring.submission();
         if !self.wake_armed && !sq.is_full() {
-            let sqe = opcode::Read::new(self.wake_fd, self.wake_buf, 8).build().user_data(WAKE);
+            let sqe = opcode::Read::new(self.wake_fd, self.wake_buf, 8)
+                .build()
+                .user_data(WAKE);
             // SAFETY: wake_buf outlives the ring (see `run`).
             if unsafe { sq.push(&sqe) }.is_ok() {
                 self.wake_armed = true;
@@ -253,7 +261,9 @@ impl Engine {
                         .build()
                         .user_data(id << 1)]
                 }
-                Op::Sync { file, .. } => vec![opcode::Fsync::new(types::Fd(file.as_raw_fd())).build().user_data(id << 1)],
+                Op::Sync { file, .. } => vec![opcode::Fsync::new(types::Fd(file.as_raw_fd()))
+                    .build()
+                    .user_data(id << 1)],
             };
             let sqes_left = entries.len();
             for sqe in &entries {
@@ -356,7 +366,9 @@ mod tests {
         }
         let file = Arc::new(open_shard_file(&path, true, false).unwrap());
         disk.write_durable(file.clone(), AlignedBuf::zeroed(0)).await.unwrap();
-        let short = disk.read_at(Arc::new(open_shard_file(&path, false, false).unwrap()), 0, 4096).await;
+        let short = disk
+            .read_at(Arc::new(open_shard_file(&path, false, false).unwrap()), 0, 4096)
+            .await;
         assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         disk.sync(Arc::new(File::open(dir.path()).unwrap())).await.unwrap();
     }

@@ -1,0 +1,24 @@
+# Sourced by the scripts: installs what building Cairn needs on Debian 12 (only what is
+# missing, so it is safe to run any number of times) and shares one cargo target
+# directory outside the clone, so every clone and CI run reuses the RocksDB build.
+set -euo pipefail
+CAIRN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+log() { printf '[cairn] %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_debian_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]} == 0)) && return 0
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# RocksDB is built from source by the rocksdb crate: it needs a C++ compiler and libclang.
+ensure_debian_packages build-essential clang libclang-dev pkg-config
+command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }

@@ -1,0 +1,141 @@
+//! Helpers for end-to-end tests: start real Cairn processes on loopback, each in its own
+//! temporary directory, and stop them (SIGKILL) when the handle is dropped, even when a
+//! test fails.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cairn_dataserver::client::DataserverClient;
+
+/// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that
+/// holds this test executable (`target/<profile>/deps/..`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CAIRN_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        exe.parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins) or set CAIRN_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// A dataserver process with its own data directory and config.
+#[derive(Debug)]
+pub struct Dataserver {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Dataserver {
+    /// Writes a config (the `[erasure]` defaults plus `extra` lines in `[dataserver]`)
+    /// and starts the process; returns once it answers `stat`.
+    pub async fn start(extra: &str) -> anyhow::Result<Dataserver> {
+        let dir = tempfile::tempdir()?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let config = dir.path().join("dataserver.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[dataserver]\nnode_id = 1\nhall = \"hall-a\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n",
+                dir.path().join("data").display()
+            ),
+        )?;
+        let mut ds = Dataserver {
+            dir,
+            addr,
+            config,
+            child: None,
+        };
+        ds.restart().await?;
+        Ok(ds)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts the process again (after `kill9`) and waits until it serves.
+    pub async fn restart(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("dataserver.log"))?;
+        let child = Command::new(bin_path("cairn-dataserver"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn cairn-dataserver")?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60)).await?;
+        Ok(started.elapsed())
+    }
+
+    async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("dataserver exited with {status}; log:\n{}", self.log());
+            }
+            if let Ok(c) = DataserverClient::connect(self.addr).await {
+                if c.stat().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("dataserver not ready after {limit:?}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dataserver.log")).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, as a power loss looks to the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<DataserverClient> {
+        Ok(DataserverClient::connect(self.addr).await?)
+    }
+}
+
+impl Drop for Dataserver {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

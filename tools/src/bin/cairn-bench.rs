@@ -1,0 +1,244 @@
+//! `cairn-bench`: load generators. Each prints one result line of key=value pairs that
+//! the scripts under `bench/` put beside the machine's limits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use cairn_common::ids::{ShardId, StripeId};
+use cairn_dataserver::client::DataserverClient;
+use cairn_tools::connect_when_ready;
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+
+#[derive(Parser)]
+#[command(version, about = "Cairn benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Shard put throughput, then get throughput of the same shards, against one dataserver.
+    Shards {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Requests in flight on each connection.
+        #[arg(long, default_value_t = 4)]
+        depth: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        shard_bytes: usize,
+        /// Bytes to put (and then get) in all.
+        #[arg(long, default_value_t = 4 << 30)]
+        total_bytes: u64,
+        #[arg(long, default_value_t = 65_536)]
+        block_bytes: u32,
+    },
+    /// Store `count` small shards (to measure start-up time against shard count).
+    Fill {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 4096)]
+        shard_bytes: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Start a dataserver and time it until it answers `stat`, then stop it (SIGTERM).
+    Startup {
+        #[arg(long)]
+        dataserver_bin: PathBuf,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
+        Bench::Shards {
+            addr,
+            connections,
+            depth,
+            shard_bytes,
+            total_bytes,
+            block_bytes,
+        } => shards(addr, connections, depth, shard_bytes, total_bytes, block_bytes).await,
+        Bench::Fill {
+            addr,
+            count,
+            shard_bytes,
+            concurrency,
+        } => fill(addr, count, shard_bytes, concurrency).await,
+        Bench::Startup {
+            dataserver_bin,
+            config,
+            addr,
+        } => startup(&dataserver_bin, &config, addr).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `op(i)` for i in 0..count with `workers` tasks per client, spread over `clients`.
+async fn run_parallel<F, Fut>(
+    clients: &[Arc<DataserverClient>],
+    workers: usize,
+    count: u64,
+    op: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<DataserverClient>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let mut tasks = Vec::new();
+    for c in clients {
+        for _ in 0..workers {
+            let (c, next, op) = (c.clone(), next.clone(), op.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return anyhow::Ok(());
+                    }
+                    op(c.clone(), i).await?;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+async fn shards(
+    addr: SocketAddr,
+    connections: usize,
+    depth: usize,
+    shard_bytes: usize,
+    total: u64,
+    block_bytes: u32,
+) -> anyhow::Result<()> {
+    let count = total / shard_bytes as u64;
+    let mut clients = Vec::new();
+    for _ in 0..connections {
+        clients.push(Arc::new(DataserverClient::connect(addr).await?));
+    }
+    // A few distinct buffers, so the bench measures the store, not a compressible pattern.
+    let buffers: Arc<Vec<Bytes>> = Arc::new(
+        (0..16)
+            .map(|_| {
+                let mut v = vec![0u8; shard_bytes];
+                rand::rng().fill_bytes(&mut v);
+                Bytes::from(v)
+            })
+            .collect(),
+    );
+    let run: u128 = rand::random::<u64>().into();
+    let id = move |i: u64| ShardId::new(StripeId(run << 64 | u128::from(i)), 0);
+
+    let start = Instant::now();
+    let b = buffers.clone();
+    run_parallel(&clients, depth, count, move |c, i| {
+        let data = b[(i % 16) as usize].clone();
+        async move {
+            c.put(id(i), block_bytes, data).await.context("put")?;
+            Ok(())
+        }
+    })
+    .await?;
+    let put_s = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    run_parallel(&clients, depth, count, move |c, i| {
+        let want = buffers[(i % 16) as usize].len();
+        async move {
+            let got = c.get(id(i), 0, None).await.context("get")?;
+            if got.len() != want {
+                bail!("shard {} came back with {} bytes, expected {want}", id(i), got.len());
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    let get_s = start.elapsed().as_secs_f64();
+    let mb = (count * shard_bytes as u64) as f64 / 1e6;
+    println!(
+        "cairn shards connections={connections} depth={depth} shard_bytes={shard_bytes} count={count} \
+         put_MBps={:.1} get_MBps={:.1} put_ops={:.0} get_ops={:.0}",
+        mb / put_s,
+        mb / get_s,
+        count as f64 / put_s,
+        count as f64 / get_s
+    );
+    Ok(())
+}
+
+async fn fill(addr: SocketAddr, count: u64, shard_bytes: usize, concurrency: usize) -> anyhow::Result<()> {
+    let clients = vec![Arc::new(DataserverClient::connect(addr).await?)];
+    let run: u128 = rand::random::<u64>().into();
+    let data = Bytes::from(vec![0xa5u8; shard_bytes]);
+    let start = Instant::now();
+    run_parallel(&clients, concurrency, count, move |c, i| {
+        let data = data.clone();
+        async move {
+            let id = ShardId::new(StripeId(run << 64 | u128::from(i)), (i % 6) as u8);
+            c.put(id, 4096, data).await.context("put")?;
+            Ok(())
+        }
+    })
+    .await?;
+    println!(
+        "cairn fill count={count} shard_bytes={shard_bytes} put_ops={:.0}",
+        count as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn startup(bin: &std::path::Path, config: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", bin.display()))?;
+    let ready = connect_when_ready(addr, Duration::from_secs(120)).await;
+    let elapsed = start.elapsed();
+    let stat = match ready {
+        Ok(c) => c.stat().await,
+        Err(e) => {
+            let _ = child.kill();
+            return Err(e);
+        }
+    };
+    // SIGTERM for a clean stop; the measurement is done.
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let shards = stat.map(|s| s.shard_count).unwrap_or(0);
+    println!(
+        "cairn startup shards={shards} ready_ms={:.1}",
+        elapsed.as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `cairnctl`: the admin command line. For now it speaks to single dataservers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use cairn_common::ids::ShardId;
+use cairn_tools::connect_when_ready;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Cairn admin command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Talk to one dataserver directly (debugging and checks).
+    Dataserver {
+        /// The dataserver's address, e.g. 127.0.0.1:7001.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Keep trying to connect for this many seconds.
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
+        #[command(subcommand)]
+        command: DsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DsCommand {
+    /// Hall, capacity, free space, shard count, I/O engine.
+    Stat,
+    /// Store a file's bytes as one shard.
+    Put {
+        #[arg(long)]
+        shard: ShardId,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 65_536)]
+        block_bytes: u32,
+    },
+    /// Read a shard (or a range of it) to a file or standard output.
+    Get {
+        #[arg(long)]
+        shard: ShardId,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long)]
+        length: Option<u64>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List stored shards.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Delete a shard.
+    Delete {
+        #[arg(long)]
+        shard: ShardId,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Top::Dataserver {
+        addr,
+        wait_secs,
+        command,
+    } = cli.command;
+    let client = connect_when_ready(addr, Duration::from_secs(wait_secs)).await?;
+    match command {
+        DsCommand::Stat => {
+            let s = client.stat().await?;
+            println!("node       {}", s.node_id);
+            println!("hall       {}", s.hall);
+            println!("capacity   {} bytes", s.capacity_bytes);
+            println!("free       {} bytes", s.free_bytes);
+            println!("used       {} bytes", s.used_bytes);
+            println!("shards     {}", s.shard_count);
+            println!("corrupt    {} blocks found", s.corrupt_blocks);
+            println!("io         {}", s.io_mode);
+            println!("version    {}", s.build_version);
+        }
+        DsCommand::Put {
+            shard,
+            file,
+            block_bytes,
+        } => {
+            let data = std::fs::read(&file).with_context(|| format!("read {}", file.display()))?;
+            let len = data.len();
+            let created = client.put(shard, block_bytes, Bytes::from(data)).await?;
+            let what = if created { "stored" } else { "already stored" };
+            println!("{what} shard {shard}: {len} bytes");
+        }
+        DsCommand::Get {
+            shard,
+            offset,
+            length,
+            out,
+        } => {
+            let data = client.get(shard, offset, length).await?;
+            match out {
+                Some(path) => std::fs::write(&path, &data).with_context(|| format!("write {}", path.display()))?,
+                None => std::io::Write::write_all(&mut std::io::stdout(), &data)?,
+            }
+        }
+        DsCommand::List { limit } => {
+            let (shards, more) = client.list(None, limit).await?;
+            for (id, len) in shards {
+                println!("{id} {len}");
+            }
+            if more {
+                println!("(more)");
+            }
+        }
+        DsCommand::Delete { shard } => {
+            let existed = client.delete(shard).await?;
+            println!("{}", if existed { "deleted" } else { "no such shard" });
+        }
+    }
+    Ok(())
+}
