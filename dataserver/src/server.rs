@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cairn_common::frame::{write_frames, Frame, FrameDecoder};
 use cairn_common::ids::{HallId, NodeId, RequestId};
-use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, LIST_LIMIT_MAX};
+use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError, LIST_LIMIT_MAX};
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -143,15 +143,20 @@ impl Server {
             };
             match next {
                 Ok(Some(Ok(frame))) => {
-                    let cost = self.cost_permits(&frame);
+                    let id = frame.request_id;
+                    let request = Request::from_frame(&frame);
+                    let cost = self.cost_permits(&frame, &request);
+                    drop(frame);
                     let Ok(permit) = self.inflight.clone().acquire_many_owned(cost).await else {
                         break;
                     };
                     let server = self.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
-                        let id = frame.request_id;
-                        let reply = server.handle(frame).await;
+                        let reply = match request {
+                            Ok(request) => server.handle(id, request).await,
+                            Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
+                        };
                         // A closed queue means the client is gone; the reply has no reader.
                         let _ = tx.send((reply.to_frame(id), Some(permit))).await;
                     });
@@ -177,9 +182,9 @@ impl Server {
 
     /// Budget a request holds while it is handled: its own bytes, the aligned copy a put
     /// makes, or the bytes a get will return.
-    fn cost_permits(&self, frame: &Frame) -> u32 {
+    fn cost_permits(&self, frame: &Frame, request: &Result<Request, WireError>) -> u32 {
         let own = (frame.meta.len() + frame.data.len()) as u64;
-        let extra = match Request::from_frame(frame) {
+        let extra = match request {
             Ok(Request::Put { data, .. }) => data.len() as u64,
             Ok(Request::Get { length, .. }) => length.unwrap_or(u64::MAX).min(u64::from(self.config.payload_bytes_max)),
             _ => 0,
@@ -188,11 +193,7 @@ impl Server {
         u32::try_from(permits).unwrap_or(u32::MAX).min(self.inflight_permits)
     }
 
-    async fn handle(&self, frame: Frame) -> Reply {
-        let request = match Request::from_frame(&frame) {
-            Ok(r) => r,
-            Err(e) => return Reply::error(ErrorCode::BadRequest, e.to_string()),
-        };
+    async fn handle(&self, id: RequestId, request: Request) -> Reply {
         let op = match &request {
             Request::Put { .. } => "put",
             Request::Get { .. } => "get",
@@ -231,7 +232,7 @@ impl Server {
         let (outcome, reply) = match result {
             Ok(reply) => ("ok", reply),
             Err(e) => {
-                debug!(request = %frame.request_id, error = %e, "request failed");
+                debug!(request = %id, error = %e, "request failed");
                 let code = e.code();
                 (error_label(code), Reply::error(code, e.to_string()))
             }

@@ -16,6 +16,9 @@ use cairn_tools::connect_when_ready;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
+/// How long a bench waits for its dataserver to answer.
+const READY_WAIT: Duration = Duration::from_secs(120);
+
 #[derive(Parser)]
 #[command(version, about = "Cairn benchmarks")]
 struct Cli {
@@ -141,7 +144,7 @@ async fn shards(
     let count = total / shard_bytes as u64;
     let mut clients = Vec::new();
     for _ in 0..connections {
-        clients.push(Arc::new(DataserverClient::connect(addr).await?));
+        clients.push(Arc::new(connect_when_ready(addr, READY_WAIT).await?));
     }
     // A few distinct buffers, so the bench measures the store, not a compressible pattern.
     let buffers: Arc<Vec<Bytes>> = Arc::new(
@@ -194,7 +197,7 @@ async fn shards(
 }
 
 async fn fill(addr: SocketAddr, count: u64, shard_bytes: usize, concurrency: usize) -> anyhow::Result<()> {
-    let clients = vec![Arc::new(DataserverClient::connect(addr).await?)];
+    let clients = vec![Arc::new(connect_when_ready(addr, READY_WAIT).await?)];
     let run: u128 = rand::random::<u64>().into();
     let data = Bytes::from(vec![0xa5u8; shard_bytes]);
     let start = Instant::now();
@@ -223,7 +226,7 @@ async fn startup(bin: &std::path::Path, config: &std::path::Path, addr: SocketAd
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("start {}", bin.display()))?;
-    let ready = connect_when_ready(addr, Duration::from_secs(120)).await;
+    let ready = connect_when_ready(addr, READY_WAIT).await;
     let elapsed = start.elapsed();
     let stat = match ready {
         Ok(c) => c.stat().await,
