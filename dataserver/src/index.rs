@@ -2,13 +2,13 @@
 //!
 //! Column families:
 //! - `shards`: one versioned `ShardRecord` per stored shard. A shard exists exactly when
-//!   it has a record here (the file alone means nothing).
-//! - `pending`: shards whose file is being written or deleted. Written (synced) before a
-//!   file is created and removed in the same batch that adds the record, so after a crash
-//!   the files of unfinished puts are found here, not by scanning the data directory.
+//!   it has a record here (a file alone means nothing).
 //! - `meta`: the on-disk format version, and the shard count and used bytes as counters
-//!   updated by a merge operator in the same batches, so start-up reads two keys instead
-//!   of counting shards.
+//!   updated by a merge operator in the same batches as the records, so start-up reads
+//!   two keys instead of counting shards.
+//!
+//! The WAL is bounded (`max_total_wal_size`): a column family written rarely would
+//! otherwise keep old WAL files alive and make start-up replay grow with history.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +21,6 @@ use rocksdb::{
 use thiserror::Error;
 
 const CF_SHARDS: &str = "shards";
-const CF_PENDING: &str = "pending";
 const CF_META: &str = "meta";
 const KEY_FORMAT: &[u8] = b"format_version";
 const KEY_SHARD_COUNT: &[u8] = b"shard_count";
@@ -90,7 +89,6 @@ impl Index {
         meta.set_merge_operator_associative("cairn_add_i64", add_counter);
         vec![
             ColumnFamilyDescriptor::new(CF_SHARDS, Options::default()),
-            ColumnFamilyDescriptor::new(CF_PENDING, Options::default()),
             ColumnFamilyDescriptor::new(CF_META, meta),
         ]
     }
@@ -104,6 +102,7 @@ impl Index {
         opts.set_max_write_buffer_number(2);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
+        opts.set_max_total_wal_size(64 << 20);
         opts
     }
 
@@ -177,54 +176,23 @@ impl Index {
         v.map(|v| Self::decode(id, &v)).transpose()
     }
 
-    /// Durably notes that `id`'s file is about to be created.
-    pub fn mark_pending(&self, id: ShardId) -> Result<()> {
-        self.db
-            .put_cf_opt(self.cf(CF_PENDING), id.to_bytes(), [], &sync_write())
-            .map_err(db_err("mark pending"))
-    }
-
-    /// Publishes a shard whose file is durable: one synced batch adds the record, clears
-    /// the pending mark and updates the counters.
+    /// Publishes a shard whose file is durable: one synced batch adds the record and
+    /// updates the counters.
     pub fn commit_put(&self, id: ShardId, record: &ShardRecord, disk_bytes: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
-        batch.delete_cf(self.cf(CF_PENDING), id.to_bytes());
         batch.put_cf(self.cf(CF_SHARDS), id.to_bytes(), record.encode_to_vec());
         batch.merge_cf(self.cf(CF_META), KEY_SHARD_COUNT, 1i64.to_le_bytes());
         batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, (disk_bytes as i64).to_le_bytes());
         self.db.write_opt(batch, &sync_write()).map_err(db_err("commit put"))
     }
 
-    /// Unpublishes a shard before its file is removed: the record goes and a pending mark
-    /// takes its place, so a crash before the unlink is finished at the next start.
-    pub fn begin_delete(&self, id: ShardId, disk_bytes: u64) -> Result<()> {
+    /// Unpublishes a shard: one synced batch removes the record and updates the counters.
+    pub fn commit_delete(&self, id: ShardId, disk_bytes: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_SHARDS), id.to_bytes());
-        batch.put_cf(self.cf(CF_PENDING), id.to_bytes(), []);
         batch.merge_cf(self.cf(CF_META), KEY_SHARD_COUNT, (-1i64).to_le_bytes());
         batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, (-(disk_bytes as i64)).to_le_bytes());
-        self.db.write_opt(batch, &sync_write()).map_err(db_err("begin delete"))
-    }
-
-    /// Forgets a pending mark whose file is gone. Not synced: if the mark survives a
-    /// crash, the next start removes the (already missing) file again.
-    pub fn clear_pending(&self, id: ShardId) -> Result<()> {
-        self.db
-            .delete_cf(self.cf(CF_PENDING), id.to_bytes())
-            .map_err(db_err("clear pending"))
-    }
-
-    /// Shards with a pending mark: at start-up, the puts and deletes a crash interrupted.
-    pub fn pending(&self) -> Result<Vec<ShardId>> {
-        let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(CF_PENDING), IteratorMode::Start) {
-            let (k, _) = item.map_err(db_err("scan pending"))?;
-            out.push(ShardId::from_bytes(&k).ok_or_else(|| IndexError::BadEntry {
-                key: format!("pending/{k:02x?}"),
-                reason: "not a shard id".into(),
-            })?);
-        }
-        Ok(out)
+        self.db.write_opt(batch, &sync_write()).map_err(db_err("commit delete"))
     }
 
     /// Up to `limit` shards after `after` in id order, and whether more follow.
@@ -252,7 +220,8 @@ impl Index {
         Ok((out, false))
     }
 
-    /// (shard count, bytes used on disk).
+    /// (shard count, bytes used on disk), as of the last committed batch. Read at
+    /// start-up; the store keeps them in memory after that.
     pub fn counters(&self) -> Result<(u64, u64)> {
         Ok((
             self.meta_u64(KEY_SHARD_COUNT)?.unwrap_or(0),
@@ -282,24 +251,23 @@ mod tests {
         {
             let idx = Index::open(dir.path()).unwrap();
             for (i, &id) in ids.iter().enumerate() {
-                idx.mark_pending(id).unwrap();
                 idx.commit_put(id, &rec(i as u64 * 5000), 4096).unwrap();
             }
-            idx.begin_delete(ids[1], 4096).unwrap();
-            idx.mark_pending(ShardId::new(StripeId(10), 0)).unwrap();
+            idx.commit_delete(ids[1], 4096).unwrap();
         }
         let idx = Index::open(dir.path()).unwrap();
         assert_eq!(idx.counters().unwrap(), (4, 4 * 4096));
         assert_eq!(idx.get(ids[2]).unwrap(), Some(rec(10_000)));
         assert_eq!(idx.get(ids[1]).unwrap(), None);
-        assert_eq!(idx.pending().unwrap(), vec![ids[1], ShardId::new(StripeId(10), 0)]);
         let (page, more) = idx.list(Some(ids[0]), 2).unwrap();
         assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), vec![ids[2], ids[3]]);
         assert!(more);
         let (page, more) = idx.list(Some(ids[3]), 2).unwrap();
         assert_eq!(page.len(), 1);
         assert!(!more);
-        let ro = Index::open_read_only(dir.path());
-        assert!(ro.is_ok(), "read-only open beside nothing");
+        assert!(
+            Index::open_read_only(dir.path()).is_ok(),
+            "read-only open beside a writer"
+        );
     }
 }

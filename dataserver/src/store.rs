@@ -2,19 +2,24 @@
 //!
 //! Put (acknowledged only when data and index are on stable storage, invariant 6):
 //! 1. verify every block checksum of the received bytes (invariant 5);
-//! 2. mark the shard pending in the index (synced);
-//! 3. write the file and fdatasync it (one linked io_uring submission), fsync its
-//!    directory so the new name survives a power loss;
-//! 4. one synced batch adds the index record and clears the pending mark.
+//! 2. write the file under `staging/` and fdatasync it (one linked io_uring submission),
+//!    then fsync `staging/` so the file survives a power loss;
+//! 3. one synced index batch adds the record: from here on the shard exists;
+//! 4. rename the file into `shards/<xx>/` and fsync that directory.
 //!
-//! A crash before step 4 leaves a pending mark; the next start removes that file. So
-//! start-up reads only the pending marks (bounded by the puts in flight at the crash),
-//! never every shard. Shards are never modified: a second put with other bytes is refused.
+//! Delete moves the file to `trash/` (durably), removes the record, then unlinks it.
+//! After a crash, start-up looks only at `staging/` and `trash/`, which hold just the
+//! operations that were in flight: a staged file with a record is moved into place
+//! (its put had committed), one without is removed (its space is reclaimed); a trashed
+//! file with a record goes back, one without is removed. Nothing else is scanned, so
+//! start-up time does not grow with the number of shards. Shards are never modified:
+//! a second put with other bytes is refused.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -136,9 +141,55 @@ struct Inner {
     shards_dir: PathBuf,
     /// Open handles of the 256 shard directories, for fsync after a file is created.
     dirs: Vec<Arc<File>>,
+    staging: Workdir,
+    trash: Workdir,
+    /// The index's counters, kept in memory so no request reads them from RocksDB.
+    shard_count: AtomicU64,
+    used_bytes: AtomicU64,
     busy: Mutex<HashSet<ShardId>>,
     limits: StoreLimits,
     metrics: Metrics,
+}
+
+/// A directory of files in transit (`staging/`, `trash/`) and a handle to fsync it.
+struct Workdir {
+    path: PathBuf,
+    handle: Arc<File>,
+}
+
+impl Workdir {
+    fn open(path: PathBuf, create: bool) -> Result<Workdir> {
+        if create {
+            std::fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
+        }
+        let handle = Arc::new(File::open(&path).map_err(io_err("open directory", &path))?);
+        Ok(Workdir { path, handle })
+    }
+
+    fn file(&self, id: ShardId) -> PathBuf {
+        self.path.join(id.to_string())
+    }
+
+    /// The shards with a file here, and names that are not shard ids.
+    fn entries(&self) -> Result<(Vec<ShardId>, Vec<PathBuf>)> {
+        let (mut ids, mut strays) = (Vec::new(), Vec::new());
+        for entry in std::fs::read_dir(&self.path).map_err(io_err("list", &self.path))? {
+            let entry = entry.map_err(io_err("list", &self.path))?;
+            match entry.file_name().to_str().and_then(|n| n.parse::<ShardId>().ok()) {
+                Some(id) => ids.push(id),
+                None => strays.push(entry.path()),
+            }
+        }
+        Ok((ids, strays))
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
 }
 
 /// Marks a shard as being worked on; a second put or delete of it gets `Busy`.
@@ -163,7 +214,7 @@ fn subdir(id: ShardId) -> usize {
 
 impl ShardStore {
     /// Opens the store in `data_dir`, creating it if new, and finishes what a crash
-    /// interrupted (only the pending puts and deletes; nothing else is scanned).
+    /// interrupted (only `staging/` and `trash/` are looked at; nothing else is scanned).
     pub fn open(data_dir: &Path, disk: DiskChoice, limits: StoreLimits, metrics: Metrics) -> Result<ShardStore> {
         let index = Index::open(&data_dir.join("index"))?;
         let store = Self::assemble(data_dir, index, disk, limits, metrics, true)?;
@@ -193,18 +244,19 @@ impl ShardStore {
         let shards_dir = data_dir.join("shards");
         let mut dirs = Vec::with_capacity(256);
         for i in 0..256 {
-            let d = shards_dir.join(format!("{i:02x}"));
-            if create {
-                std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
-            }
-            dirs.push(Arc::new(File::open(&d).map_err(io_err("open directory", &d))?));
+            dirs.push(Workdir::open(shards_dir.join(format!("{i:02x}")), create)?.handle);
         }
+        let (shard_count, used_bytes) = index.counters()?;
         Ok(ShardStore {
             inner: Arc::new(Inner {
                 index,
                 disk,
                 shards_dir,
                 dirs,
+                staging: Workdir::open(data_dir.join("staging"), create)?,
+                trash: Workdir::open(data_dir.join("trash"), create)?,
+                shard_count: AtomicU64::new(shard_count),
+                used_bytes: AtomicU64::new(used_bytes),
                 busy: Mutex::new(HashSet::new()),
                 limits,
                 metrics,
@@ -212,23 +264,36 @@ impl ShardStore {
         })
     }
 
+    /// Finishes or rolls back the puts and deletes a crash interrupted.
     fn recover(&self) -> Result<()> {
-        let pending = self.inner.index.pending()?;
-        for &id in &pending {
-            if self.inner.index.get(id)?.is_none() {
-                let path = self.inner.path(id);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io_err("remove unfinished shard", &path)(e)),
+        let inner = &self.inner;
+        let (staged, strays) = inner.staging.entries()?;
+        let (trashed, trash_strays) = inner.trash.entries()?;
+        for path in strays.iter().chain(&trash_strays) {
+            remove_if_present(path)?;
+        }
+        let mut moved = 0;
+        for (dir, ids) in [(&inner.staging, &staged), (&inner.trash, &trashed)] {
+            for &id in ids {
+                let from = dir.file(id);
+                if inner.index.get(id)?.is_some() {
+                    let to = inner.path(id);
+                    std::fs::rename(&from, &to).map_err(io_err("move into place", &from))?;
+                    inner.dirs[subdir(id)]
+                        .sync_all()
+                        .map_err(io_err("sync directory of", &to))?;
+                    moved += 1;
+                } else {
+                    remove_if_present(&from)?;
                 }
             }
-            self.inner.index.clear_pending(id)?;
         }
-        if !pending.is_empty() {
+        if !staged.is_empty() || !trashed.is_empty() {
             info!(
-                count = pending.len(),
-                "reclaimed the space of puts and deletes a crash interrupted"
+                staged = staged.len(),
+                trashed = trashed.len(),
+                moved_into_place = moved,
+                "finished the puts and deletes a crash interrupted; the rest of their space is reclaimed"
             );
         }
         Ok(())
@@ -277,15 +342,13 @@ impl ShardStore {
             block_bytes,
             checksums,
         };
-        let existing_record = record.clone();
         let existing = self
             .blocking(move |s| s.index.get(id).map_err(StoreError::from))
             .await?;
-        if let Some(existing) = existing {
-            return if existing.len == existing_record.len
-                && existing.checksums == existing_record.checksums
-                && existing.block_bytes == block_bytes
-            {
+        if let Some(old) = existing {
+            let same =
+                (old.len, old.block_bytes, &old.checksums) == (record.len, record.block_bytes, &record.checksums);
+            return if same {
                 Ok(false)
             } else {
                 Err(StoreError::AlreadyExists(id))
@@ -294,20 +357,16 @@ impl ShardStore {
         self.check_space(disk_bytes)?;
         let buf = AlignedBuf::padded_copy(&data);
         drop(data);
-        let file = self
-            .blocking(move |s| {
-                s.index.mark_pending(id)?;
-                let path = s.path(id);
-                open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path))
-            })
-            .await?;
+        let staged = self.inner.staging.file(id);
+        let result = self.write_staged(id, &staged, buf, record, disk_bytes).await;
+        if result.is_err() {
+            // Best effort: what is left in staging/ is reclaimed at the next start anyway.
+            let _ = std::fs::remove_file(&staged);
+        }
+        result?;
         let path = self.inner.path(id);
-        self.inner
-            .disk
-            .disk
-            .write_durable(Arc::new(file), buf)
-            .await
-            .map_err(io_err("write shard", &path))?;
+        self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
+            .await?;
         let dir = self.inner.dirs[subdir(id)].clone();
         self.inner
             .disk
@@ -315,10 +374,35 @@ impl ShardStore {
             .sync(dir)
             .await
             .map_err(io_err("sync directory of", &path))?;
-        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
-            .await?;
         self.inner.metrics.bytes_written.inc_by(len);
         Ok(true)
+    }
+
+    /// Steps 2 and 3 of a put: a durable staged file, then the index record.
+    async fn write_staged(
+        &self,
+        id: ShardId,
+        staged: &Path,
+        buf: AlignedBuf,
+        record: ShardRecord,
+        disk_bytes: u64,
+    ) -> Result<()> {
+        let path = staged.to_owned();
+        let file = self
+            .blocking(move |s| open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path)))
+            .await?;
+        let disk = &self.inner.disk.disk;
+        disk.write_durable(Arc::new(file), buf)
+            .await
+            .map_err(io_err("write shard", staged))?;
+        disk.sync(self.inner.staging.handle.clone())
+            .await
+            .map_err(io_err("sync directory of", staged))?;
+        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
+            .await?;
+        self.inner.shard_count.fetch_add(1, Ordering::Relaxed);
+        self.inner.used_bytes.fetch_add(disk_bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     fn check_put(&self, id: ShardId, block_bytes: u32, checksums: &[u32], data: &[u8]) -> Result<()> {
@@ -366,9 +450,7 @@ impl ShardStore {
         let (record, file) = self
             .blocking(move |s| {
                 let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
-                let path = s.path(id);
-                let file = open_shard_file(&path, false, s.disk.direct).map_err(io_err("open shard", &path))?;
-                Ok((record, file))
+                Ok((record, s.open_for_read(id)?))
             })
             .await?;
         let end = match length {
@@ -450,21 +532,33 @@ impl ShardStore {
     /// Deletes a shard; returns whether it existed.
     pub async fn delete(&self, id: ShardId) -> Result<bool> {
         let _guard = self.busy(id)?;
-        self.blocking(move |s| {
-            let Some(record) = s.index.get(id)? else {
-                return Ok(false);
-            };
-            s.index.begin_delete(id, padded_len(record.len))?;
-            let path = s.path(id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove shard", &path)(e)),
-            }
-            s.index.clear_pending(id)?;
-            Ok(true)
+        let record = self
+            .blocking(move |s| s.index.get(id).map_err(StoreError::from))
+            .await?;
+        let Some(record) = record else { return Ok(false) };
+        let trashed = self.inner.trash.file(id);
+        let to = trashed.clone();
+        self.blocking(move |s| match std::fs::rename(s.path(id), &to) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("move to trash", &to)(e)),
+            _ => Ok(()),
         })
-        .await
+        .await?;
+        let trash = self.inner.trash.handle.clone();
+        self.inner
+            .disk
+            .disk
+            .sync(trash)
+            .await
+            .map_err(io_err("sync directory of", &trashed))?;
+        let disk_bytes = padded_len(record.len);
+        self.blocking(move |s| {
+            s.index.commit_delete(id, disk_bytes)?;
+            s.shard_count.fetch_sub(1, Ordering::Relaxed);
+            s.used_bytes.fetch_sub(disk_bytes, Ordering::Relaxed);
+            remove_if_present(&trashed)
+        })
+        .await?;
+        Ok(true)
     }
 
     /// Up to `limit` shards (id, length) after `after`, and whether more follow.
@@ -477,7 +571,8 @@ impl ShardStore {
     }
 
     pub fn usage(&self) -> Result<Usage> {
-        let (shard_count, used_bytes) = self.inner.index.counters()?;
+        let shard_count = self.inner.shard_count.load(Ordering::Relaxed);
+        let used_bytes = self.inner.used_bytes.load(Ordering::Relaxed);
         let vfs = rustix::fs::statvfs(&self.inner.shards_dir)
             .map_err(|e| io_err("statvfs", &self.inner.shards_dir)(e.into()))?;
         let fs_total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
@@ -498,9 +593,7 @@ impl ShardStore {
         let (record, file) = self
             .blocking(move |s| {
                 let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
-                let path = s.path(id);
-                let file = open_shard_file(&path, false, s.disk.direct).map_err(io_err("open shard", &path))?;
-                Ok((record, Arc::new(file)))
+                Ok((record, Arc::new(s.open_for_read(id)?)))
             })
             .await?;
         let bs = u64::from(record.block_bytes);
@@ -571,6 +664,25 @@ fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
 impl Inner {
     fn path(&self, id: ShardId) -> PathBuf {
         self.shards_dir.join(format!("{:02x}", subdir(id))).join(id.to_string())
+    }
+
+    /// Opens an indexed shard's file. A missing file is `Busy` while a put is moving it
+    /// into place, and corruption otherwise: the index says the shard exists.
+    fn open_for_read(&self, id: ShardId) -> Result<File> {
+        let path = self.path(id);
+        open_shard_file(&path, false, self.disk.direct).map_err(|e| {
+            if e.kind() != io::ErrorKind::NotFound {
+                io_err("open shard", &path)(e)
+            } else if self.busy.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+                StoreError::Busy(id)
+            } else {
+                self.metrics.corrupt_blocks.with_label_values(&["read"]).inc();
+                StoreError::Corrupt {
+                    shard: id,
+                    detail: "its file is missing".into(),
+                }
+            }
+        })
     }
 }
 
@@ -705,36 +817,70 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unfinished_puts_are_reclaimed_and_deletes_finished_at_open() {
+    async fn interrupted_puts_and_deletes_are_finished_or_reclaimed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let kept = ShardId::new(StripeId(1), 0);
-        let torn = ShardId::new(StripeId(2), 0);
-        let deleted = ShardId::new(StripeId(3), 0);
+        let id = |n: u128| ShardId::new(StripeId(n), 0);
+        let (kept, torn, committed, deleted, undeleted) = (id(1), id(2), id(3), id(4), id(5));
         {
             let store = open(dir.path()).await;
-            put(&store, kept, &data(5000, 1)).await.unwrap();
-            put(&store, deleted, &data(5000, 2)).await.unwrap();
+            for (i, s) in [kept, deleted, undeleted].into_iter().enumerate() {
+                put(&store, s, &data(5000, i as u8 + 1)).await.unwrap();
+            }
             assert!(store.delete(deleted).await.unwrap());
             assert!(!store.delete(deleted).await.unwrap());
-            // What a crash between the file write and the index commit leaves behind.
-            store.inner.index.mark_pending(torn).unwrap();
-            std::fs::write(store.shard_path(torn), vec![1u8; 8192]).unwrap();
+            // What crashes leave behind: a staged file never committed; a staged file
+            // whose record committed before the rename; a file moved to trash/ before
+            // its record was removed; a stray name.
+            let inner = &store.inner;
+            std::fs::write(inner.staging.file(torn), vec![1u8; 8192]).unwrap();
+            let d = data(5000, 9);
+            let rec = ShardRecord {
+                format_version: FORMAT_VERSION,
+                len: 5000,
+                block_bytes: BS,
+                checksums: block_checksums(&d, BS),
+            };
+            inner.index.commit_put(committed, &rec, 8192).unwrap();
+            std::fs::write(inner.staging.file(committed), AlignedBuf::padded_copy(&d).as_slice()).unwrap();
+            std::fs::rename(inner.path(undeleted), inner.trash.file(undeleted)).unwrap();
+            std::fs::write(inner.staging.path.join("junk"), b"x").unwrap();
         }
         let store = open(dir.path()).await;
+        let inner = &store.inner;
+        assert_eq!(
+            std::fs::read_dir(&inner.staging.path).unwrap().count(),
+            0,
+            "staging/ emptied"
+        );
+        assert_eq!(
+            std::fs::read_dir(&inner.trash.path).unwrap().count(),
+            0,
+            "trash/ emptied"
+        );
         assert!(
             !store.shard_path(torn).exists(),
             "space of the unfinished put is reclaimed"
         );
-        assert!(store.inner.index.pending().unwrap().is_empty());
         assert_eq!(store.get(kept, 0, None).await.unwrap().1, data(5000, 1));
+        assert_eq!(store.get(committed, 0, None).await.unwrap().1, data(5000, 9));
+        assert_eq!(store.get(undeleted, 0, None).await.unwrap().1, data(5000, 3));
         assert!(matches!(
             store.get(deleted, 0, None).await,
             Err(StoreError::NotFound(_))
         ));
         let u = store.usage().unwrap();
-        assert_eq!((u.shard_count, u.used_bytes), (1, 8192));
+        assert_eq!((u.shard_count, u.used_bytes), (3, 3 * 8192));
         let (page, more) = store.list(None, 10).await.unwrap();
-        assert_eq!((page, more), (vec![(kept, 5000)], false));
+        assert_eq!(
+            (page, more),
+            (vec![(kept, 5000), (committed, 5000), (undeleted, 5000)], false)
+        );
+        // A file that vanished behind the index's back is corruption, not "not found".
+        std::fs::remove_file(store.shard_path(kept)).unwrap();
+        assert!(matches!(
+            store.get(kept, 0, None).await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[tokio::test]
