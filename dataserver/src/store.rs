@@ -5,7 +5,8 @@
 //! 2. write the file under `staging/` and fdatasync it (one linked io_uring submission),
 //!    then fsync `staging/` so the file survives a power loss;
 //! 3. one synced index batch adds the record: from here on the shard exists;
-//! 4. rename the file into `shards/<xx>/` and fsync that directory.
+//! 4. rename the file into `shards/<xx>/` (no fsync needed: a rename lost to a crash is
+//!    redone at start-up, since the staged file and its record are both durable).
 //!
 //! Delete moves the file to `trash/` (durably), removes the record, then unlinks it.
 //! After a crash, start-up looks only at `staging/` and `trash/`, which hold just the
@@ -139,8 +140,6 @@ struct Inner {
     index: Index,
     disk: DiskChoice,
     shards_dir: PathBuf,
-    /// Open handles of the 256 shard directories, for fsync after a file is created.
-    dirs: Vec<Arc<File>>,
     staging: Workdir,
     trash: Workdir,
     /// The index's counters, kept in memory so no request reads them from RocksDB.
@@ -242,9 +241,11 @@ impl ShardStore {
         create: bool,
     ) -> Result<ShardStore> {
         let shards_dir = data_dir.join("shards");
-        let mut dirs = Vec::with_capacity(256);
         for i in 0..256 {
-            dirs.push(Workdir::open(shards_dir.join(format!("{i:02x}")), create)?.handle);
+            let d = shards_dir.join(format!("{i:02x}"));
+            if create {
+                std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            }
         }
         let (shard_count, used_bytes) = index.counters()?;
         Ok(ShardStore {
@@ -252,7 +253,6 @@ impl ShardStore {
                 index,
                 disk,
                 shards_dir,
-                dirs,
                 staging: Workdir::open(data_dir.join("staging"), create)?,
                 trash: Workdir::open(data_dir.join("trash"), create)?,
                 shard_count: AtomicU64::new(shard_count),
@@ -278,10 +278,8 @@ impl ShardStore {
                 let from = dir.file(id);
                 if inner.index.get(id)?.is_some() {
                     let to = inner.path(id);
+                    // Not synced: if this is lost too, the next start does it again.
                     std::fs::rename(&from, &to).map_err(io_err("move into place", &from))?;
-                    inner.dirs[subdir(id)]
-                        .sync_all()
-                        .map_err(io_err("sync directory of", &to))?;
                     moved += 1;
                 } else {
                     remove_if_present(&from)?;
@@ -364,16 +362,10 @@ impl ShardStore {
             let _ = std::fs::remove_file(&staged);
         }
         result?;
-        let path = self.inner.path(id);
+        // No fsync of the shard's directory is needed: if a crash undoes the rename, the
+        // staged file and its record are both durable, and start-up moves it into place.
         self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
             .await?;
-        let dir = self.inner.dirs[subdir(id)].clone();
-        self.inner
-            .disk
-            .disk
-            .sync(dir)
-            .await
-            .map_err(io_err("sync directory of", &path))?;
         self.inner.metrics.bytes_written.inc_by(len);
         Ok(true)
     }
@@ -391,13 +383,15 @@ impl ShardStore {
         let file = self
             .blocking(move |s| open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path)))
             .await?;
+        // The directory entry exists once the file is created, so its fsync can run
+        // beside the data's write and fdatasync (often sharing one journal commit).
         let disk = &self.inner.disk.disk;
-        disk.write_durable(Arc::new(file), buf)
-            .await
-            .map_err(io_err("write shard", staged))?;
-        disk.sync(self.inner.staging.handle.clone())
-            .await
-            .map_err(io_err("sync directory of", staged))?;
+        let (data, entry) = tokio::join!(
+            disk.write_durable(Arc::new(file), buf),
+            disk.sync(self.inner.staging.handle.clone())
+        );
+        data.map_err(io_err("write shard", staged))?;
+        entry.map_err(io_err("sync directory of", staged))?;
         self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
             .await?;
         self.inner.shard_count.fetch_add(1, Ordering::Relaxed);
