@@ -12,6 +12,41 @@ pub struct CorruptBlock {
     pub actual: u32,
 }
 
+/// Whole blocks of a shard with their checksums: what a read returns, so that the
+/// reader can verify the bytes it received against the checksums written with them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChecksummedBlocks {
+    pub block_bytes: u32,
+    /// Index in the shard of the first block held.
+    pub first_block: u32,
+    pub checksums: Vec<u32>,
+    /// The blocks' bytes; the last block may be short (the end of the shard).
+    pub bytes: bytes::Bytes,
+}
+
+impl ChecksummedBlocks {
+    /// Verifies every block, then returns `length` bytes starting at shard offset `offset`
+    /// (which must lie within the blocks held).
+    pub fn verified_range(&self, offset: u64, length: u64) -> Result<bytes::Bytes, CorruptBlock> {
+        if length == 0 {
+            return Ok(bytes::Bytes::new());
+        }
+        verify_blocks(&self.bytes, self.block_bytes, self.first_block, &self.checksums)?;
+        let start = u64::from(self.first_block) * u64::from(self.block_bytes);
+        let out_of_range = CorruptBlock {
+            block: self.first_block,
+            expected: 0,
+            actual: 0,
+        };
+        let lo = offset.checked_sub(start).ok_or(out_of_range)?;
+        let hi = lo
+            .checked_add(length)
+            .filter(|&h| h <= self.bytes.len() as u64)
+            .ok_or(out_of_range)?;
+        Ok(self.bytes.slice(lo as usize..hi as usize))
+    }
+}
+
 /// Number of blocks of `block_bytes` needed to cover `len` bytes.
 pub fn block_count(len: u64, block_bytes: u32) -> u64 {
     len.div_ceil(u64::from(block_bytes))
@@ -81,6 +116,29 @@ mod tests {
             verify_blocks(&data[..8192], 4096, 0, &sums[..1]).is_err(),
             "extra block accepted"
         );
+    }
+
+    #[test]
+    fn checksummed_blocks_verify_then_slice() {
+        let data = bytes::Bytes::from(vec![3u8; 4096 * 2 + 10]);
+        let mut blocks = ChecksummedBlocks {
+            block_bytes: 4096,
+            first_block: 5,
+            checksums: block_checksums(&data, 4096),
+            bytes: data.clone(),
+        };
+        let base = 5 * 4096;
+        assert_eq!(blocks.verified_range(base + 4000, 200), Ok(data.slice(4000..4200)));
+        assert_eq!(blocks.verified_range(base, data.len() as u64), Ok(data.clone()));
+        assert!(blocks.verified_range(base - 1, 2).is_err(), "range before the blocks");
+        assert!(
+            blocks.verified_range(base, data.len() as u64 + 1).is_err(),
+            "range past the blocks"
+        );
+        let mut damaged = data.to_vec();
+        damaged[4097] ^= 1;
+        blocks.bytes = damaged.into();
+        assert_eq!(blocks.verified_range(base, 10).unwrap_err().block, 6);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use prost::Message;
 use thiserror::Error;
 
+use crate::checksum::ChecksummedBlocks;
 use crate::frame::{Frame, Kind};
 use crate::ids::{RequestId, ShardId};
 
@@ -121,10 +122,13 @@ pub enum Reply {
     PutDone {
         created: bool,
     },
+    /// The bytes [offset, offset + length) of a shard, inside the whole blocks that cover
+    /// them, with those blocks' checksums so the reader verifies what it received.
     Data {
         shard_len: u64,
         offset: u64,
-        data: Bytes,
+        length: u64,
+        blocks: ChecksummedBlocks,
     },
     DeleteDone {
         existed: bool,
@@ -188,6 +192,14 @@ mod pb {
         pub shard_len: u64,
         #[prost(uint64, tag = "2")]
         pub offset: u64,
+        #[prost(uint64, tag = "3")]
+        pub length: u64,
+        #[prost(uint32, tag = "4")]
+        pub block_bytes: u32,
+        #[prost(uint32, tag = "5")]
+        pub first_block: u32,
+        #[prost(fixed32, repeated, tag = "6")]
+        pub checksums: Vec<u32>,
     }
     #[derive(Clone, PartialEq, Message)]
     pub struct DeleteDone {
@@ -365,13 +377,18 @@ impl Reply {
             Reply::Data {
                 shard_len,
                 offset,
-                data,
+                length,
+                blocks,
             } => {
                 let m = pb::Data {
                     shard_len: *shard_len,
                     offset: *offset,
+                    length: *length,
+                    block_bytes: blocks.block_bytes,
+                    first_block: blocks.first_block,
+                    checksums: blocks.checksums.clone(),
                 };
-                (Kind::ShardData, m.encode_to_vec(), data.clone())
+                (Kind::ShardData, m.encode_to_vec(), blocks.bytes.clone())
             }
             Reply::DeleteDone { existed } => (
                 Kind::DeleteShardDone,
@@ -414,7 +431,13 @@ impl Reply {
                 Reply::Data {
                     shard_len: m.shard_len,
                     offset: m.offset,
-                    data: frame.data.clone(),
+                    length: m.length,
+                    blocks: ChecksummedBlocks {
+                        block_bytes: m.block_bytes,
+                        first_block: m.first_block,
+                        checksums: m.checksums,
+                        bytes: frame.data.clone(),
+                    },
                 }
             }
             Kind::DeleteShardDone => Reply::DeleteDone {
@@ -492,7 +515,13 @@ mod tests {
             Reply::Data {
                 shard_len: 10,
                 offset: 2,
-                data: Bytes::from_static(b"xyz"),
+                length: 1,
+                blocks: ChecksummedBlocks {
+                    block_bytes: 4096,
+                    first_block: 0,
+                    checksums: vec![9],
+                    bytes: Bytes::from_static(b"xyz"),
+                },
             },
             Reply::DeleteDone { existed: false },
             Reply::List {

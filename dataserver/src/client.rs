@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_common::checksum::block_checksums;
+use cairn_common::checksum::{block_checksums, CorruptBlock};
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::frame::{write_frame, FrameDecoder, FrameError};
 use cairn_common::ids::{RequestId, ShardId};
@@ -38,6 +38,8 @@ pub enum ClientError {
     Wire(#[from] WireError),
     #[error("dataserver refused: {code:?}: {message}")]
     Remote { code: ErrorCode, message: String },
+    #[error("shard bytes damaged on their way from the dataserver: {0}")]
+    Corrupt(#[from] CorruptBlock),
     #[error("unexpected reply {0:?}")]
     Unexpected(Box<Reply>),
 }
@@ -169,10 +171,18 @@ impl DataserverClient {
         }
     }
 
-    /// Reads `length` bytes of a shard (to its end when `None`) from `offset`.
+    /// Reads `length` bytes of a shard (to its end when `None`) from `offset`, and
+    /// verifies every block received against its checksum.
     pub async fn get(&self, shard: ShardId, offset: u64, length: Option<u64>) -> Result<Bytes, ClientError> {
         match self.call(&Request::Get { shard, offset, length }).await? {
-            Reply::Data { data, .. } => Ok(data),
+            Reply::Data {
+                offset: got_offset,
+                length: got_length,
+                blocks,
+                ..
+            } if got_offset == offset && length.is_none_or(|l| l == got_length) => {
+                Ok(blocks.verified_range(offset, got_length)?)
+            }
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

@@ -212,16 +212,12 @@ impl Server {
                 .put(shard, block_bytes, checksums, data)
                 .await
                 .map(|created| Reply::PutDone { created }),
-            Request::Get { shard, offset, length } => {
-                store
-                    .get(shard, offset, length)
-                    .await
-                    .map(|(shard_len, data)| Reply::Data {
-                        shard_len,
-                        offset,
-                        data,
-                    })
-            }
+            Request::Get { shard, offset, length } => store.read(shard, offset, length).await.map(|r| Reply::Data {
+                shard_len: r.shard_len,
+                offset: r.offset,
+                length: r.length,
+                blocks: r.blocks,
+            }),
             Request::Delete { shard } => store.delete(shard).await.map(|existed| Reply::DeleteDone { existed }),
             Request::List { start_after, limit } => store
                 .list(start_after, limit.min(LIST_LIMIT_MAX) as usize)

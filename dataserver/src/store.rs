@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_common::checksum::{block_count, verify_blocks, CorruptBlock};
+use cairn_common::checksum::{block_count, verify_blocks, ChecksummedBlocks, CorruptBlock};
 use cairn_common::config::{FRAME_META_BYTES_MAX, IO_ALIGN_BYTES};
 use cairn_common::ids::ShardId;
 use cairn_common::wire::ErrorCode;
@@ -113,6 +113,16 @@ pub struct Usage {
     pub free_bytes: u64,
     pub used_bytes: u64,
     pub shard_count: u64,
+}
+
+/// What a read returns: the shard's length and the checksummed blocks that hold
+/// [offset, offset + length).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardRead {
+    pub shard_len: u64,
+    pub offset: u64,
+    pub length: u64,
+    pub blocks: ChecksummedBlocks,
 }
 
 /// Result of re-reading one shard.
@@ -438,9 +448,10 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Reads `length` bytes (to the end when `None`) at `offset`, verifying the checksum
-    /// of every block it touches. Returns the shard's length and the bytes.
-    pub async fn get(&self, id: ShardId, offset: u64, length: Option<u64>) -> Result<(u64, Bytes)> {
+    /// Reads `length` bytes (to the end when `None`) at `offset`: the whole blocks that
+    /// cover them, each verified against its checksum here and handed back with it, so
+    /// the reader verifies them again on its side (invariant 5).
+    pub async fn read(&self, id: ShardId, offset: u64, length: Option<u64>) -> Result<ShardRead> {
         let (record, file) = self
             .blocking(move |s| {
                 let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
@@ -459,36 +470,40 @@ impl ShardStore {
                 length,
                 len: record.len,
             })?;
-        if offset == end {
-            return Ok((record.len, Bytes::new()));
-        }
-        let bytes = self.read_verified(id, &record, Arc::new(file), offset, end).await?;
+        let blocks = if offset == end {
+            ChecksummedBlocks {
+                block_bytes: record.block_bytes,
+                ..ChecksummedBlocks::default()
+            }
+        } else {
+            self.read_blocks(id, &record, Arc::new(file), offset, end).await?
+        };
         self.inner.metrics.bytes_read.inc_by(end - offset);
-        Ok((record.len, bytes))
+        Ok(ShardRead {
+            shard_len: record.len,
+            offset,
+            length: end - offset,
+            blocks,
+        })
     }
 
-    /// Reads the blocks covering [start, end) and checks them; returns exactly [start, end).
-    async fn read_verified(
+    /// Reads and checks the blocks covering [start, end).
+    async fn read_blocks(
         &self,
         id: ShardId,
         record: &ShardRecord,
         file: Arc<File>,
         start: u64,
         end: u64,
-    ) -> Result<Bytes> {
+    ) -> Result<ChecksummedBlocks> {
         let bs = u64::from(record.block_bytes);
         let first_block = start / bs;
         let last_block = end.div_ceil(bs);
         let read_start = first_block * bs;
         let read_end = (last_block * bs).min(padded_len(record.len));
         let path = self.inner.path(id);
-        let buf = match self
-            .inner
-            .disk
-            .disk
-            .read_at(file, read_start, (read_end - read_start) as usize)
-            .await
-        {
+        let disk = &self.inner.disk.disk;
+        let buf = match disk.read_at(file, read_start, (read_end - read_start) as usize).await {
             Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(self.corrupt(id, "read", format!("file is shorter than its {} bytes", record.len), 1));
@@ -497,20 +512,24 @@ impl ShardStore {
         };
         // The buffer holds whole blocks; the shard's bytes stop at its length.
         let data_len = (record.len.min(read_end) - read_start) as usize;
-        let sums = record
+        let checksums = record
             .checksums
             .get(first_block as usize..last_block as usize)
-            .ok_or_else(|| self.corrupt(id, "read", "index has too few checksums".into(), 1))?;
+            .ok_or_else(|| self.corrupt(id, "read", "index has too few checksums".into(), 1))?
+            .to_vec();
         verify_blocks(
             &buf.as_slice()[..data_len],
             record.block_bytes,
             first_block as u32,
-            sums,
+            &checksums,
         )
         .map_err(|e: CorruptBlock| self.corrupt(id, "read", e.to_string(), 1))?;
-        Ok(buf
-            .into_bytes()
-            .slice((start - read_start) as usize..(end - read_start) as usize))
+        Ok(ChecksummedBlocks {
+            block_bytes: record.block_bytes,
+            first_block: first_block as u32,
+            checksums,
+            bytes: buf.into_bytes().slice(..data_len),
+        })
     }
 
     fn corrupt(&self, id: ShardId, found_by: &str, detail: String, blocks: u64) -> StoreError {
@@ -706,6 +725,13 @@ mod tests {
             .into()
     }
 
+    /// A read, verified on the reader's side as a client does.
+    async fn get(store: &ShardStore, id: ShardId, offset: u64, length: Option<u64>) -> Result<(u64, Bytes)> {
+        let r = store.read(id, offset, length).await?;
+        let bytes = r.blocks.verified_range(r.offset, r.length).expect("reply verifies");
+        Ok((r.shard_len, bytes))
+    }
+
     async fn put(store: &ShardStore, id: ShardId, d: &Bytes) -> Result<bool> {
         store.put(id, BS, block_checksums(d, BS), d.clone()).await
     }
@@ -725,24 +751,24 @@ mod tests {
             put(&store, id, &data(10_000, 4)).await,
             Err(StoreError::AlreadyExists(_))
         ));
-        assert_eq!(store.get(id, 0, None).await.unwrap(), (10_000, d.clone()));
+        assert_eq!(get(&store, id, 0, None).await.unwrap(), (10_000, d.clone()));
         for (off, len) in [(0, 1), (4095, 2), (4096, 4096), (9999, 1), (5000, 0), (10_000, 0)] {
-            let (_, got) = store.get(id, off, Some(len)).await.unwrap();
+            let (_, got) = get(&store, id, off, Some(len)).await.unwrap();
             assert_eq!(got, d.slice(off as usize..(off + len) as usize), "range {off}+{len}");
         }
         for (off, len) in [(10_001, None), (0, Some(10_001)), (u64::MAX, Some(2))] {
             assert!(matches!(
-                store.get(id, off, len).await,
+                get(&store, id, off, len).await,
                 Err(StoreError::OutOfRange { .. })
             ));
         }
         assert!(matches!(
-            store.get(ShardId::new(StripeId(2), 0), 0, None).await,
+            get(&store, ShardId::new(StripeId(2), 0), 0, None).await,
             Err(StoreError::NotFound(_))
         ));
         let empty = ShardId::new(StripeId(3), 0);
         assert!(put(&store, empty, &Bytes::new()).await.unwrap());
-        assert_eq!(store.get(empty, 0, None).await.unwrap(), (0, Bytes::new()));
+        assert_eq!(get(&store, empty, 0, None).await.unwrap(), (0, Bytes::new()));
         assert_eq!(store.usage().unwrap().shard_count, 2);
     }
 
@@ -768,7 +794,7 @@ mod tests {
         ));
         let big = data((1 << 20) + 1, 1);
         assert!(matches!(put(&store, id, &big).await, Err(StoreError::BadRequest(_))));
-        assert!(matches!(store.get(id, 0, None).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(get(&store, id, 0, None).await, Err(StoreError::NotFound(_))));
         assert_eq!(store.usage().unwrap().shard_count, 0);
         assert!(!store.shard_path(id).exists());
     }
@@ -784,14 +810,17 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[4096 + 17] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
-        assert!(matches!(store.get(id, 0, None).await, Err(StoreError::Corrupt { .. })));
         assert!(matches!(
-            store.get(id, 5000, Some(10)).await,
+            get(&store, id, 0, None).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            get(&store, id, 5000, Some(10)).await,
             Err(StoreError::Corrupt { .. })
         ));
         // Blocks around the damaged one still read.
-        assert_eq!(store.get(id, 0, Some(4096)).await.unwrap().1, d.slice(..4096));
-        assert_eq!(store.get(id, 8192, None).await.unwrap().1, d.slice(8192..));
+        assert_eq!(get(&store, id, 0, Some(4096)).await.unwrap().1, d.slice(..4096));
+        assert_eq!(get(&store, id, 8192, None).await.unwrap().1, d.slice(8192..));
         assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1]);
         // A truncated file is corrupt too, not an I/O error.
         std::fs::OpenOptions::new()
@@ -801,7 +830,7 @@ mod tests {
             .set_len(4096)
             .unwrap();
         assert!(matches!(
-            store.get(id, 8192, None).await,
+            get(&store, id, 8192, None).await,
             Err(StoreError::Corrupt { .. })
         ));
         assert_eq!(store.scrub(id).await.unwrap().corrupt_blocks, vec![1, 2, 3]);
@@ -855,11 +884,11 @@ mod tests {
             !store.shard_path(torn).exists(),
             "space of the unfinished put is reclaimed"
         );
-        assert_eq!(store.get(kept, 0, None).await.unwrap().1, data(5000, 1));
-        assert_eq!(store.get(committed, 0, None).await.unwrap().1, data(5000, 9));
-        assert_eq!(store.get(undeleted, 0, None).await.unwrap().1, data(5000, 3));
+        assert_eq!(get(&store, kept, 0, None).await.unwrap().1, data(5000, 1));
+        assert_eq!(get(&store, committed, 0, None).await.unwrap().1, data(5000, 9));
+        assert_eq!(get(&store, undeleted, 0, None).await.unwrap().1, data(5000, 3));
         assert!(matches!(
-            store.get(deleted, 0, None).await,
+            get(&store, deleted, 0, None).await,
             Err(StoreError::NotFound(_))
         ));
         let u = store.usage().unwrap();
@@ -872,7 +901,7 @@ mod tests {
         // A file that vanished behind the index's back is corruption, not "not found".
         std::fs::remove_file(store.shard_path(kept)).unwrap();
         assert!(matches!(
-            store.get(kept, 0, None).await,
+            get(&store, kept, 0, None).await,
             Err(StoreError::Corrupt { .. })
         ));
     }
@@ -898,6 +927,6 @@ mod tests {
             }
         }
         assert_eq!(created, 1);
-        assert_eq!(store.get(id, 0, None).await.unwrap().1, d);
+        assert_eq!(get(&store, id, 0, None).await.unwrap().1, d);
     }
 }
