@@ -54,7 +54,11 @@ dir="$DATA/throughput"; rm -rf "$dir"; mkdir -p "$dir"; p=$(port); write_config 
 start_ds "$dir" "$p"
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 drop_caches
+cpu_busy() { awk '/^cpu /{print $2+$3+$4+$6+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+read -r busy0 total0 < <(cpu_busy)
 result=$("$BIN/cairn-bench" shards --addr "127.0.0.1:$p" --connections "$CONNECTIONS" --depth "$DEPTH" --total-bytes "$TOTAL_BYTES")
+read -r busy1 total1 < <(cpu_busy)
+cpu_pct=$(python3 -c "print('%.0f' % (100*($busy1-$busy0)/max(1,$total1-$total0)))")
 echo "$result"
 rss_kib=$(awk '/VmHWM/{print $2}' "/proc/$DS_PID/status")
 stop_ds
@@ -89,6 +93,7 @@ lim_r=$(python3 -c "print(min($disk_r,$net))")
   printf '%-34s %10s\n' "disk O_DIRECT seq write MB/s" "$disk_w"
   printf '%-34s %10s\n' "disk O_DIRECT seq read MB/s" "$disk_r"
   printf '%-34s %10s\n' "loopback TCP MB/s" "$net"
+  printf '%-34s %10s\n' "CPU busy during put+get, %" "$cpu_pct"
   printf '%-34s %10s\n' "dataserver peak RSS MiB" "$((rss_kib / 1024))"
   printf '%-34s %10s\n' "start-up ms, $SHARDS_SMALL shards" "${startup[0]}"
   printf '%-34s %10s\n' "start-up ms, $SHARDS_LARGE shards" "${startup[1]}"

@@ -47,7 +47,8 @@ pub async fn scrub_pass(
                         report.corrupt.push((*id, outcome.corrupt_blocks));
                     }
                 }
-                Err(StoreError::NotFound(_)) => {}
+                // Deleted, or being moved, since the page was listed.
+                Err(StoreError::NotFound(_) | StoreError::Busy(_)) => {}
                 Err(e) => return Err(e),
             }
             if bytes_per_sec > 0 {

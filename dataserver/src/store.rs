@@ -156,6 +156,9 @@ struct Inner {
     shard_count: AtomicU64,
     used_bytes: AtomicU64,
     busy: Mutex<HashSet<ShardId>>,
+    /// Opened read-only beside a running dataserver: the index is a snapshot, so a
+    /// missing file means "deleted since", not corruption.
+    read_only: bool,
     limits: StoreLimits,
     metrics: Metrics,
 }
@@ -268,6 +271,7 @@ impl ShardStore {
                 shard_count: AtomicU64::new(shard_count),
                 used_bytes: AtomicU64::new(used_bytes),
                 busy: Mutex::new(HashSet::new()),
+                read_only: !create,
                 limits,
                 metrics,
             }),
@@ -686,6 +690,8 @@ impl Inner {
         open_shard_file(&path, false, self.disk.direct).map_err(|e| {
             if e.kind() != io::ErrorKind::NotFound {
                 io_err("open shard", &path)(e)
+            } else if self.read_only {
+                StoreError::NotFound(id)
             } else if self.busy.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
                 StoreError::Busy(id)
             } else {
