@@ -778,6 +778,44 @@ mod tests {
         assert_eq!(store.usage().unwrap().shard_count, 2);
     }
 
+    /// The fallbacks chosen at start-up store and verify shards the same way: positioned
+    /// I/O instead of io_uring, and buffered I/O where O_DIRECT is refused.
+    #[tokio::test]
+    async fn fallback_engines_store_and_verify_the_same() {
+        let buffered = DiskChoice {
+            disk: Arc::new(disk::PosixDisk),
+            direct: false,
+            describe: "posix".into(),
+        };
+        for choice in [
+            disk::choose(tempfile::tempdir().unwrap().path(), IoMode::Posix, 8)
+                .await
+                .unwrap(),
+            buffered,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let limits = StoreLimits {
+                shard_bytes_max: 1 << 20,
+                capacity_bytes: None,
+            };
+            let describe = choice.describe.clone();
+            let store = ShardStore::open(dir.path(), choice, limits, Metrics::new()).unwrap();
+            assert!(describe.starts_with("posix"), "{describe}");
+            let id = ShardId::new(StripeId(11), 2);
+            let d = data(70_000, 13);
+            assert!(put(&store, id, &d).await.unwrap());
+            assert_eq!(get(&store, id, 0, None).await.unwrap().1, d, "{describe}");
+            assert_eq!(get(&store, id, 65_000, Some(5000)).await.unwrap().1, d.slice(65_000..));
+            let mut bytes = std::fs::read(store.shard_path(id)).unwrap();
+            bytes[3] ^= 1;
+            std::fs::write(store.shard_path(id), bytes).unwrap();
+            assert!(
+                matches!(get(&store, id, 0, Some(10)).await, Err(StoreError::Corrupt { .. })),
+                "{describe}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn refuses_bad_puts_and_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
