@@ -211,6 +211,8 @@ pub const FRAME_META_BYTES_MAX: u32 = 64 * 1024;
 const SHARD_UNIT_BYTES_MAX: u32 = 64 * MIB as u32;
 /// Direct I/O works in units of the logical block size; 4 KiB covers every device.
 pub const IO_ALIGN_BYTES: u32 = 4096;
+/// The largest checksum block accepted, in config and in a put.
+pub const BLOCK_BYTES_MAX: u32 = 4 * MIB as u32;
 
 fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
     if v < lo || v > hi {
@@ -225,7 +227,7 @@ impl ErasureConfig {
         in_range("erasure.parity_shards", self.parity_shards, 1, 16)?;
         ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
             .map_err(|e| invalid("erasure", e.to_string()))?;
-        in_range("erasure.block_bytes", self.block_bytes, IO_ALIGN_BYTES, 4 * MIB as u32)?;
+        in_range("erasure.block_bytes", self.block_bytes, IO_ALIGN_BYTES, BLOCK_BYTES_MAX)?;
         if self.block_bytes % IO_ALIGN_BYTES != 0 {
             return Err(invalid(
                 "erasure.block_bytes",

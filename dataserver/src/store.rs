@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cairn_common::checksum::{block_count, verify_blocks, ChecksummedBlocks, CorruptBlock};
-use cairn_common::config::{FRAME_META_BYTES_MAX, IO_ALIGN_BYTES};
+use cairn_common::config::{BLOCK_BYTES_MAX, IO_ALIGN_BYTES};
 use cairn_common::ids::ShardId;
 use cairn_common::wire::ErrorCode;
 use thiserror::Error;
@@ -421,11 +421,9 @@ impl ShardStore {
                 self.inner.limits.shard_bytes_max
             )));
         }
-        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > FRAME_META_BYTES_MAX * 64
-        {
+        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > BLOCK_BYTES_MAX {
             return Err(StoreError::BadRequest(format!(
-                "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {}",
-                FRAME_META_BYTES_MAX * 64
+                "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {BLOCK_BYTES_MAX}"
             )));
         }
         let want = block_count(len, block_bytes);
