@@ -454,12 +454,7 @@ impl ShardStore {
     /// cover them, each verified against its checksum here and handed back with it, so
     /// the reader verifies them again on its side (invariant 5).
     pub async fn read(&self, id: ShardId, offset: u64, length: Option<u64>) -> Result<ShardRead> {
-        let (record, file) = self
-            .blocking(move |s| {
-                let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
-                Ok((record, s.open_for_read(id)?))
-            })
-            .await?;
+        let (record, file) = self.blocking(move |s| s.open_indexed(id)).await?;
         let end = match length {
             Some(l) => offset.checked_add(l),
             None => Some(record.len),
@@ -478,7 +473,7 @@ impl ShardStore {
                 ..ChecksummedBlocks::default()
             }
         } else {
-            self.read_blocks(id, &record, Arc::new(file), offset, end).await?
+            self.read_blocks(id, &record, file, offset, end).await?
         };
         self.inner.metrics.bytes_read.inc_by(end - offset);
         Ok(ShardRead {
@@ -605,12 +600,7 @@ impl ShardStore {
     /// Re-reads a whole shard and checks every block; a shard deleted meanwhile gives
     /// `NotFound`. Corrupt blocks are counted and logged, not returned as an error.
     pub async fn scrub(&self, id: ShardId) -> Result<ScrubOutcome> {
-        let (record, file) = self
-            .blocking(move |s| {
-                let record = s.index.get(id)?.ok_or(StoreError::NotFound(id))?;
-                Ok((record, Arc::new(s.open_for_read(id)?)))
-            })
-            .await?;
+        let (record, file) = self.blocking(move |s| s.open_indexed(id)).await?;
         let bs = u64::from(record.block_bytes);
         let piece = READ_PIECE_BYTES.max(bs) / bs * bs;
         let mut corrupt_blocks = Vec::new();
@@ -679,6 +669,12 @@ fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
 impl Inner {
     fn path(&self, id: ShardId) -> PathBuf {
         self.shards_dir.join(format!("{:02x}", subdir(id))).join(id.to_string())
+    }
+
+    /// A shard's index record and its file, opened for reading.
+    fn open_indexed(&self, id: ShardId) -> Result<(ShardRecord, Arc<File>)> {
+        let record = self.index.get(id)?.ok_or(StoreError::NotFound(id))?;
+        Ok((record, Arc::new(self.open_for_read(id)?)))
     }
 
     /// Opens an indexed shard's file. A missing file is `Busy` while a put is moving it
