@@ -24,25 +24,39 @@ pub struct ChecksummedBlocks {
     pub bytes: bytes::Bytes,
 }
 
+/// Why the bytes of a read reply cannot be returned.
+#[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
+pub enum BlockRangeError {
+    #[error(transparent)]
+    Corrupt(#[from] CorruptBlock),
+    /// A malformed reply: the range asked for is not inside the blocks sent.
+    #[error("bytes {offset}+{length} are not inside the {held} bytes of blocks from block {first_block}")]
+    NotHeld {
+        offset: u64,
+        length: u64,
+        first_block: u32,
+        held: u64,
+    },
+}
+
 impl ChecksummedBlocks {
     /// Verifies every block, then returns `length` bytes starting at shard offset `offset`
     /// (which must lie within the blocks held).
-    pub fn verified_range(&self, offset: u64, length: u64) -> Result<bytes::Bytes, CorruptBlock> {
+    pub fn verified_range(&self, offset: u64, length: u64) -> Result<bytes::Bytes, BlockRangeError> {
         if length == 0 {
             return Ok(bytes::Bytes::new());
         }
         verify_blocks(&self.bytes, self.block_bytes, self.first_block, &self.checksums)?;
         let start = u64::from(self.first_block) * u64::from(self.block_bytes);
-        let out_of_range = CorruptBlock {
-            block: self.first_block,
-            expected: 0,
-            actual: 0,
+        let held = self.bytes.len() as u64;
+        let not_held = BlockRangeError::NotHeld {
+            offset,
+            length,
+            first_block: self.first_block,
+            held,
         };
-        let lo = offset.checked_sub(start).ok_or(out_of_range)?;
-        let hi = lo
-            .checked_add(length)
-            .filter(|&h| h <= self.bytes.len() as u64)
-            .ok_or(out_of_range)?;
+        let lo = offset.checked_sub(start).ok_or(not_held)?;
+        let hi = lo.checked_add(length).filter(|&h| h <= held).ok_or(not_held)?;
         Ok(self.bytes.slice(lo as usize..hi as usize))
     }
 }
@@ -130,15 +144,24 @@ mod tests {
         let base = 5 * 4096;
         assert_eq!(blocks.verified_range(base + 4000, 200), Ok(data.slice(4000..4200)));
         assert_eq!(blocks.verified_range(base, data.len() as u64), Ok(data.clone()));
-        assert!(blocks.verified_range(base - 1, 2).is_err(), "range before the blocks");
         assert!(
-            blocks.verified_range(base, data.len() as u64 + 1).is_err(),
+            matches!(blocks.verified_range(base - 1, 2), Err(BlockRangeError::NotHeld { .. })),
+            "range before the blocks"
+        );
+        assert!(
+            matches!(
+                blocks.verified_range(base, data.len() as u64 + 1),
+                Err(BlockRangeError::NotHeld { .. })
+            ),
             "range past the blocks"
         );
         let mut damaged = data.to_vec();
         damaged[4097] ^= 1;
         blocks.bytes = damaged.into();
-        assert_eq!(blocks.verified_range(base, 10).unwrap_err().block, 6);
+        match blocks.verified_range(base, 10) {
+            Err(BlockRangeError::Corrupt(c)) => assert_eq!(c.block, 6),
+            other => panic!("damaged block accepted: {other:?}"),
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_common::checksum::{block_checksums, CorruptBlock};
+use cairn_common::checksum::{block_checksums, BlockRangeError};
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::frame::{write_frame, FrameDecoder, FrameError};
 use cairn_common::ids::{RequestId, ShardId};
@@ -38,8 +38,8 @@ pub enum ClientError {
     Wire(#[from] WireError),
     #[error("dataserver refused: {code:?}: {message}")]
     Remote { code: ErrorCode, message: String },
-    #[error("shard bytes damaged on their way from the dataserver: {0}")]
-    Corrupt(#[from] CorruptBlock),
+    #[error("shard bytes from the dataserver failed verification: {0}")]
+    BadBlocks(#[from] BlockRangeError),
     #[error("unexpected reply {0:?}")]
     Unexpected(Box<Reply>),
 }
