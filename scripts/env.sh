@@ -20,5 +20,6 @@ ensure_debian_packages() {
 }
 
 # RocksDB is built from source by the rocksdb crate: it needs a C++ compiler and libclang.
-ensure_debian_packages build-essential clang libclang-dev pkg-config
+# The gRPC code of the control plane is generated from common/proto by protoc.
+ensure_debian_packages build-essential clang libclang-dev pkg-config protobuf-compiler
 command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }

@@ -44,6 +44,11 @@ pub struct Config {
     /// The cluster's dataservers, for tools and logic nodes that address them.
     #[serde(default)]
     pub dataservers: Vec<DataserverEntry>,
+    /// Settings of the metadata node process reading this file.
+    pub metadata: Option<MetadataConfig>,
+    /// The metadata group's members, for every process that talks to it.
+    #[serde(default)]
+    pub metadata_nodes: Vec<MetadataEntry>,
 }
 
 /// How stripes are coded and checksummed.
@@ -105,7 +110,60 @@ pub struct DataserverConfig {
     pub scrub_bytes_per_sec: u64,
 }
 
+/// A metadata node: one member of the Raft group.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// This node's id; must be listed in `metadata_nodes`, whose address it listens on.
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Followers start an election after a random time in [timeout, 2 × timeout].
+    #[serde(default = "defaults::election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    /// A snapshot (RocksDB checkpoint) is taken after this many applied entries; the log
+    /// is purged behind it.
+    #[serde(default = "defaults::snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+    /// Answers kept for retried mutations (oldest dropped first).
+    #[serde(default = "defaults::dedupe_entries_max")]
+    pub dedupe_entries_max: u64,
+    /// How many voters each hall gets when the group is formed; other nodes are learners.
+    #[serde(default = "defaults::voters_per_hall")]
+    pub voters_per_hall: u32,
+    /// RocksDB block cache; with the memtables this bounds the node's memory.
+    #[serde(default = "defaults::cache_bytes")]
+    pub cache_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataEntry {
+    pub node_id: u64,
+    pub hall: String,
+    pub addr: SocketAddr,
+}
+
 mod defaults {
+    pub fn heartbeat_ms() -> u64 {
+        100
+    }
+    pub fn election_timeout_ms() -> u64 {
+        1000
+    }
+    pub fn snapshot_every_entries() -> u64 {
+        20_000
+    }
+    pub fn dedupe_entries_max() -> u64 {
+        100_000
+    }
+    pub fn voters_per_hall() -> u32 {
+        1
+    }
+    pub fn cache_bytes() -> u64 {
+        64 * super::MIB
+    }
     pub fn max_connections() -> u32 {
         256
     }
@@ -148,7 +206,37 @@ impl Config {
         if let Some(ds) = &self.dataserver {
             ds.validate(&self.erasure)?;
         }
+        self.validate_metadata_nodes()?;
+        if let Some(md) = &self.metadata {
+            md.validate(&self.metadata_nodes)?;
+        }
         self.validate_topology()
+    }
+
+    /// The metadata section, or an error naming it.
+    pub fn metadata(&self) -> Result<&MetadataConfig, ConfigError> {
+        self.metadata
+            .as_ref()
+            .ok_or_else(|| invalid("metadata", "section is required to run a metadata node"))
+    }
+
+    fn validate_metadata_nodes(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, n) in self.metadata_nodes.iter().enumerate() {
+            let key = |field: &str| format!("metadata_nodes[{i}].{field}");
+            if n.node_id == 0 {
+                return Err(invalid(key("node_id"), "must not be 0"));
+            }
+            if !ids.insert(n.node_id) {
+                return Err(invalid(key("node_id"), format!("node {} is listed twice", n.node_id)));
+            }
+            if !addrs.insert(n.addr) {
+                return Err(invalid(key("addr"), format!("{} is used by two metadata nodes", n.addr)));
+            }
+            HallId::new(n.hall.clone()).map_err(|e| invalid(key("hall"), e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The dataserver section, or an error naming it.
@@ -293,6 +381,37 @@ impl DataserverConfig {
 
     pub fn hall_id(&self) -> HallId {
         HallId::new(self.hall.clone()).unwrap_or_else(|_| unreachable!("hall validated on load"))
+    }
+}
+
+impl MetadataConfig {
+    fn validate(&self, nodes: &[MetadataEntry]) -> Result<(), ConfigError> {
+        if !nodes.iter().any(|n| n.node_id == self.node_id) {
+            return Err(invalid(
+                "metadata.node_id",
+                format!("node {} is not listed in metadata_nodes", self.node_id),
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("metadata.data_dir", "must not be empty"));
+        }
+        in_range("metadata.heartbeat_ms", self.heartbeat_ms, 10, 10_000)?;
+        in_range(
+            "metadata.election_timeout_ms",
+            self.election_timeout_ms,
+            self.heartbeat_ms.saturating_mul(3),
+            60_000,
+        )?;
+        in_range("metadata.snapshot_every_entries", self.snapshot_every_entries, 100, 100_000_000)?;
+        in_range("metadata.dedupe_entries_max", self.dedupe_entries_max, 1_000, 100_000_000)?;
+        in_range("metadata.voters_per_hall", self.voters_per_hall, 1, 7)?;
+        in_range("metadata.cache_bytes", self.cache_bytes, MIB, 64 * 1024 * MIB)?;
+        Ok(())
+    }
+
+    /// This node's entry in `nodes` (checked on load).
+    pub fn entry<'a>(&self, nodes: &'a [MetadataEntry]) -> Option<&'a MetadataEntry> {
+        nodes.iter().find(|n| n.node_id == self.node_id)
     }
 }
 

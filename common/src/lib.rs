@@ -10,4 +10,5 @@ pub mod erasure;
 pub mod frame;
 pub mod ids;
 pub mod placement;
+pub mod proto;
 pub mod wire;

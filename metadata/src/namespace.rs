@@ -1,0 +1,593 @@
+//! The namespace mutations, applied to a [`Txn`] identically on every voter. Each one checks
+//! everything before it writes, so a refused request leaves no trace (the caller also rolls
+//! back the request's writes).
+
+use std::collections::HashSet;
+
+use cairn_common::proto::metadata::{
+    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
+    OpenSession, Rename, SessionReply, SetAttr, Symlink,
+};
+use prost::Message;
+
+use crate::db::{u64_key, Cf};
+use crate::errors::{refuse, OpError, OpResult};
+use crate::layout::{check_layout, truncate_layout};
+use crate::names::{check_mode, check_name, check_symlink_target};
+use crate::records::{
+    dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord, SessionRecord,
+    RECORD_FORMAT,
+};
+use crate::txn::Txn;
+
+pub const ROOT: u64 = 1;
+pub const SESSION_TTL_MS_MIN: u32 = 100;
+pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
+
+/// The attributes of the root directory before anything changed it.
+pub fn root_attr() -> Attr {
+    Attr {
+        inode: ROOT,
+        kind: FileKind::Directory as i32,
+        mode: 0o755,
+        nlink: 2,
+        parent: ROOT,
+        ..Attr::default()
+    }
+}
+
+pub fn decode_inode(bytes: &[u8]) -> OpResult<InodeRecord> {
+    let rec = InodeRecord::decode(bytes)?;
+    if rec.format > RECORD_FORMAT {
+        return Err(OpError::Storage(format!(
+            "inode record format {} is newer than this binary ({RECORD_FORMAT})",
+            rec.format
+        )));
+    }
+    Ok(rec)
+}
+
+pub fn attr_of(rec: InodeRecord) -> OpResult<Attr> {
+    rec.attr
+        .ok_or_else(|| OpError::Storage("inode record without attributes".into()))
+}
+
+fn reply(result: meta_reply::Result) -> MetaReply {
+    MetaReply { result: Some(result) }
+}
+
+fn attr_reply(attr: Attr) -> MetaReply {
+    reply(meta_reply::Result::Attr(attr))
+}
+
+fn done() -> MetaReply {
+    reply(meta_reply::Result::Done(Default::default()))
+}
+
+/// One request's mutation of the namespace at leader time `now`.
+#[derive(Debug)]
+pub struct Apply<'t, 'a> {
+    pub txn: &'t mut Txn<'a>,
+    pub now: i64,
+}
+
+impl Apply<'_, '_> {
+    // ----- reading and writing records -----
+
+    fn inode(&self, ino: u64) -> OpResult<Option<InodeRecord>> {
+        match self.txn.get(Cf::Inodes, &u64_key(ino))? {
+            Some(bytes) => Ok(Some(decode_inode(&bytes)?)),
+            None if ino == ROOT => Ok(Some(InodeRecord {
+                format: RECORD_FORMAT,
+                attr: Some(root_attr()),
+                symlink: Vec::new(),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn attr(&self, ino: u64) -> OpResult<Attr> {
+        match self.inode(ino)? {
+            Some(rec) => attr_of(rec),
+            None => Err(refuse(Errno::Enoent, format!("inode {ino} does not exist"))),
+        }
+    }
+
+    fn dir(&self, ino: u64) -> OpResult<Attr> {
+        let attr = self.attr(ino)?;
+        if attr.kind() != FileKind::Directory {
+            return Err(refuse(Errno::Enotdir, format!("inode {ino} is not a directory")));
+        }
+        Ok(attr)
+    }
+
+    fn put_attr(&mut self, attr: Attr) -> OpResult<()> {
+        let mut rec = self.inode(attr.inode)?.unwrap_or_default();
+        rec.format = RECORD_FORMAT;
+        let ino = attr.inode;
+        rec.attr = Some(attr);
+        self.txn.put(Cf::Inodes, u64_key(ino), rec.encode_to_vec());
+        Ok(())
+    }
+
+    fn entry(&self, parent: u64, name: &[u8]) -> OpResult<Option<(u64, FileKind)>> {
+        match self.txn.get(Cf::Dentries, &dentry_key(parent, name))? {
+            Some(v) => parse_dentry_value(&v)
+                .map(Some)
+                .ok_or_else(|| OpError::Storage("directory entry does not decode".into())),
+            None => Ok(None),
+        }
+    }
+
+    fn layout(&self, ino: u64) -> OpResult<Layout> {
+        match self.txn.get(Cf::Layouts, &u64_key(ino))? {
+            Some(b) => Ok(Layout::decode(b.as_slice())?),
+            None => Ok(Layout::default()),
+        }
+    }
+
+    /// Store a file's new layout and keep the shard references in step with it.
+    fn put_layout(&mut self, ino: u64, old: &Layout, new: Option<&Layout>) {
+        let refs = |l: &Layout| -> HashSet<Vec<u8>> {
+            l.stripes
+                .iter()
+                .flat_map(|s| {
+                    s.shards
+                        .iter()
+                        .map(|sh| shard_ref_key(sh.dataserver, &s.stripe_id, sh.index, ino))
+                })
+                .collect()
+        };
+        let before = refs(old);
+        let after = new.map(refs).unwrap_or_default();
+        for gone in before.difference(&after) {
+            self.txn.delete(Cf::ShardRefs, gone.clone());
+        }
+        for added in after.difference(&before) {
+            self.txn.put(Cf::ShardRefs, added.clone(), Vec::new());
+        }
+        match new {
+            Some(l) => self.txn.put(Cf::Layouts, u64_key(ino), l.encode_to_vec()),
+            None => self.txn.delete(Cf::Layouts, u64_key(ino)),
+        }
+    }
+
+    fn touch_dir(&mut self, mut dir: Attr, entries_delta: i64, nlink_delta: i32) -> OpResult<()> {
+        dir.entries = dir.entries.saturating_add_signed(entries_delta);
+        dir.nlink = dir.nlink.saturating_add_signed(nlink_delta);
+        dir.mtime_ns = self.now;
+        dir.ctime_ns = self.now;
+        self.put_attr(dir)
+    }
+
+    fn new_attr(&mut self, kind: FileKind, mode: u32, uid: u32, gid: u32) -> Attr {
+        let ino = self.txn.counters.next_inode;
+        self.txn.counters.next_inode += 1;
+        Attr {
+            inode: ino,
+            kind: kind as i32,
+            mode,
+            uid,
+            gid,
+            atime_ns: self.now,
+            mtime_ns: self.now,
+            ctime_ns: self.now,
+            nlink: 1,
+            ..Attr::default()
+        }
+    }
+
+    /// Checks shared by everything that adds a name to a directory.
+    fn free_name(&self, parent: u64, name: &[u8]) -> OpResult<Attr> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        if self.entry(parent, name)?.is_some() {
+            return Err(refuse(Errno::Eexist, "name exists"));
+        }
+        Ok(dir)
+    }
+
+    /// Remove an inode whose last name and last session are gone.
+    fn drop_inode(&mut self, attr: &Attr) -> OpResult<()> {
+        if attr.kind() == FileKind::Directory {
+            self.txn.counters.directories = self.txn.counters.directories.saturating_sub(1);
+        } else {
+            self.txn.counters.files = self.txn.counters.files.saturating_sub(1);
+        }
+        if attr.kind() == FileKind::Regular {
+            self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size);
+            let old = self.layout(attr.inode)?;
+            self.put_layout(attr.inode, &old, None);
+        }
+        self.txn.delete(Cf::Inodes, u64_key(attr.inode));
+        Ok(())
+    }
+
+    /// One name of a non-directory is gone.
+    fn unlink_inode(&mut self, ino: u64) -> OpResult<()> {
+        let mut attr = self.attr(ino)?;
+        attr.nlink = attr.nlink.saturating_sub(1);
+        attr.ctime_ns = self.now;
+        if attr.nlink == 0 && attr.sessions == 0 {
+            self.drop_inode(&attr)
+        } else {
+            self.put_attr(attr)
+        }
+    }
+
+    // ----- operations -----
+
+    pub fn create(&mut self, c: Create) -> OpResult<MetaReply> {
+        check_name(&c.name)?;
+        check_mode(c.mode)?;
+        let dir = self.dir(c.parent)?;
+        if let Some((ino, kind)) = self.entry(c.parent, &c.name)? {
+            if c.exclusive {
+                return Err(refuse(Errno::Eexist, "name exists"));
+            }
+            return match kind {
+                FileKind::Regular => Ok(attr_reply(self.attr(ino)?)),
+                FileKind::Directory => Err(refuse(Errno::Eisdir, "name is a directory")),
+                _ => Err(refuse(Errno::Eexist, "name exists and is not a regular file")),
+            };
+        }
+        let attr = self.new_attr(FileKind::Regular, c.mode, c.uid, c.gid);
+        self.txn.counters.files += 1;
+        self.link_new(c.parent, &c.name, attr.clone(), dir, 0)?;
+        Ok(attr_reply(attr))
+    }
+
+    fn link_new(&mut self, parent: u64, name: &[u8], attr: Attr, dir: Attr, dir_nlink: i32) -> OpResult<()> {
+        self.txn.put(
+            Cf::Dentries,
+            dentry_key(parent, name),
+            dentry_value(attr.inode, attr.kind()).to_vec(),
+        );
+        self.put_attr(attr)?;
+        self.touch_dir(dir, 1, dir_nlink)
+    }
+
+    pub fn mkdir(&mut self, m: Mkdir) -> OpResult<MetaReply> {
+        check_mode(m.mode)?;
+        let dir = self.free_name(m.parent, &m.name)?;
+        let mut attr = self.new_attr(FileKind::Directory, m.mode, m.uid, m.gid);
+        attr.nlink = 2;
+        attr.parent = m.parent;
+        self.txn.counters.directories += 1;
+        self.link_new(m.parent, &m.name, attr.clone(), dir, 1)?;
+        Ok(attr_reply(attr))
+    }
+
+    pub fn symlink(&mut self, s: Symlink) -> OpResult<MetaReply> {
+        check_symlink_target(&s.target)?;
+        let dir = self.free_name(s.parent, &s.name)?;
+        let mut attr = self.new_attr(FileKind::Symlink, 0o777, s.uid, s.gid);
+        attr.size = s.target.len() as u64;
+        self.txn.counters.files += 1;
+        self.txn.put(
+            Cf::Dentries,
+            dentry_key(s.parent, &s.name),
+            dentry_value(attr.inode, FileKind::Symlink).to_vec(),
+        );
+        let rec = InodeRecord {
+            format: RECORD_FORMAT,
+            attr: Some(attr.clone()),
+            symlink: s.target,
+        };
+        self.txn.put(Cf::Inodes, u64_key(attr.inode), rec.encode_to_vec());
+        self.touch_dir(dir, 1, 0)?;
+        Ok(attr_reply(attr))
+    }
+
+    pub fn link(&mut self, l: Link) -> OpResult<MetaReply> {
+        let mut attr = self.attr(l.inode)?;
+        if attr.kind() == FileKind::Directory {
+            return Err(refuse(Errno::Eperm, "hard links to directories are not allowed"));
+        }
+        if attr.nlink == 0 {
+            return Err(refuse(Errno::Enoent, "the file was unlinked"));
+        }
+        let dir = self.free_name(l.new_parent, &l.new_name)?;
+        attr.nlink += 1;
+        attr.ctime_ns = self.now;
+        self.link_new(l.new_parent, &l.new_name, attr.clone(), dir, 0)?;
+        Ok(attr_reply(attr))
+    }
+
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) -> OpResult<MetaReply> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        let Some((ino, kind)) = self.entry(parent, name)? else {
+            return Err(refuse(Errno::Enoent, "no such name"));
+        };
+        if kind == FileKind::Directory {
+            return Err(refuse(Errno::Eisdir, "name is a directory; use rmdir"));
+        }
+        self.txn.delete(Cf::Dentries, dentry_key(parent, name));
+        self.touch_dir(dir, -1, 0)?;
+        self.unlink_inode(ino)?;
+        Ok(done())
+    }
+
+    pub fn rmdir(&mut self, parent: u64, name: &[u8]) -> OpResult<MetaReply> {
+        check_name(name)?;
+        let dir = self.dir(parent)?;
+        let Some((ino, kind)) = self.entry(parent, name)? else {
+            return Err(refuse(Errno::Enoent, "no such name"));
+        };
+        if kind != FileKind::Directory {
+            return Err(refuse(Errno::Enotdir, "name is not a directory"));
+        }
+        let victim = self.attr(ino)?;
+        if victim.entries != 0 {
+            return Err(refuse(Errno::Enotempty, "directory is not empty"));
+        }
+        self.txn.delete(Cf::Dentries, dentry_key(parent, name));
+        self.touch_dir(dir, -1, -1)?;
+        self.drop_inode(&victim)?;
+        Ok(done())
+    }
+
+    /// Whether `ino` is `ancestor` or lies below it, following directories' parents.
+    fn is_within(&self, mut ino: u64, ancestor: u64) -> OpResult<bool> {
+        loop {
+            if ino == ancestor {
+                return Ok(true);
+            }
+            if ino == ROOT {
+                return Ok(false);
+            }
+            ino = self.dir(ino)?.parent;
+        }
+    }
+
+    pub fn rename(&mut self, r: Rename) -> OpResult<MetaReply> {
+        check_name(&r.name)?;
+        check_name(&r.new_name)?;
+        self.dir(r.parent)?;
+        self.dir(r.new_parent)?;
+        let Some((ino, kind)) = self.entry(r.parent, &r.name)? else {
+            return Err(refuse(Errno::Enoent, "no such name"));
+        };
+        let is_dir = kind == FileKind::Directory;
+        if is_dir && self.is_within(r.new_parent, ino)? {
+            return Err(refuse(Errno::Einval, "cannot move a directory into its own subtree"));
+        }
+        let target = self.entry(r.new_parent, &r.new_name)?;
+        if let Some((target_ino, target_kind)) = target {
+            if target_ino == ino {
+                // Two names of one file (or the same name): POSIX says do nothing.
+                return Ok(done());
+            }
+            match (is_dir, target_kind == FileKind::Directory) {
+                (true, false) => return Err(refuse(Errno::Enotdir, "target is not a directory")),
+                (false, true) => return Err(refuse(Errno::Eisdir, "target is a directory")),
+                (true, true) if self.attr(target_ino)?.entries != 0 => {
+                    return Err(refuse(Errno::Enotempty, "target directory is not empty"))
+                }
+                _ => {}
+            }
+        }
+        // Everything is checked: now the writes.
+        let dir_link = i32::from(is_dir);
+        self.txn.delete(Cf::Dentries, dentry_key(r.parent, &r.name));
+        let old_parent = self.dir(r.parent)?;
+        self.touch_dir(old_parent, -1, -dir_link)?;
+        let mut new_parent_entries = 1;
+        let mut new_parent_links = dir_link;
+        if let Some((target_ino, target_kind)) = target {
+            new_parent_entries = 0;
+            if target_kind == FileKind::Directory {
+                new_parent_links -= 1;
+                let t = self.attr(target_ino)?;
+                self.drop_inode(&t)?;
+            } else {
+                self.unlink_inode(target_ino)?;
+            }
+        }
+        self.txn.put(
+            Cf::Dentries,
+            dentry_key(r.new_parent, &r.new_name),
+            dentry_value(ino, kind).to_vec(),
+        );
+        let new_parent = self.dir(r.new_parent)?;
+        self.touch_dir(new_parent, new_parent_entries, new_parent_links)?;
+        let mut attr = self.attr(ino)?;
+        attr.ctime_ns = self.now;
+        if is_dir {
+            attr.parent = r.new_parent;
+        }
+        self.put_attr(attr)?;
+        Ok(done())
+    }
+
+    pub fn setattr(&mut self, s: SetAttr) -> OpResult<MetaReply> {
+        let mut attr = self.attr(s.inode)?;
+        if let Some(mode) = s.mode {
+            check_mode(mode)?;
+            attr.mode = mode;
+        }
+        if let Some(uid) = s.uid {
+            attr.uid = uid;
+        }
+        if let Some(gid) = s.gid {
+            attr.gid = gid;
+        }
+        if let Some(t) = s.atime_ns {
+            attr.atime_ns = t;
+        }
+        if let Some(t) = s.mtime_ns {
+            attr.mtime_ns = t;
+        }
+        if let Some(size) = s.size {
+            match attr.kind() {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(refuse(Errno::Eisdir, "cannot truncate a directory")),
+                _ => return Err(refuse(Errno::Einval, "can only truncate a regular file")),
+            }
+            crate::layout::check_size(size)?;
+            if size != attr.size {
+                let old = self.layout(attr.inode)?;
+                let mut new = truncate_layout(&old, size);
+                attr.layout_version += 1;
+                new.version = attr.layout_version;
+                self.put_layout(attr.inode, &old, Some(&new));
+                self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size).saturating_add(size);
+                attr.size = size;
+                if s.mtime_ns.is_none() {
+                    attr.mtime_ns = self.now;
+                }
+            }
+        }
+        attr.ctime_ns = self.now;
+        self.put_attr(attr.clone())?;
+        Ok(attr_reply(attr))
+    }
+
+    // ----- write sessions -----
+
+    fn check_ttl(ttl_ms: u32) -> OpResult<()> {
+        if !(SESSION_TTL_MS_MIN..=SESSION_TTL_MS_MAX).contains(&ttl_ms) {
+            return Err(refuse(
+                Errno::Einval,
+                format!("session ttl {ttl_ms} ms outside {SESSION_TTL_MS_MIN}..={SESSION_TTL_MS_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn expiry(&self, ttl_ms: u32) -> i64 {
+        self.now.saturating_add(i64::from(ttl_ms) * 1_000_000)
+    }
+
+    pub fn open_session(&mut self, o: OpenSession) -> OpResult<MetaReply> {
+        Self::check_ttl(o.ttl_ms)?;
+        let mut attr = self.attr(o.inode)?;
+        match attr.kind() {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(refuse(Errno::Eisdir, "cannot write a directory")),
+            _ => return Err(refuse(Errno::Einval, "can only write a regular file")),
+        }
+        if attr.nlink == 0 {
+            return Err(refuse(Errno::Enoent, "the file was unlinked"));
+        }
+        let session = self.txn.counters.next_session;
+        self.txn.counters.next_session += 1;
+        self.txn.counters.sessions += 1;
+        let expires_ns = self.expiry(o.ttl_ms);
+        let rec = SessionRecord {
+            inode: o.inode,
+            expires_ns,
+        };
+        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+        self.txn
+            .put(Cf::SessionExpiry, session_expiry_key(expires_ns, session).to_vec(), Vec::new());
+        attr.sessions += 1;
+        self.put_attr(attr.clone())?;
+        let layout = self.layout(o.inode)?;
+        Ok(reply(meta_reply::Result::Session(SessionReply {
+            session,
+            expires_ns,
+            attr: Some(attr),
+            layout: Some(layout),
+        })))
+    }
+
+    fn session(&self, session: u64) -> OpResult<SessionRecord> {
+        let bytes = self
+            .txn
+            .get(Cf::Sessions, &u64_key(session))?
+            .ok_or_else(|| refuse(Errno::Estale, format!("write session {session} expired or was closed")))?;
+        Ok(SessionRecord::decode(bytes.as_slice())?)
+    }
+
+    pub fn renew_session(&mut self, session: u64, ttl_ms: u32) -> OpResult<MetaReply> {
+        Self::check_ttl(ttl_ms)?;
+        let mut rec = self.session(session)?;
+        self.txn
+            .delete(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec());
+        rec.expires_ns = self.expiry(ttl_ms);
+        self.txn
+            .put(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec(), Vec::new());
+        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+        Ok(reply(meta_reply::Result::Session(SessionReply {
+            session,
+            expires_ns: rec.expires_ns,
+            attr: None,
+            layout: None,
+        })))
+    }
+
+    pub fn close_session(&mut self, session: u64) -> OpResult<MetaReply> {
+        let rec = self.session(session)?;
+        self.end_session(session, &rec)?;
+        Ok(done())
+    }
+
+    pub fn end_session(&mut self, session: u64, rec: &SessionRecord) -> OpResult<()> {
+        self.txn.delete(Cf::Sessions, u64_key(session));
+        self.txn
+            .delete(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec());
+        self.txn.counters.sessions = self.txn.counters.sessions.saturating_sub(1);
+        let Some(inode) = self.inode(rec.inode)? else {
+            return Ok(());
+        };
+        let mut attr = attr_of(inode)?;
+        attr.sessions = attr.sessions.saturating_sub(1);
+        if attr.nlink == 0 && attr.sessions == 0 {
+            self.drop_inode(&attr)
+        } else {
+            self.put_attr(attr)
+        }
+    }
+
+    /// Ends the session `session` if its lease ran out (used by the expiry sweep).
+    pub fn expire_session(&mut self, session: u64) -> OpResult<()> {
+        let Some(bytes) = self.txn.get(Cf::Sessions, &u64_key(session))? else {
+            return Ok(());
+        };
+        let rec = SessionRecord::decode(bytes.as_slice())?;
+        if rec.expires_ns <= self.now {
+            self.end_session(session, &rec)?;
+        }
+        Ok(())
+    }
+
+    pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
+        let rec = self.session(c.session)?;
+        if rec.inode != c.inode {
+            return Err(refuse(
+                Errno::Einval,
+                format!("session {} was opened on inode {}, not {}", c.session, rec.inode, c.inode),
+            ));
+        }
+        if rec.expires_ns < self.now {
+            return Err(refuse(Errno::Estale, format!("write session {} expired", c.session)));
+        }
+        let mut attr = self.attr(c.inode)?;
+        if attr.layout_version != c.expected_version {
+            return Err(refuse(
+                Errno::Eagain,
+                format!(
+                    "layout of inode {} is at version {}, not {}: another writer committed first",
+                    c.inode, attr.layout_version, c.expected_version
+                ),
+            ));
+        }
+        let mut layout = c.layout.unwrap_or_default();
+        check_layout(&layout, c.size)?;
+        let old = self.layout(c.inode)?;
+        attr.layout_version += 1;
+        layout.version = attr.layout_version;
+        self.put_layout(c.inode, &old, Some(&layout));
+        self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size).saturating_add(c.size);
+        attr.size = c.size;
+        attr.mtime_ns = self.now;
+        attr.ctime_ns = self.now;
+        self.put_attr(attr.clone())?;
+        Ok(reply(meta_reply::Result::Layout(LayoutReply {
+            attr: Some(attr),
+            layout: Some(layout),
+        })))
+    }
+}

@@ -1,0 +1,103 @@
+//! What the state machine stores besides the wire types: records with a format number so
+//! a later version can read them, and the counters kept under one key.
+
+use cairn_common::proto::metadata::{Attr, FileKind};
+use serde::{Deserialize, Serialize};
+
+pub const RECORD_FORMAT: u32 = 1;
+
+/// An inode: its attributes and, for a symlink, the target.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InodeRecord {
+    #[prost(uint32, tag = "1")]
+    pub format: u32,
+    #[prost(message, optional, tag = "2")]
+    pub attr: Option<Attr>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub symlink: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionRecord {
+    #[prost(uint64, tag = "1")]
+    pub inode: u64,
+    #[prost(int64, tag = "2")]
+    pub expires_ns: i64,
+}
+
+/// The first answer to a mutation, returned again to a retry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DedupeRecord {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub reply: Vec<u8>,
+}
+
+/// State machine totals and allocators, read once per applied batch and written back with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_inode: u64,
+    pub next_session: u64,
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
+    pub sessions: u64,
+    pub dedupe_count: u64,
+    /// Sequence of the oldest dedupe record still kept, and of the next one.
+    pub dedupe_oldest: u64,
+    pub dedupe_next: u64,
+    /// The largest leader clock applied: time never goes back across leader changes.
+    pub clock_ns: i64,
+}
+
+/// A directory entry's value: the child and its kind (so readdir needs no inode reads).
+pub fn dentry_value(inode: u64, kind: FileKind) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&inode.to_be_bytes());
+    v[8] = u8::try_from(kind as i32).unwrap_or(0);
+    v
+}
+
+pub fn parse_dentry_value(v: &[u8]) -> Option<(u64, FileKind)> {
+    let inode = crate::db::read_u64(v)?;
+    let kind = FileKind::try_from(i32::from(*v.get(8)?)).ok()?;
+    Some((inode, kind))
+}
+
+pub fn dentry_key(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&parent.to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn session_expiry_key(expires_ns: i64, session: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    // Offset so that byte order is numeric order for negative values too.
+    k[..8].copy_from_slice(&((expires_ns as u64) ^ (1 << 63)).to_be_bytes());
+    k[8..].copy_from_slice(&session.to_be_bytes());
+    k
+}
+
+pub fn parse_session_expiry_key(k: &[u8]) -> Option<(i64, u64)> {
+    let expires = (crate::db::read_u64(k)? ^ (1 << 63)) as i64;
+    Some((expires, crate::db::read_u64(k.get(8..)?)?))
+}
+
+pub fn dedupe_key(client_id: &[u8], request_id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(client_id);
+    k.extend_from_slice(&request_id.to_be_bytes());
+    k
+}
+
+pub fn shard_ref_key(dataserver: u32, stripe_id: &[u8], index: u32, inode: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + 16 + 1 + 8);
+    k.extend_from_slice(&dataserver.to_be_bytes());
+    k.extend_from_slice(stripe_id);
+    // Layout validation bounds the index below 48.
+    k.push(u8::try_from(index).unwrap_or(u8::MAX));
+    k.extend_from_slice(&inode.to_be_bytes());
+    k
+}

@@ -1,0 +1,200 @@
+//! Snapshots are RocksDB checkpoints (hard links, taken in the state machine's task so they
+//! hold exactly the applied state). One is kept, under `snapshots/<id>/` with its
+//! metadata; `snapshots/CURRENT` names it. To send one to a lagging follower the
+//! checkpoint is packed into a tar file (built once per snapshot); the follower unpacks it
+//! and copies the state machine's column families into its own database in one batch.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use openraft::{ErrorSubject, ErrorVerb, SnapshotMeta, StorageError};
+use rocksdb::WriteBatch;
+
+use crate::db::{handle, storage_error, Cf, Db, KEY_END};
+use crate::types::NodeInfo;
+
+pub type Meta = SnapshotMeta<u64, NodeInfo>;
+type Result<T> = std::result::Result<T, StorageError<u64>>;
+
+const CURRENT: &str = "CURRENT";
+const META: &str = "meta";
+const CHECKPOINT: &str = "db";
+const INCOMING: &str = "incoming-";
+
+fn snap_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageError<u64> {
+    storage_error(ErrorSubject::Snapshot(None), verb, e)
+}
+
+fn io_err(verb: ErrorVerb, what: &str, e: std::io::Error) -> StorageError<u64> {
+    snap_err(verb, &std::io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
+#[derive(Clone, Debug)]
+pub struct Snapshots {
+    root: PathBuf,
+    /// Serializes changes to the directory (building runs beside the state machine task).
+    lock: Arc<Mutex<()>>,
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Snapshots {
+    pub fn open(root: PathBuf) -> std::io::Result<Snapshots> {
+        fs::create_dir_all(&root)?;
+        let s = Snapshots {
+            root,
+            lock: Arc::new(Mutex::new(())),
+        };
+        s.remove_stale(true)?;
+        Ok(s)
+    }
+
+    fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remove unfinished builds and snapshots other than the current one; with `transfers`
+    /// also partly received snapshots (only at start-up, when none can be under way).
+    fn remove_stale(&self, transfers: bool) -> std::io::Result<()> {
+        let current = self.current_id();
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == CURRENT || (!transfers && name.starts_with(INCOMING)) {
+                continue;
+            }
+            let keep = current
+                .as_deref()
+                .is_some_and(|id| name == id || name == format!("{id}.tar"));
+            if !keep {
+                let p = entry.path();
+                if p.is_dir() {
+                    fs::remove_dir_all(&p)?;
+                } else {
+                    fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn current_id(&self) -> Option<String> {
+        fs::read_to_string(self.root.join(CURRENT))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// A fresh directory for a checkpoint being built.
+    pub fn staging_dir(&self, tag: &str) -> PathBuf {
+        self.root.join(format!("{tag}.tmp"))
+    }
+
+    /// Turn a finished checkpoint in `staging` into the current snapshot.
+    pub fn publish(&self, staging: &Path, meta: &Meta) -> Result<()> {
+        let _g = self.guard();
+        let bytes = postcard::to_stdvec(meta).map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        let meta_path = staging.join(META);
+        fs::write(&meta_path, bytes).map_err(|e| io_err(ErrorVerb::Write, "snapshot meta", e))?;
+        fs::File::open(&meta_path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(ErrorVerb::Write, "snapshot meta", e))?;
+        let dir = self.root.join(&meta.snapshot_id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| io_err(ErrorVerb::Write, "old snapshot", e))?;
+        }
+        fs::rename(staging, &dir).map_err(|e| io_err(ErrorVerb::Write, "snapshot rename", e))?;
+        let tmp = self.root.join("CURRENT.tmp");
+        let mut f = fs::File::create(&tmp).map_err(|e| io_err(ErrorVerb::Write, "CURRENT", e))?;
+        f.write_all(meta.snapshot_id.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| io_err(ErrorVerb::Write, "CURRENT", e))?;
+        fs::rename(&tmp, self.root.join(CURRENT)).map_err(|e| io_err(ErrorVerb::Write, "CURRENT", e))?;
+        fsync_dir(&self.root).map_err(|e| io_err(ErrorVerb::Write, "snapshot dir", e))?;
+        self.remove_stale(false)
+            .map_err(|e| io_err(ErrorVerb::Delete, "old snapshots", e))
+    }
+
+    pub fn current_meta(&self) -> Result<Option<Meta>> {
+        let Some(id) = self.current_id() else {
+            return Ok(None);
+        };
+        let bytes = fs::read(self.root.join(&id).join(META)).map_err(|e| io_err(ErrorVerb::Read, "snapshot meta", e))?;
+        postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| snap_err(ErrorVerb::Read, &e))
+    }
+
+    /// The current snapshot packed for sending, opened at its start.
+    pub fn open_packed(&self, meta: &Meta) -> Result<fs::File> {
+        let _g = self.guard();
+        let tar_path = self.root.join(format!("{}.tar", meta.snapshot_id));
+        if !tar_path.exists() {
+            let tmp = self.root.join(format!("{}.tar.tmp", meta.snapshot_id));
+            let pack = || -> std::io::Result<()> {
+                let mut builder = tar::Builder::new(fs::File::create(&tmp)?);
+                builder.append_dir_all(CHECKPOINT, self.root.join(&meta.snapshot_id).join(CHECKPOINT))?;
+                builder.into_inner()?.sync_all()?;
+                fs::rename(&tmp, &tar_path)
+            };
+            pack().map_err(|e| io_err(ErrorVerb::Read, "packing snapshot", e))?;
+        }
+        fs::File::open(&tar_path).map_err(|e| io_err(ErrorVerb::Read, "packed snapshot", e))
+    }
+
+    /// A new file to receive a snapshot into. openraft receives one snapshot at a time, so
+    /// earlier transfers (installed or abandoned) are removed first.
+    pub fn incoming_file(&self) -> Result<fs::File> {
+        let _g = self.guard();
+        self.remove_stale(true)
+            .map_err(|e| io_err(ErrorVerb::Delete, "old transfers", e))?;
+        let name = format!("{INCOMING}{}.tar", rand::random::<u64>());
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.root.join(name))
+            .map_err(|e| io_err(ErrorVerb::Write, "incoming snapshot", e))
+    }
+
+    /// Unpack a received snapshot and replace the state machine in `db` with it, atomically.
+    /// `records` adds the state machine's own records (last applied, membership) last.
+    pub fn install(
+        &self,
+        db: &Db,
+        meta: &Meta,
+        mut packed: fs::File,
+        records: impl FnOnce(&mut WriteBatch) -> Result<()>,
+    ) -> Result<()> {
+        let staging = self.staging_dir(&format!("install-{}", rand::random::<u64>()));
+        fs::create_dir_all(&staging).map_err(|e| io_err(ErrorVerb::Write, "snapshot staging", e))?;
+        packed
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| io_err(ErrorVerb::Read, "received snapshot", e))?;
+        tar::Archive::new(&mut packed)
+            .unpack(&staging)
+            .map_err(|e| io_err(ErrorVerb::Read, "unpacking snapshot", e))?;
+        {
+            let src = Db::open_read_only(&staging.join(CHECKPOINT)).map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+            let mut batch = WriteBatch::default();
+            for cf in Cf::STATE_MACHINE {
+                let dst = db.cf(cf);
+                batch.delete_range_cf(dst, &[][..], &KEY_END[..]);
+                for item in src.iterator_cf(handle(&src, cf), rocksdb::IteratorMode::Start) {
+                    let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+                    batch.put_cf(dst, k, v);
+                }
+            }
+            records(&mut batch)?;
+            let mut opts = rocksdb::WriteOptions::default();
+            opts.set_sync(true);
+            db.raw().write_opt(batch, &opts).map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        }
+        self.publish(&staging, meta)?;
+        Ok(())
+    }
+}
