@@ -232,7 +232,10 @@ impl Config {
                 return Err(invalid(key("node_id"), format!("node {} is listed twice", n.node_id)));
             }
             if !addrs.insert(n.addr) {
-                return Err(invalid(key("addr"), format!("{} is used by two metadata nodes", n.addr)));
+                return Err(invalid(
+                    key("addr"),
+                    format!("{} is used by two metadata nodes", n.addr),
+                ));
             }
             HallId::new(n.hall.clone()).map_err(|e| invalid(key("hall"), e.to_string()))?;
         }
@@ -402,8 +405,18 @@ impl MetadataConfig {
             self.heartbeat_ms.saturating_mul(3),
             60_000,
         )?;
-        in_range("metadata.snapshot_every_entries", self.snapshot_every_entries, 100, 100_000_000)?;
-        in_range("metadata.dedupe_entries_max", self.dedupe_entries_max, 1_000, 100_000_000)?;
+        in_range(
+            "metadata.snapshot_every_entries",
+            self.snapshot_every_entries,
+            100,
+            100_000_000,
+        )?;
+        in_range(
+            "metadata.dedupe_entries_max",
+            self.dedupe_entries_max,
+            1_000,
+            100_000_000,
+        )?;
         in_range("metadata.voters_per_hall", self.voters_per_hall, 1, 7)?;
         in_range("metadata.cache_bytes", self.cache_bytes, MIB, 64 * 1024 * MIB)?;
         Ok(())

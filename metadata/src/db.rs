@@ -162,7 +162,11 @@ pub fn read_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
 }
 
-pub fn storage_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageError<u64> {
+pub fn storage_error(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: &(impl std::error::Error + 'static),
+) -> StorageError<u64> {
     StorageIOError::new(subject, verb, AnyError::new(e)).into()
 }
 

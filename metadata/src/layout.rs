@@ -44,10 +44,15 @@ pub fn check_layout(l: &Layout, size: u64) -> OpResult<()> {
     }
     let (k, m) = (l.data_shards, l.parity_shards);
     if !(1..=DATA_SHARDS_MAX).contains(&k) || !(1..=PARITY_SHARDS_MAX).contains(&m) {
-        return bad(format!("code {k}+{m} outside 1..={DATA_SHARDS_MAX} + 1..={PARITY_SHARDS_MAX}"));
+        return bad(format!(
+            "code {k}+{m} outside 1..={DATA_SHARDS_MAX} + 1..={PARITY_SHARDS_MAX}"
+        ));
     }
     if l.shard_unit_bytes == 0 || l.shard_unit_bytes > SHARD_UNIT_BYTES_MAX {
-        return bad(format!("shard unit {} outside 1..={SHARD_UNIT_BYTES_MAX}", l.shard_unit_bytes));
+        return bad(format!(
+            "shard unit {} outside 1..={SHARD_UNIT_BYTES_MAX}",
+            l.shard_unit_bytes
+        ));
     }
     let stripe_bytes_max = u64::from(k) * u64::from(l.shard_unit_bytes);
     let mut end = 0u64;
@@ -56,12 +61,15 @@ pub fn check_layout(l: &Layout, size: u64) -> OpResult<()> {
             return bad(format!("stripe {i}: id of {} bytes", s.stripe_id.len()));
         }
         if s.length == 0 || s.length > stripe_bytes_max {
-            return bad(format!("stripe {i}: length {} outside 1..={stripe_bytes_max}", s.length));
+            return bad(format!(
+                "stripe {i}: length {} outside 1..={stripe_bytes_max}",
+                s.length
+            ));
         }
         if s.offset < end {
             return bad(format!("stripe {i}: offset {} overlaps the stripe before", s.offset));
         }
-        end = s.offset.checked_add(s.length).unwrap_or(u64::MAX);
+        end = s.offset.saturating_add(s.length);
         if end > size {
             return bad(format!("stripe {i}: ends at {end}, beyond the file size {size}"));
         }
@@ -72,7 +80,10 @@ pub fn check_layout(l: &Layout, size: u64) -> OpResult<()> {
         let mut seen = HashSet::new();
         for sh in &s.shards {
             if sh.index >= k + m || !seen.insert(sh.index) {
-                return bad(format!("stripe {i}: shard index {} repeated or outside the code", sh.index));
+                return bad(format!(
+                    "stripe {i}: shard index {} repeated or outside the code",
+                    sh.index
+                ));
             }
         }
     }

@@ -40,7 +40,11 @@ impl LogStore {
     }
 
     fn get_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
-        let Some(bytes) = self.db.get(Cf::Raft, key).map_err(|e| logs_error(ErrorVerb::Read, &e))? else {
+        let Some(bytes) = self
+            .db
+            .get(Cf::Raft, key)
+            .map_err(|e| logs_error(ErrorVerb::Read, &e))?
+        else {
             return Ok(None);
         };
         postcard::from_bytes(&bytes)
@@ -118,8 +122,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<()> {
-        self.put_value(VOTE, vote, true)
-            .map_err(|_| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &std::io::Error::other("save vote")))
+        self.put_value(VOTE, vote, true).map_err(|_| {
+            storage_error(
+                ErrorSubject::Vote,
+                ErrorVerb::Write,
+                &std::io::Error::other("save vote"),
+            )
+        })
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>> {
@@ -148,7 +157,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(cf, u64_key(entry.log_id.index), bytes);
         }
         let written = self.db.raw().write_opt(batch, &synced());
-        let result = written.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        let result = written
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
         written.map_err(|e| logs_error(ErrorVerb::Write, &e))
     }

@@ -13,7 +13,10 @@ pub fn check_name(name: &[u8]) -> OpResult<()> {
         return Err(refuse(Errno::Einval, "empty file name"));
     }
     if name == b"." || name == b".." {
-        return Err(refuse(Errno::Einval, "`.` and `..` cannot be created, removed or renamed"));
+        return Err(refuse(
+            Errno::Einval,
+            "`.` and `..` cannot be created, removed or renamed",
+        ));
     }
     if name.len() > NAME_BYTES_MAX {
         return Err(refuse(

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use cairn_common::proto::metadata::{
-    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
-    OpenSession, Rename, SessionReply, SetAttr, Symlink,
+    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir, OpenSession,
+    Rename, SessionReply, SetAttr, Symlink,
 };
 use prost::Message;
 
@@ -47,6 +47,19 @@ pub fn decode_inode(bytes: &[u8]) -> OpResult<InodeRecord> {
     Ok(rec)
 }
 
+/// An inode from what the database holds under its key; the root exists before any write.
+pub fn inode_record(stored: Option<Vec<u8>>, ino: u64) -> OpResult<Option<InodeRecord>> {
+    match stored {
+        Some(bytes) => decode_inode(&bytes).map(Some),
+        None if ino == ROOT => Ok(Some(InodeRecord {
+            format: RECORD_FORMAT,
+            attr: Some(root_attr()),
+            symlink: Vec::new(),
+        })),
+        None => Ok(None),
+    }
+}
+
 pub fn attr_of(rec: InodeRecord) -> OpResult<Attr> {
     rec.attr
         .ok_or_else(|| OpError::Storage("inode record without attributes".into()))
@@ -75,15 +88,7 @@ impl Apply<'_, '_> {
     // ----- reading and writing records -----
 
     fn inode(&self, ino: u64) -> OpResult<Option<InodeRecord>> {
-        match self.txn.get(Cf::Inodes, &u64_key(ino))? {
-            Some(bytes) => Ok(Some(decode_inode(&bytes)?)),
-            None if ino == ROOT => Ok(Some(InodeRecord {
-                format: RECORD_FORMAT,
-                attr: Some(root_attr()),
-                symlink: Vec::new(),
-            })),
-            None => Ok(None),
-        }
+        inode_record(self.txn.get(Cf::Inodes, &u64_key(ino))?, ino)
     }
 
     fn attr(&self, ino: u64) -> OpResult<Attr> {
@@ -233,7 +238,7 @@ impl Apply<'_, '_> {
         }
         let attr = self.new_attr(FileKind::Regular, c.mode, c.uid, c.gid);
         self.txn.counters.files += 1;
-        self.link_new(c.parent, &c.name, attr.clone(), dir, 0)?;
+        self.link_new(c.parent, &c.name, attr, dir, 0)?;
         Ok(attr_reply(attr))
     }
 
@@ -254,7 +259,7 @@ impl Apply<'_, '_> {
         attr.nlink = 2;
         attr.parent = m.parent;
         self.txn.counters.directories += 1;
-        self.link_new(m.parent, &m.name, attr.clone(), dir, 1)?;
+        self.link_new(m.parent, &m.name, attr, dir, 1)?;
         Ok(attr_reply(attr))
     }
 
@@ -271,7 +276,7 @@ impl Apply<'_, '_> {
         );
         let rec = InodeRecord {
             format: RECORD_FORMAT,
-            attr: Some(attr.clone()),
+            attr: Some(attr),
             symlink: s.target,
         };
         self.txn.put(Cf::Inodes, u64_key(attr.inode), rec.encode_to_vec());
@@ -290,7 +295,7 @@ impl Apply<'_, '_> {
         let dir = self.free_name(l.new_parent, &l.new_name)?;
         attr.nlink += 1;
         attr.ctime_ns = self.now;
-        self.link_new(l.new_parent, &l.new_name, attr.clone(), dir, 0)?;
+        self.link_new(l.new_parent, &l.new_name, attr, dir, 0)?;
         Ok(attr_reply(attr))
     }
 
@@ -440,7 +445,7 @@ impl Apply<'_, '_> {
             }
         }
         attr.ctime_ns = self.now;
-        self.put_attr(attr.clone())?;
+        self.put_attr(attr)?;
         Ok(attr_reply(attr))
     }
 
@@ -480,10 +485,13 @@ impl Apply<'_, '_> {
             expires_ns,
         };
         self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
-        self.txn
-            .put(Cf::SessionExpiry, session_expiry_key(expires_ns, session).to_vec(), Vec::new());
+        self.txn.put(
+            Cf::SessionExpiry,
+            session_expiry_key(expires_ns, session).to_vec(),
+            Vec::new(),
+        );
         attr.sessions += 1;
-        self.put_attr(attr.clone())?;
+        self.put_attr(attr)?;
         let layout = self.layout(o.inode)?;
         Ok(reply(meta_reply::Result::Session(SessionReply {
             session,
@@ -507,8 +515,11 @@ impl Apply<'_, '_> {
         self.txn
             .delete(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec());
         rec.expires_ns = self.expiry(ttl_ms);
-        self.txn
-            .put(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec(), Vec::new());
+        self.txn.put(
+            Cf::SessionExpiry,
+            session_expiry_key(rec.expires_ns, session).to_vec(),
+            Vec::new(),
+        );
         self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
         Ok(reply(meta_reply::Result::Session(SessionReply {
             session,
@@ -558,7 +569,10 @@ impl Apply<'_, '_> {
         if rec.inode != c.inode {
             return Err(refuse(
                 Errno::Einval,
-                format!("session {} was opened on inode {}, not {}", c.session, rec.inode, c.inode),
+                format!(
+                    "session {} was opened on inode {}, not {}",
+                    c.session, rec.inode, c.inode
+                ),
             ));
         }
         if rec.expires_ns < self.now {
@@ -584,7 +598,7 @@ impl Apply<'_, '_> {
         attr.size = c.size;
         attr.mtime_ns = self.now;
         attr.ctime_ns = self.now;
-        self.put_attr(attr.clone())?;
+        self.put_attr(attr)?;
         Ok(reply(meta_reply::Result::Layout(LayoutReply {
             attr: Some(attr),
             layout: Some(layout),

@@ -123,7 +123,8 @@ impl Snapshots {
         let Some(id) = self.current_id() else {
             return Ok(None);
         };
-        let bytes = fs::read(self.root.join(&id).join(META)).map_err(|e| io_err(ErrorVerb::Read, "snapshot meta", e))?;
+        let bytes =
+            fs::read(self.root.join(&id).join(META)).map_err(|e| io_err(ErrorVerb::Read, "snapshot meta", e))?;
         postcard::from_bytes(&bytes)
             .map(Some)
             .map_err(|e| snap_err(ErrorVerb::Read, &e))
@@ -192,7 +193,9 @@ impl Snapshots {
             records(&mut batch)?;
             let mut opts = rocksdb::WriteOptions::default();
             opts.set_sync(true);
-            db.raw().write_opt(batch, &opts).map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+            db.raw()
+                .write_opt(batch, &opts)
+                .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
         }
         self.publish(&staging, meta)?;
         Ok(())

@@ -77,7 +77,11 @@ impl StateMachine {
     ) -> Result<()> {
         let cf = self.db.cf(Cf::SmMeta);
         match applied {
-            Some(a) => batch.put_cf(cf, LAST_APPLIED, postcard::to_stdvec(a).map_err(|e| sm_write_error(&e))?),
+            Some(a) => batch.put_cf(
+                cf,
+                LAST_APPLIED,
+                postcard::to_stdvec(a).map_err(|e| sm_write_error(&e))?,
+            ),
             None => batch.delete_cf(cf, LAST_APPLIED),
         }
         if let Some(m) = membership {

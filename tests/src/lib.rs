@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cairn_dataserver::client::DataserverClient;
 
+pub mod metadata;
+
 /// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that
 /// holds this test executable (`target/<profile>/deps/..`).
 pub fn bin_path(name: &str) -> PathBuf {

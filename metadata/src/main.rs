@@ -1,0 +1,64 @@
+//! `cairn-metadata`: one member of the metadata Raft group.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use cairn_common::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-metadata", about = "Cairn metadata node (Raft member)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve as a member of the group.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Form the group if this is the lowest-id node and it holds no Raft state yet.
+        /// Pass it only when creating a new cluster.
+        #[arg(long)]
+        bootstrap: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let Command::Serve { config, bootstrap } = cli.command;
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn-metadata: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = config.metadata() {
+        eprintln!("cairn-metadata: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn-metadata: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cairn_metadata::node::run(config, bootstrap)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-metadata: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

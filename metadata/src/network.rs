@@ -1,0 +1,152 @@
+//! Raft RPCs between voters over gRPC. openraft's messages travel serialized (postcard)
+//! inside a versioned envelope; the receiver checks the version before decoding.
+
+use std::time::Duration;
+
+use cairn_common::proto::metadata::raft_client::RaftClient;
+use cairn_common::proto::metadata::RaftEnvelope;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{NodeInfo, TypeConfig};
+
+/// Version of the Raft envelope's payload encoding.
+pub const RAFT_WIRE_VERSION: u32 = 1;
+/// Raft messages carry batches of entries and snapshot chunks.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn envelope<T: Serialize>(value: &T) -> Result<RaftEnvelope, postcard::Error> {
+    Ok(RaftEnvelope {
+        version: RAFT_WIRE_VERSION,
+        payload: postcard::to_stdvec(value)?,
+    })
+}
+
+/// Decode an envelope from the wire; a typed error, never a panic, for anything else.
+pub fn open_envelope<T: DeserializeOwned>(env: &RaftEnvelope) -> Result<T, String> {
+    if env.version != RAFT_WIRE_VERSION {
+        return Err(format!(
+            "raft envelope version {} (this node speaks {RAFT_WIRE_VERSION})",
+            env.version
+        ));
+    }
+    postcard::from_bytes(&env.payload).map_err(|e| format!("raft message does not decode: {e}"))
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: u64, node: &NodeInfo) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            client: None,
+        }
+    }
+}
+
+/// The connection to one other member.
+#[derive(Debug)]
+pub struct Peer {
+    target: u64,
+    addr: String,
+    client: Option<RaftClient<Channel>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Rpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<u64, NodeInfo, RaftError<u64, E>>>;
+
+fn network_error<E: std::error::Error>(msg: String) -> RPCError<u64, NodeInfo, RaftError<u64, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
+}
+
+impl Peer {
+    async fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| Unreachable::new(&e))?;
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        self.client = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let env = envelope(req).map_err(|e| network_error(e.to_string()))?;
+        let mut client = self.client().await.map_err(RPCError::Unreachable)?;
+        let mut request = tonic::Request::new(env);
+        request.set_timeout(option.hard_ttl());
+        let sent = match rpc {
+            Rpc::AppendEntries => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply = match sent {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                // Reconnect next time: the peer may have restarted.
+                self.client = None;
+                return Err(match status.code() {
+                    tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+                    _ => network_error(format!("{rpc:?} to node {}: {status}", self.target)),
+                });
+            }
+        };
+        let result: Result<Resp, RaftError<u64, E>> = open_envelope(&reply).map_err(network_error)?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.call(Rpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.call(Rpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>, openraft::error::Infallible> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

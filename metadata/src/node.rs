@@ -1,0 +1,179 @@
+//! Starting a metadata node: open RocksDB, start openraft on it, serve gRPC, and (on the
+//! leader) keep the group's housekeeping going.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_common::config::{Config, MetadataEntry};
+use cairn_common::proto::metadata::{
+    admin_server::AdminServer, metadata_server::MetadataServer, raft_server::RaftServer,
+};
+use openraft::{Raft, ServerState, SnapshotPolicy};
+use tracing::{info, warn};
+
+use crate::apply::earliest_expiry;
+use crate::db::Db;
+use crate::log_store::LogStore;
+use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
+use crate::proposer::{now_ns, Proposer};
+use crate::service::{AdminService, MetadataService, RaftService};
+use crate::state_machine::StateMachine;
+use crate::types::{NodeInfo, TypeConfig};
+
+/// Client requests carry at most one layout; a layout of a very large file is the biggest.
+const CLIENT_MESSAGE_BYTES_MAX: usize = 16 << 20;
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+/// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
+/// log instead of receiving a whole snapshot.
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
+
+pub fn node_info(e: &MetadataEntry) -> NodeInfo {
+    NodeInfo {
+        addr: e.addr.to_string(),
+        hall: e.hall.clone(),
+    }
+}
+
+/// The first voters: `per_hall` nodes of each hall (lowest ids first), so that losing a
+/// hall loses at most that hall's share of the quorum.
+pub fn initial_voters(nodes: &[MetadataEntry], per_hall: u32) -> BTreeMap<u64, NodeInfo> {
+    let mut sorted: Vec<&MetadataEntry> = nodes.iter().collect();
+    sorted.sort_by_key(|n| n.node_id);
+    let mut taken: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut voters = BTreeMap::new();
+    for n in sorted {
+        let count = taken.entry(n.hall.as_str()).or_default();
+        if *count < per_hall {
+            *count += 1;
+            voters.insert(n.node_id, node_info(n));
+        }
+    }
+    voters
+}
+
+/// Run a metadata node until SIGINT/SIGTERM. With `bootstrap`, the node with the lowest id
+/// forms the group if it holds no Raft state yet.
+pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
+    let md = config.metadata()?.clone();
+    let me = md
+        .entry(&config.metadata_nodes)
+        .context("metadata.node_id is not in metadata_nodes")?
+        .clone();
+    std::fs::create_dir_all(&md.data_dir).with_context(|| format!("creating {}", md.data_dir.display()))?;
+    let db = Db::open(&md.data_dir.join("db"), md.cache_bytes).context("opening RocksDB")?;
+    let sm = StateMachine::open(db.clone(), md.data_dir.join("snapshots"), md.dedupe_entries_max)?;
+    let raft_config = openraft::Config {
+        cluster_name: "cairn-metadata".into(),
+        heartbeat_interval: md.heartbeat_ms,
+        election_timeout_min: md.election_timeout_ms,
+        election_timeout_max: md.election_timeout_ms * 2,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(md.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        snapshot_max_chunk_size: 4 << 20,
+        max_payload_entries: 256,
+        ..Default::default()
+    }
+    .validate()
+    .context("raft settings")?;
+    let raft = Raft::new(
+        me.node_id,
+        Arc::new(raft_config),
+        Network,
+        LogStore::new(db.clone()),
+        sm,
+    )
+    .await?;
+    let proposer = Proposer::start(raft.clone());
+
+    let listener = tokio::net::TcpListener::bind(me.addr)
+        .await
+        .with_context(|| format!("listening on {}", me.addr))?;
+    info!(node = me.node_id, addr = %me.addr, "metadata node serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServer::new(RaftService { raft: raft.clone() })
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            MetadataServer::new(MetadataService {
+                db: db.clone(),
+                proposer: proposer.clone(),
+            })
+            .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(AdminServer::new(AdminService { raft: raft.clone() }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown_signal(),
+        );
+
+    if bootstrap {
+        let lowest = config.metadata_nodes.iter().map(|n| n.node_id).min();
+        if lowest == Some(me.node_id) && !raft.is_initialized().await? {
+            let voters = initial_voters(&config.metadata_nodes, md.voters_per_hall);
+            info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming the metadata group");
+            raft.initialize(voters).await.context("forming the group")?;
+        }
+    }
+    let housekeeping = tokio::spawn(housekeeping(raft.clone(), db, config.metadata_nodes.clone()));
+    let served = server.await;
+    housekeeping.abort();
+    let _ = raft.shutdown().await;
+    served.context("gRPC server")
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    info!("shutting down");
+}
+
+/// On the leader: bring configured nodes in as learners, and end expired write sessions.
+async fn housekeeping(raft: Raft<TypeConfig>, db: Db, nodes: Vec<MetadataEntry>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tick.tick().await;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            continue;
+        }
+        let known: BTreeSet<u64> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        for n in nodes.iter().filter(|n| !known.contains(&n.node_id)) {
+            if let Err(e) = raft.add_learner(n.node_id, node_info(n), false).await {
+                warn!(node = n.node_id, "adding learner: {e}");
+            }
+        }
+        let due = match earliest_expiry(&db) {
+            Ok(Some(expiry)) => expiry <= now_ns(),
+            Ok(None) => false,
+            Err(e) => {
+                warn!("reading session expiries: {e}");
+                false
+            }
+        };
+        if due {
+            if let Err(e) = Proposer::expire_sessions(&raft).await {
+                warn!("expiring sessions: {}", e.message);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Read-only namespace queries, served from the local database once a linearizable
+//! barrier has passed (see `service`).
+
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, MetaReply, StatFsReply,
+};
+use prost::Message;
+use rocksdb::{Direction, IteratorMode};
+
+use crate::db::{u64_key, Cf, Db};
+use crate::errors::{refuse, OpError, OpResult};
+use crate::names::{check_name, NAME_BYTES_MAX};
+use crate::namespace::{attr_of, inode_record};
+use crate::records::{dentry_key, parse_dentry_value, InodeRecord};
+use crate::txn::load_counters;
+
+/// Entries one readdir page may ask for.
+pub const READDIR_LIMIT_MAX: u32 = 10_000;
+/// A page when the request leaves the size to the server.
+const READDIR_LIMIT_DEFAULT: u32 = 1_000;
+
+fn inode(db: &Db, ino: u64) -> OpResult<InodeRecord> {
+    inode_record(db.get(Cf::Inodes, &u64_key(ino))?, ino)?
+        .ok_or_else(|| refuse(Errno::Enoent, format!("inode {ino} does not exist")))
+}
+
+fn reply(r: meta_reply::Result) -> MetaReply {
+    MetaReply { result: Some(r) }
+}
+
+/// Answer a read `op`.
+pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
+    match op {
+        Op::Lookup(l) => {
+            check_name(&l.name)?;
+            let dir = attr_of(inode(db, l.parent)?)?;
+            if dir.kind() != FileKind::Directory {
+                return Err(refuse(Errno::Enotdir, format!("inode {} is not a directory", l.parent)));
+            }
+            let v = db
+                .get(Cf::Dentries, &dentry_key(l.parent, &l.name))?
+                .ok_or_else(|| refuse(Errno::Enoent, "no such name"))?;
+            let (ino, _) = parse_dentry_value(&v).ok_or_else(|| OpError::Storage("bad directory entry".into()))?;
+            Ok(reply(meta_reply::Result::Attr(attr_of(inode(db, ino)?)?)))
+        }
+        Op::Getattr(g) => Ok(reply(meta_reply::Result::Attr(attr_of(inode(db, g.inode)?)?))),
+        Op::Readdir(r) => readdir(db, r.dir, &r.after, r.limit),
+        Op::Readlink(r) => {
+            let rec = inode(db, r.inode)?;
+            if attr_of(rec.clone())?.kind() != FileKind::Symlink {
+                return Err(refuse(Errno::Einval, "not a symlink"));
+            }
+            Ok(reply(meta_reply::Result::LinkTarget(rec.symlink)))
+        }
+        Op::GetLayout(g) => {
+            let attr = attr_of(inode(db, g.inode)?)?;
+            match attr.kind() {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(refuse(Errno::Eisdir, "a directory has no layout")),
+                _ => return Err(refuse(Errno::Einval, "not a regular file")),
+            }
+            let layout = match db.get(Cf::Layouts, &u64_key(g.inode))? {
+                Some(b) => Layout::decode(b.as_slice())?,
+                None => Layout::default(),
+            };
+            Ok(reply(meta_reply::Result::Layout(LayoutReply {
+                attr: Some(attr),
+                layout: Some(layout),
+            })))
+        }
+        Op::Statfs(_) => {
+            let c = load_counters(db)?;
+            Ok(reply(meta_reply::Result::Statfs(StatFsReply {
+                files: c.files,
+                directories: c.directories,
+                bytes: c.bytes,
+                open_sessions: c.sessions,
+            })))
+        }
+        _ => Err(refuse(Errno::Einval, "not a read")),
+    }
+}
+
+/// Entries of `dir` after the name `after`, in byte order. Paging by name is stable under
+/// concurrent changes: an entry present for the whole listing is returned exactly once.
+fn readdir(db: &Db, dir: u64, after: &[u8], limit: u32) -> OpResult<MetaReply> {
+    if limit > READDIR_LIMIT_MAX {
+        return Err(refuse(
+            Errno::Einval,
+            format!("readdir page of {limit} entries, at most {READDIR_LIMIT_MAX}"),
+        ));
+    }
+    if after.len() > NAME_BYTES_MAX {
+        return Err(refuse(Errno::Enametoolong, "readdir cursor longer than a name"));
+    }
+    let limit = if limit == 0 { READDIR_LIMIT_DEFAULT } else { limit } as usize;
+    let attr = attr_of(inode(db, dir)?)?;
+    if attr.kind() != FileKind::Directory {
+        return Err(refuse(Errno::Enotdir, format!("inode {dir} is not a directory")));
+    }
+    let prefix = u64_key(dir);
+    let start = dentry_key(dir, after);
+    let mut entries = Vec::new();
+    let mut done = true;
+    for item in db
+        .raw()
+        .iterator_cf(db.cf(Cf::Dentries), IteratorMode::From(&start, Direction::Forward))
+    {
+        let (key, value) = item?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let name = &key[8..];
+        if name == after {
+            continue;
+        }
+        if entries.len() == limit {
+            done = false;
+            break;
+        }
+        let (ino, kind) = parse_dentry_value(&value).ok_or_else(|| OpError::Storage("bad directory entry".into()))?;
+        entries.push(DirEntry {
+            name: name.to_vec(),
+            inode: ino,
+            kind: kind as i32,
+        });
+    }
+    Ok(reply(meta_reply::Result::Entries(Entries { entries, done })))
+}

@@ -1,0 +1,277 @@
+//! The gRPC services a metadata node serves: Raft between members, the namespace for
+//! clients, admin for cairnctl. Every request is decoded and checked before it reaches
+//! openraft or the state machine; bad input gets a typed error and changes nothing.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+
+use cairn_common::proto::metadata::{
+    admin_server::Admin, metadata_server::Metadata, raft_server::Raft as RaftRpc, AddLearnerRequest, AdminReply,
+    ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus, RaftEnvelope, ShardRef, ShardRefsChunk,
+    ShardRefsRequest, StatusRequest,
+};
+use futures::Stream;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Raft, ServerState};
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::apply::{idempotency_key, is_mutation};
+use crate::db::{read_u64, Cf, Db};
+use crate::errors::{error_reply, meta_error, OpError};
+use crate::network::{envelope, open_envelope};
+use crate::proposer::{write_error, Proposer};
+use crate::reads::read;
+use crate::types::{NodeInfo, TypeConfig};
+
+fn encode_reply<T: Serialize>(value: &T) -> Result<Response<RaftEnvelope>, Status> {
+    envelope(value)
+        .map(Response::new)
+        .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
+}
+
+// openraft::Raft has no Debug.
+#[allow(missing_debug_implementations)]
+#[derive(Clone)]
+pub struct RaftService {
+    pub raft: Raft<TypeConfig>,
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let rpc = open_envelope(req.get_ref()).map_err(Status::invalid_argument)?;
+        encode_reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let rpc = open_envelope(req.get_ref()).map_err(Status::invalid_argument)?;
+        encode_reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        let rpc = open_envelope(req.get_ref()).map_err(Status::invalid_argument)?;
+        encode_reply(&self.raft.install_snapshot(rpc).await)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MetadataService {
+    pub db: Db,
+    pub proposer: Proposer,
+}
+
+/// Shard references per streamed chunk.
+const SHARD_REFS_PER_CHUNK: usize = 1024;
+
+fn op_error_reply(e: OpError) -> MetaReply {
+    match e {
+        OpError::Refused(e) => error_reply(e),
+        OpError::Storage(s) => error_reply(meta_error(Errno::Eio, s)),
+    }
+}
+
+impl MetadataService {
+    async fn call(&self, req: MetaRequest) -> MetaReply {
+        let Some(op) = &req.op else {
+            return error_reply(meta_error(Errno::Einval, "request names no operation"));
+        };
+        if is_mutation(op) {
+            if let Err(e) = idempotency_key(&req) {
+                return op_error_reply(e);
+            }
+            return match self.proposer.propose(req.encode_to_vec()).await {
+                Ok(bytes) => MetaReply::decode(bytes.as_slice())
+                    .unwrap_or_else(|e| error_reply(meta_error(Errno::Eio, format!("reply does not decode: {e}")))),
+                Err(e) => error_reply(e),
+            };
+        }
+        if let Err(e) = self.proposer.read_barrier().await {
+            return error_reply(e);
+        }
+        let db = self.db.clone();
+        let op = op.clone();
+        match tokio::task::spawn_blocking(move || read(&db, &op)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => op_error_reply(e),
+            Err(e) => error_reply(meta_error(Errno::Eio, e.to_string())),
+        }
+    }
+}
+
+type ShardRefStream = Pin<Box<dyn Stream<Item = Result<ShardRefsChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Metadata for MetadataService {
+    async fn call(&self, req: Request<MetaRequest>) -> Result<Response<MetaReply>, Status> {
+        Ok(Response::new(MetadataService::call(self, req.into_inner()).await))
+    }
+
+    type ShardRefsStream = ShardRefStream;
+
+    async fn shard_refs(&self, req: Request<ShardRefsRequest>) -> Result<Response<ShardRefStream>, Status> {
+        self.proposer
+            .read_barrier()
+            .await
+            .map_err(|e| Status::failed_precondition(format!("{}: {}", e.errno, e.message)))?;
+        let dataserver = req.into_inner().dataserver;
+        let (tx, rx) = mpsc::channel(4);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || stream_shard_refs(&db, dataserver, &tx));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn stream_shard_refs(db: &Db, dataserver: u32, tx: &mpsc::Sender<Result<ShardRefsChunk, Status>>) {
+    let prefix = dataserver.to_be_bytes();
+    let mut chunk = Vec::with_capacity(SHARD_REFS_PER_CHUNK);
+    // One iterator: a consistent view of the references at the time of the barrier.
+    for item in db.raw().prefix_iterator_cf(db.cf(Cf::ShardRefs), prefix) {
+        let key = match item {
+            Ok((k, _)) => k,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+                return;
+            }
+        };
+        if !key.starts_with(&prefix) || key.len() != 4 + 16 + 1 + 8 {
+            break;
+        }
+        chunk.push(ShardRef {
+            stripe_id: key[4..20].to_vec(),
+            index: u32::from(key[20]),
+            inode: read_u64(&key[21..]).unwrap_or(0),
+        });
+        if chunk.len() == SHARD_REFS_PER_CHUNK {
+            let refs = std::mem::replace(&mut chunk, Vec::with_capacity(SHARD_REFS_PER_CHUNK));
+            if tx.blocking_send(Ok(ShardRefsChunk { refs })).is_err() {
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(ShardRefsChunk { refs: chunk }));
+    }
+}
+
+// openraft::Raft has no Debug.
+#[allow(missing_debug_implementations)]
+#[derive(Clone)]
+pub struct AdminService {
+    pub raft: Raft<TypeConfig>,
+}
+
+pub fn node_status(raft: &Raft<TypeConfig>) -> NodeStatus {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    let learners = membership.learner_ids().collect();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Shutdown => "shutdown",
+        ServerState::Follower if voters.contains(&m.id) => "follower",
+        ServerState::Learner | ServerState::Follower => "learner",
+    };
+    NodeStatus {
+        node_id: m.id,
+        role: role.to_owned(),
+        term: m.current_term,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map_or(0, |l| l.index),
+        snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        purged_index: m.purged.map_or(0, |l| l.index),
+        leader_id: m.current_leader.unwrap_or(0),
+        voters: voters.into_iter().collect(),
+        learners,
+        quorum_ack_age_ms: m.millis_since_quorum_ack.unwrap_or(0),
+    }
+}
+
+impl AdminService {
+    fn reply(&self, result: Result<(), MetaError>) -> Response<AdminReply> {
+        Response::new(AdminReply {
+            error: result.err(),
+            status: Some(node_status(&self.raft)),
+        })
+    }
+
+    async fn change(&self, change: ChangeMembers<u64, NodeInfo>) -> Result<(), MetaError> {
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(|e: RaftError<u64, ClientWriteError<u64, NodeInfo>>| write_error(e))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        Ok(Response::new(node_status(&self.raft)))
+    }
+
+    async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AdminReply>, Status> {
+        let r = req.into_inner();
+        let checked = (|| {
+            if r.node_id == 0 {
+                return Err(meta_error(Errno::Einval, "node id 0 is reserved"));
+            }
+            r.addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| meta_error(Errno::Einval, format!("address {:?}: {e}", r.addr)))?;
+            cairn_common::ids::HallId::new(r.hall.clone()).map_err(|e| meta_error(Errno::Einval, e.to_string()))?;
+            Ok(NodeInfo {
+                addr: r.addr.clone(),
+                hall: r.hall.clone(),
+            })
+        })();
+        let result = match checked {
+            Ok(node) => self
+                .raft
+                .add_learner(r.node_id, node, true)
+                .await
+                .map(|_| ())
+                .map_err(write_error),
+            Err(e) => Err(e),
+        };
+        Ok(self.reply(result))
+    }
+
+    async fn change_voters(&self, req: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
+        let r = req.into_inner();
+        let add: BTreeSet<u64> = r.add.into_iter().collect();
+        let remove: BTreeSet<u64> = r.remove.into_iter().collect();
+        let result = async {
+            if add.is_empty() && remove.is_empty() {
+                return Err(meta_error(Errno::Einval, "nothing to change"));
+            }
+            if !add.is_disjoint(&remove) {
+                return Err(meta_error(Errno::Einval, "a node cannot be added and removed at once"));
+            }
+            let members = self.raft.metrics().borrow().membership_config.membership().clone();
+            if let Some(unknown) = add.iter().find(|id| members.get_node(id).is_none()) {
+                return Err(meta_error(
+                    Errno::Enoent,
+                    format!("node {unknown} is not a learner yet; add it as a learner first"),
+                ));
+            }
+            if !add.is_empty() {
+                self.change(ChangeMembers::AddVoterIds(add.clone())).await?;
+            }
+            if !remove.is_empty() {
+                let voters: BTreeSet<u64> = members.voter_ids().collect();
+                let leaving_voters: BTreeSet<u64> = remove.intersection(&voters).copied().collect();
+                if !leaving_voters.is_empty() {
+                    self.change(ChangeMembers::RemoveVoters(leaving_voters)).await?;
+                }
+                self.change(ChangeMembers::RemoveNodes(remove.clone())).await?;
+            }
+            Ok(())
+        }
+        .await;
+        Ok(self.reply(result))
+    }
+}

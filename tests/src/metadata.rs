@@ -1,0 +1,160 @@
+//! A metadata group of real `cairn-metadata` processes on loopback, one per hall.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cairn_common::proto::metadata::admin_client::AdminClient;
+use cairn_common::proto::metadata::{NodeStatus, StatusRequest};
+use cairn_metadata::client::MetadataClient;
+
+use crate::{bin_path, free_port};
+
+#[derive(Debug)]
+pub struct MetadataNode {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl MetadataNode {
+    /// Start (or restart) the process.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(bin_path("cairn-metadata"))
+            .args(["serve", "--bootstrap", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn cairn-metadata")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, as a power loss looks to the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> anyhow::Result<NodeStatus> {
+        let mut admin = AdminClient::connect(format!("http://{}", self.addr)).await?;
+        Ok(admin.status(StatusRequest {}).await?.into_inner())
+    }
+}
+
+impl Drop for MetadataNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[derive(Debug)]
+pub struct MetadataCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<MetadataNode>,
+}
+
+impl MetadataCluster {
+    /// `n` nodes, each in its own hall, with `extra` lines added to each `[metadata]`.
+    pub async fn start(n: usize, extra: &str) -> anyhow::Result<MetadataCluster> {
+        let dir = tempfile::tempdir()?;
+        let addrs: Vec<SocketAddr> = (0..n)
+            .map(|_| format!("127.0.0.1:{}", free_port()).parse())
+            .collect::<Result<_, _>>()?;
+        let mut members = String::new();
+        for (i, a) in addrs.iter().enumerate() {
+            members.push_str(&format!(
+                "[[metadata_nodes]]\nnode_id = {}\nhall = \"hall-{i}\"\naddr = \"{a}\"\n",
+                i + 1
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = dir.path().join(format!("m{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[metadata]\nnode_id = {id}\ndata_dir = \"{}\"\n{extra}\n\n{members}",
+                    dir.path().join(format!("m{id}")).display()
+                ),
+            )?;
+            nodes.push(MetadataNode {
+                id,
+                addr: *addr,
+                config,
+                log: dir.path().join(format!("m{id}.log")),
+                child: None,
+            });
+        }
+        for node in &mut nodes {
+            node.start()?;
+        }
+        let cluster = MetadataCluster { dir, nodes };
+        cluster.wait_serving(Duration::from_secs(60)).await?;
+        Ok(cluster)
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.addr.to_string()).collect()
+    }
+
+    pub fn client(&self) -> MetadataClient {
+        MetadataClient::new(self.addrs(), Duration::from_secs(60))
+    }
+
+    /// Waits until a linearizable read succeeds.
+    pub async fn wait_serving(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let client = MetadataClient::new(self.addrs(), limit);
+        match client.statfs().await {
+            Ok(_) => Ok(start.elapsed()),
+            Err(e) => bail!("metadata group not serving after {limit:?}: {e}\n{}", self.logs()),
+        }
+    }
+
+    /// The node that reports itself leader, if one does.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Ok(s) = n.status().await {
+                if s.role == "leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let text = n.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- node {} ---\n{}",
+                    n.id,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
