@@ -124,10 +124,12 @@ impl Db {
         Ok(Db { inner: Arc::new(db) })
     }
 
-    /// A checkpoint written by [`Db::checkpoint`], opened read-only to copy from.
-    pub fn open_read_only(path: &Path) -> Result<DB, rocksdb::Error> {
+    /// A database opened read-only: a checkpoint to copy from, or a stopped node's data
+    /// for inspection.
+    pub fn open_read_only(path: &Path) -> Result<Db, rocksdb::Error> {
         let opts = options(8 << 20);
-        DB::open_cf_for_read_only(&opts, path, Cf::ALL.iter().map(|c| c.name()), false)
+        let db = DB::open_cf_for_read_only(&opts, path, Cf::ALL.iter().map(|c| c.name()), false)?;
+        Ok(Db { inner: Arc::new(db) })
     }
 
     pub fn raw(&self) -> &DB {

@@ -25,9 +25,9 @@ use crate::types::{NodeInfo, TypeConfig};
 /// Client requests carry at most one layout; a layout of a very large file is the biggest.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
-/// Log entries kept behind a snapshot, so a briefly lagging follower catches up from the
-/// log instead of receiving a whole snapshot.
-const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 5_000;
+/// Log entries kept behind a snapshot (at most half the snapshot interval), so a briefly
+/// lagging follower catches up from the log instead of receiving a whole snapshot.
+const LOGS_KEPT_AFTER_SNAPSHOT_MAX: u64 = 5_000;
 
 pub fn node_info(e: &MetadataEntry) -> NodeInfo {
     NodeInfo {
@@ -70,7 +70,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         election_timeout_min: md.election_timeout_ms,
         election_timeout_max: md.election_timeout_ms * 2,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(md.snapshot_every_entries),
-        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT_MAX.min(md.snapshot_every_entries / 2),
         snapshot_max_chunk_size: 4 << 20,
         max_payload_entries: 256,
         ..Default::default()

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use openraft::{ErrorSubject, ErrorVerb, SnapshotMeta, StorageError};
 use rocksdb::WriteBatch;
 
-use crate::db::{handle, storage_error, Cf, Db, KEY_END};
+use crate::db::{storage_error, Cf, Db, KEY_END};
 use crate::types::NodeInfo;
 
 pub type Meta = SnapshotMeta<u64, NodeInfo>;
@@ -185,7 +185,7 @@ impl Snapshots {
             for cf in Cf::STATE_MACHINE {
                 let dst = db.cf(cf);
                 batch.delete_range_cf(dst, &[][..], &KEY_END[..]);
-                for item in src.iterator_cf(handle(&src, cf), rocksdb::IteratorMode::Start) {
+                for item in src.raw().iterator_cf(src.cf(cf), rocksdb::IteratorMode::Start) {
                     let (k, v) = item.map_err(|e| snap_err(ErrorVerb::Read, &e))?;
                     batch.put_cf(dst, k, v);
                 }

@@ -1,0 +1,314 @@
+//! POSIX semantics of the namespace, hostile input, write sessions and layouts, dedupe of
+//! retried requests and orphan accounting, against a real three-voter group.
+
+use std::time::Duration;
+
+use cairn_common::proto::metadata::meta_request::Op;
+use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
+use cairn_common::proto::metadata::{
+    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, SetAttr, ShardLocation, ShardRefsRequest, Stripe,
+};
+use cairn_metadata::client::{MetaClientError, MetadataClient};
+use cairn_tests::metadata::MetadataCluster;
+
+const ROOT: u64 = 1;
+
+fn errno<T: std::fmt::Debug>(r: Result<T, MetaClientError>) -> Errno {
+    match r {
+        Err(e) => e.errno().unwrap_or_else(|| panic!("not a refusal: {e}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn posix_semantics_and_hostile_input() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "").await?;
+    let c = cluster.client();
+    let before = c.statfs().await?;
+
+    // Hostile names: typed errors, nothing created.
+    for (name, want) in [
+        (&b""[..], Errno::Einval),
+        (b".", Errno::Einval),
+        (b"..", Errno::Einval),
+        (b"a/b", Errno::Einval),
+        (b"a\0b", Errno::Einval),
+        (&[b'n'; 256][..], Errno::Enametoolong),
+    ] {
+        assert_eq!(errno(c.create(ROOT, name, 0o644, true).await), want, "{name:?}");
+        assert_eq!(errno(c.mkdir(ROOT, name, 0o755).await), want, "{name:?}");
+    }
+    assert_eq!(errno(c.create(ROOT, b"m", 0o100644, true).await), Errno::Einval);
+    assert_eq!(errno(c.create(999_999, b"x", 0o644, true).await), Errno::Enoent);
+    assert_eq!(errno(c.readdir(ROOT, b"", 1_000_000).await), Errno::Einval);
+    assert_eq!(errno(c.symlink(ROOT, b"s", b"").await), Errno::Enoent);
+    assert_eq!(errno(c.symlink(ROOT, b"s", &[b't'; 5000]).await), Errno::Enametoolong);
+    let after = c.statfs().await?;
+    assert_eq!((after.files, after.directories), (before.files, before.directories));
+
+    // Paths through non-directories.
+    let f = c.create(ROOT, b"file", 0o644, true).await?;
+    assert_eq!(errno(c.create(f.inode, b"x", 0o644, true).await), Errno::Enotdir);
+    assert_eq!(errno(c.lookup(f.inode, b"x").await), Errno::Enotdir);
+    assert_eq!(errno(c.readdir(f.inode, b"", 10).await), Errno::Enotdir);
+    assert_eq!(errno(c.rmdir(ROOT, b"file").await), Errno::Enotdir);
+    assert_eq!(errno(c.unlink(ROOT, b"nope").await), Errno::Enoent);
+
+    // Directories, rename rules.
+    let a = c.mkdir(ROOT, b"a", 0o755).await?;
+    let b = c.mkdir(a.inode, b"b", 0o755).await?;
+    assert_eq!(errno(c.unlink(ROOT, b"a").await), Errno::Eisdir);
+    assert_eq!(errno(c.rename(ROOT, b"a", b.inode, b"inside").await), Errno::Einval);
+    assert_eq!(errno(c.rename(ROOT, b"a", a.inode, b"self").await), Errno::Einval);
+    assert_eq!(errno(c.rename(ROOT, b"file", ROOT, b"a").await), Errno::Eisdir);
+    assert_eq!(errno(c.rename(ROOT, b"a", ROOT, b"file").await), Errno::Enotdir);
+    let e = c.mkdir(ROOT, b"empty", 0o755).await?;
+    assert_eq!(errno(c.rename(ROOT, b"empty", ROOT, b"a").await), Errno::Enotempty);
+    // A whole directory moves atomically and replaces an empty one.
+    c.rename(ROOT, b"a", ROOT, b"empty").await?;
+    assert_eq!(c.lookup(ROOT, b"empty").await?.inode, a.inode);
+    assert_eq!(c.lookup(a.inode, b"b").await?.inode, b.inode);
+    assert_eq!(errno(c.getattr(e.inode).await), Errno::Enoent);
+    assert_eq!(c.getattr(b.inode).await?.parent, a.inode);
+    // A file replaces a file; the replaced inode is gone.
+    let g = c.create(ROOT, b"g", 0o600, true).await?;
+    c.rename(ROOT, b"file", ROOT, b"g").await?;
+    assert_eq!(c.lookup(ROOT, b"g").await?.inode, f.inode);
+    assert_eq!(errno(c.getattr(g.inode).await), Errno::Enoent);
+    // Directory link counts.
+    assert_eq!(c.getattr(a.inode).await?.nlink, 3);
+
+    // Hard links and symlinks.
+    let l = c.link(f.inode, b.inode, b"g-link").await?;
+    assert_eq!(l.nlink, 2);
+    assert_eq!(errno(c.link(a.inode, ROOT, b"dirlink").await), Errno::Eperm);
+    assert_eq!(errno(c.link(f.inode, ROOT, b"g").await), Errno::Eexist);
+    c.unlink(ROOT, b"g").await?;
+    assert_eq!(c.getattr(f.inode).await?.nlink, 1);
+    let s = c.symlink(ROOT, b"sym", b"empty/b").await?;
+    assert_eq!(s.kind(), FileKind::Symlink);
+    match c
+        .call(Op::Readlink(cairn_common::proto::metadata::ReadLink { inode: s.inode }))
+        .await?
+    {
+        meta_reply::Result::LinkTarget(t) => assert_eq!(t, b"empty/b"),
+        other => panic!("{other:?}"),
+    }
+
+    // setattr: mode, owner, times, truncate.
+    let set = c
+        .setattr(SetAttr {
+            inode: f.inode,
+            mode: Some(0o600),
+            uid: Some(1000),
+            gid: Some(1000),
+            mtime_ns: Some(42),
+            size: Some(1 << 20),
+            ..SetAttr::default()
+        })
+        .await?;
+    assert_eq!((set.mode, set.uid, set.size, set.mtime_ns), (0o600, 1000, 1 << 20, 42));
+    assert_eq!(
+        errno(
+            c.setattr(SetAttr {
+                inode: a.inode,
+                size: Some(0),
+                ..SetAttr::default()
+            })
+            .await
+        ),
+        Errno::Eisdir
+    );
+
+    // Paging: every entry exactly once, in order, with pages of 7 under concurrent inserts.
+    let p = c.mkdir(ROOT, b"paged", 0o755).await?;
+    for i in 0..50 {
+        c.create(p.inode, format!("f{i:03}").as_bytes(), 0o644, true).await?;
+    }
+    let mut seen = Vec::new();
+    let mut after = Vec::new();
+    loop {
+        let (page, done) = c.readdir(p.inode, &after, 7).await?;
+        assert!(page.len() <= 7);
+        // Concurrent change: names sorting before the cursor never show up again.
+        c.create(p.inode, format!("a-new-{}", seen.len()).as_bytes(), 0o644, true)
+            .await?;
+        seen.extend(page.iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()));
+        if done {
+            break;
+        }
+        after = page.last().map(|e| e.name.clone()).unwrap_or_default();
+    }
+    let originals: Vec<String> = (0..50).map(|i| format!("f{i:03}")).collect();
+    let seen_originals: Vec<&String> = seen.iter().filter(|n| n.starts_with('f')).collect();
+    assert_eq!(seen_originals, originals.iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+fn layout(stripe_byte: u8, servers: &[u32], length: u64) -> Layout {
+    Layout {
+        data_shards: 4,
+        parity_shards: 2,
+        shard_unit_bytes: 1 << 20,
+        stripes: vec![Stripe {
+            stripe_id: vec![stripe_byte; 16],
+            offset: 0,
+            length,
+            shards: servers
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| ShardLocation {
+                    index: i as u32,
+                    dataserver: d,
+                    crc32c: 7,
+                })
+                .collect(),
+        }],
+        inline_data: Vec::new(),
+        version: 0,
+    }
+}
+
+async fn shard_refs(cluster: &MetadataCluster, dataserver: u32) -> anyhow::Result<Vec<Vec<u8>>> {
+    let leader = cluster.leader().await.expect("a leader");
+    let mut g = Grpc::connect(format!("http://{}", cluster.nodes[leader].addr)).await?;
+    let mut stream = g.shard_refs(ShardRefsRequest { dataserver }).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        out.extend(chunk.refs.into_iter().map(|r| r.stripe_id));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_sessions_layouts_and_orphans() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "").await?;
+    let c = cluster.client();
+    let f = c.create(ROOT, b"ckpt", 0o644, true).await?;
+
+    // Two writers start from version 0; the second commit loses the compare-and-set.
+    let s1 = c.open_session(f.inode, 30_000).await?;
+    let s2 = c.open_session(f.inode, 30_000).await?;
+    let v0 = s1.layout.clone().unwrap_or_default().version;
+    let committed = c
+        .commit_layout(s1.session, f.inode, v0, layout(1, &[1, 2, 3, 4, 5, 6], 100), 100)
+        .await?;
+    assert_eq!(committed.attr.map(|a| (a.size, a.layout_version)), Some((100, 1)));
+    assert_eq!(
+        errno(
+            c.commit_layout(s2.session, f.inode, v0, layout(2, &[1, 2, 3, 4, 5, 6], 50), 50)
+                .await
+        ),
+        Errno::Eagain
+    );
+    // Broken layouts are refused and change nothing.
+    let mut bad = layout(3, &[1, 2, 3, 4, 5, 6], 100);
+    bad.stripes[0].shards[5].index = 0;
+    assert_eq!(
+        errno(c.commit_layout(s1.session, f.inode, 1, bad, 100).await),
+        Errno::Einval
+    );
+    assert_eq!(
+        errno(
+            c.commit_layout(s1.session, f.inode, 1, layout(3, &[1, 2, 3, 4, 5, 6], 100), 10)
+                .await
+        ),
+        Errno::Einval
+    );
+    assert_eq!(c.getattr(f.inode).await?.layout_version, 1);
+
+    // Orphan accounting: dataserver 1 holds one shard of stripe 1.
+    assert_eq!(shard_refs(&cluster, 1).await?, vec![vec![1u8; 16]]);
+    // Replacing the layout moves the references.
+    c.commit_layout(s1.session, f.inode, 1, layout(4, &[7, 2, 3, 4, 5, 6], 100), 100)
+        .await?;
+    assert!(shard_refs(&cluster, 1).await?.is_empty());
+    assert_eq!(shard_refs(&cluster, 7).await?, vec![vec![4u8; 16]]);
+
+    // Unlinking an open file keeps it until the last session ends.
+    c.close_session(s2.session).await?;
+    c.unlink(ROOT, b"ckpt").await?;
+    assert_eq!(c.getattr(f.inode).await?.nlink, 0);
+    assert_eq!(shard_refs(&cluster, 7).await?.len(), 1);
+    c.close_session(s1.session).await?;
+    assert_eq!(errno(c.getattr(f.inode).await), Errno::Enoent);
+    assert!(
+        shard_refs(&cluster, 7).await?.is_empty(),
+        "shards of a deleted file are orphans"
+    );
+    assert_eq!(errno(c.close_session(s1.session).await), Errno::Estale);
+
+    // A lease that is not renewed expires; the leader's sweep ends it.
+    let h = c.create(ROOT, b"held", 0o644, true).await?;
+    let s = c.open_session(h.inode, 200).await?;
+    c.unlink(ROOT, b"held").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(errno(c.getattr(h.inode).await), Errno::Enoent);
+    assert_eq!(
+        errno(c.commit_layout(s.session, h.inode, 0, Layout::default(), 0).await),
+        Errno::Estale
+    );
+    assert_eq!(c.statfs().await?.open_sessions, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_request_applies_once_and_gets_the_first_answer() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "").await?;
+    let c = cluster.client();
+    let id = c.new_request_id();
+    let create = || {
+        Op::Create(Create {
+            parent: ROOT,
+            name: b"once".to_vec(),
+            mode: 0o644,
+            exclusive: true,
+            ..Create::default()
+        })
+    };
+    let first = c.call_as(id, create()).await?;
+    let again = c.call_as(id, create()).await?;
+    assert_eq!(first, again, "a retry returns the first answer");
+    // A new request id is a new operation.
+    assert_eq!(errno(c.call(create()).await), Errno::Eexist);
+    assert_eq!(c.statfs().await?.files, 1);
+
+    // Raw requests without an idempotency key are refused before they reach the log.
+    let leader = cluster.leader().await.expect("a leader");
+    let mut g = Grpc::connect(format!("http://{}", cluster.nodes[leader].addr)).await?;
+    let reply = g
+        .call(MetaRequest {
+            client_id: vec![1; 3],
+            request_id: 1,
+            op: Some(create()),
+        })
+        .await?
+        .into_inner();
+    match reply.result {
+        Some(meta_reply::Result::Error(e)) => assert_eq!(e.errno(), Errno::Einval),
+        other => panic!("{other:?}"),
+    }
+    let reply = g.call(MetaRequest::default()).await?.into_inner();
+    assert!(matches!(reply.result, Some(meta_reply::Result::Error(_))));
+
+    // A follower answers NotLeader with the leader's address; the client library follows it.
+    let follower = (leader + 1) % 3;
+    let mut f = Grpc::connect(format!("http://{}", cluster.nodes[follower].addr)).await?;
+    let reply = f
+        .call(MetaRequest {
+            op: Some(Op::Statfs(Default::default())),
+            ..MetaRequest::default()
+        })
+        .await?
+        .into_inner();
+    match reply.result {
+        Some(meta_reply::Result::Error(e)) => {
+            assert_eq!(e.errno(), Errno::NotLeader);
+            assert_eq!(e.leader_addr, cluster.nodes[leader].addr.to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    let only_follower = MetadataClient::new(vec![cluster.nodes[follower].addr.to_string()], Duration::from_secs(10));
+    assert_eq!(only_follower.lookup(ROOT, b"once").await?.kind(), FileKind::Regular);
+    Ok(())
+}
