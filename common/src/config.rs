@@ -518,4 +518,61 @@ mod tests {
         let dup = ok.replace("node_id = 1\n", "node_id = 0\n");
         assert!(err(&dup).contains("dataservers[1].node_id"));
     }
+
+    const MD: &str = r#"
+        [metadata]
+        node_id = 2
+        data_dir = "/tmp/m2"
+
+        [[metadata_nodes]]
+        node_id = 1
+        hall = "h1"
+        addr = "127.0.0.1:7101"
+        [[metadata_nodes]]
+        node_id = 2
+        hall = "h2"
+        addr = "127.0.0.1:7102"
+    "#;
+
+    #[test]
+    fn metadata_sections_are_checked() {
+        let c = Config::parse(MD).unwrap();
+        let md = c.metadata().unwrap();
+        assert_eq!((md.heartbeat_ms, md.voters_per_hall), (100, 1));
+        assert_eq!(md.entry(&c.metadata_nodes).map(|e| e.hall.as_str()), Some("h2"));
+        for (from, to, key) in [
+            (
+                "node_id = 2\n        data_dir",
+                "node_id = 9\n        data_dir",
+                "metadata.node_id",
+            ),
+            (
+                "data_dir = \"/tmp/m2\"",
+                "data_dir = \"/tmp/m2\"\nheartbeat_ms = 1",
+                "metadata.heartbeat_ms",
+            ),
+            (
+                "data_dir = \"/tmp/m2\"",
+                "data_dir = \"/tmp/m2\"\nelection_timeout_ms = 150",
+                "metadata.election_timeout_ms",
+            ),
+            (
+                "data_dir = \"/tmp/m2\"",
+                "data_dir = \"/tmp/m2\"\nvoters_per_hall = 0",
+                "metadata.voters_per_hall",
+            ),
+            ("127.0.0.1:7102", "127.0.0.1:7101", "metadata_nodes[1].addr"),
+            ("hall = \"h2\"", "hall = \"../x\"", "metadata_nodes[1].hall"),
+            (
+                "node_id = 1\n        hall",
+                "node_id = 0\n        hall",
+                "metadata_nodes[0].node_id",
+            ),
+        ] {
+            let text = MD.replace(from, to);
+            assert_ne!(text, MD, "{from}");
+            let e = err(&text);
+            assert!(e.contains(key), "error for {key} does not name it: {e}");
+        }
+    }
 }

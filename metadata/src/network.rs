@@ -1,6 +1,8 @@
 //! Raft RPCs between voters over gRPC. openraft's messages travel serialized (postcard)
 //! inside a versioned envelope; the receiver checks the version before decoding.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_common::proto::metadata::raft_client::RaftClient;
@@ -41,8 +43,12 @@ pub fn open_envelope<T: DeserializeOwned>(env: &RaftEnvelope) -> Result<T, Strin
     postcard::from_bytes(&env.payload).map_err(|e| format!("raft message does not decode: {e}"))
 }
 
+/// Connections to the other members, shared: openraft asks for a new client for every
+/// leadership check, and a gRPC channel (one HTTP/2 connection) serves them all.
 #[derive(Clone, Debug, Default)]
-pub struct Network;
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -51,7 +57,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.addr.clone(),
-            client: None,
+            channels: self.channels.clone(),
         }
     }
 }
@@ -61,7 +67,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: u64,
     addr: String,
-    client: Option<RaftClient<Channel>>,
+    channels: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,8 +84,12 @@ fn network_error<E: std::error::Error>(msg: String) -> RPCError<u64, NodeInfo, R
 }
 
 impl Peer {
+    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, RaftClient<Channel>>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
-        if let Some(c) = &self.client {
+        if let Some(c) = self.cached().get(&self.addr) {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
@@ -90,7 +100,7 @@ impl Peer {
         let client = RaftClient::new(channel)
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        self.client = Some(client.clone());
+        self.cached().insert(self.addr.clone(), client.clone());
         Ok(client)
     }
 
@@ -113,7 +123,7 @@ impl Peer {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 // Reconnect next time: the peer may have restarted.
-                self.client = None;
+                self.cached().remove(&self.addr);
                 return Err(match status.code() {
                     tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
                     _ => network_error(format!("{rpc:?} to node {}: {status}", self.target)),

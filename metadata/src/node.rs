@@ -80,7 +80,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     let raft = Raft::new(
         me.node_id,
         Arc::new(raft_config),
-        Network,
+        Network::default(),
         LogStore::new(db.clone()),
         sm,
     )
@@ -106,10 +106,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
         .add_service(AdminServer::new(AdminService { raft: raft.clone() }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown_signal(),
-        );
+        .serve_with_incoming_shutdown(no_delay(listener), shutdown_signal());
 
     if bootstrap {
         let lowest = config.metadata_nodes.iter().map(|n| n.node_id).min();
@@ -124,6 +121,17 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     housekeeping.abort();
     let _ = raft.shutdown().await;
     served.context("gRPC server")
+}
+
+/// Accepted connections with Nagle off: replies are small and written in several frames;
+/// with Nagle on, each waits for the peer's delayed ACK (40 ms on Linux).
+fn no_delay(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn shutdown_signal() {

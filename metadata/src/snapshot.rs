@@ -130,7 +130,8 @@ impl Snapshots {
             .map_err(|e| snap_err(ErrorVerb::Read, &e))
     }
 
-    /// The current snapshot packed for sending, opened at its start.
+    /// The current snapshot packed for sending, opened at its start. Packing happens when a
+    /// snapshot is built (off the state machine's task), so this only opens a file.
     pub fn open_packed(&self, meta: &Meta) -> Result<fs::File> {
         let _g = self.guard();
         let tar_path = self.root.join(format!("{}.tar", meta.snapshot_id));
@@ -147,28 +148,31 @@ impl Snapshots {
         fs::File::open(&tar_path).map_err(|e| io_err(ErrorVerb::Read, "packed snapshot", e))
     }
 
-    /// A new file to receive a snapshot into. openraft receives one snapshot at a time, so
-    /// earlier transfers (installed or abandoned) are removed first.
-    pub fn incoming_file(&self) -> Result<fs::File> {
+    /// A new file to receive a snapshot into, and its path. openraft receives one snapshot
+    /// at a time, so earlier transfers (installed or abandoned) are removed first.
+    pub fn incoming_file(&self) -> Result<(fs::File, PathBuf)> {
         let _g = self.guard();
         self.remove_stale(true)
             .map_err(|e| io_err(ErrorVerb::Delete, "old transfers", e))?;
-        let name = format!("{INCOMING}{}.tar", rand::random::<u64>());
-        fs::OpenOptions::new()
+        let path = self.root.join(format!("{INCOMING}{}.tar", rand::random::<u64>()));
+        let file = fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
-            .open(self.root.join(name))
-            .map_err(|e| io_err(ErrorVerb::Write, "incoming snapshot", e))
+            .open(&path)
+            .map_err(|e| io_err(ErrorVerb::Write, "incoming snapshot", e))?;
+        Ok((file, path))
     }
 
     /// Unpack a received snapshot and replace the state machine in `db` with it, atomically.
     /// `records` adds the state machine's own records (last applied, membership) last.
+    /// The received file, when its path is known, is kept as the packed form of the new
+    /// current snapshot (so it need not be packed again to serve another follower).
     pub fn install(
         &self,
         db: &Db,
         meta: &Meta,
-        mut packed: fs::File,
+        (mut packed, packed_path): (fs::File, Option<PathBuf>),
         records: impl FnOnce(&mut WriteBatch) -> Result<()>,
     ) -> Result<()> {
         let staging = self.staging_dir(&format!("install-{}", rand::random::<u64>()));
@@ -197,7 +201,16 @@ impl Snapshots {
                 .write_opt(batch, &opts)
                 .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
         }
-        self.publish(&staging, meta)?;
-        Ok(())
+        // Only if the file handed back is still the one received into that path.
+        let same_file = |p: &Path| -> std::io::Result<bool> {
+            use std::os::unix::fs::MetadataExt;
+            let (a, b) = (packed.metadata()?, fs::metadata(p)?);
+            Ok((a.dev(), a.ino()) == (b.dev(), b.ino()))
+        };
+        if let Some(p) = packed_path.filter(|p| same_file(p).unwrap_or(false)) {
+            fs::rename(&p, self.root.join(format!("{}.tar", meta.snapshot_id)))
+                .map_err(|e| io_err(ErrorVerb::Write, "keeping the received snapshot", e))?;
+        }
+        self.publish(&staging, meta)
     }
 }

@@ -11,7 +11,6 @@ use openraft::{
     StoredMembership,
 };
 use rocksdb::WriteBatch;
-use tokio::sync::watch;
 
 use crate::apply::apply_proposal;
 use crate::db::{sm_read_error, sm_write_error, storage_error, Cf, Db};
@@ -30,8 +29,8 @@ pub struct StateMachine {
     db: Db,
     snapshots: Snapshots,
     dedupe_max: u64,
-    /// Index of the last applied entry, for readers waiting on their read index.
-    applied: watch::Sender<u64>,
+    /// Where the snapshot being received is written.
+    receiving: Option<PathBuf>,
 }
 
 fn msg_error(verb: ErrorVerb, msg: String) -> StorageError<u64> {
@@ -41,19 +40,12 @@ fn msg_error(verb: ErrorVerb, msg: String) -> StorageError<u64> {
 impl StateMachine {
     pub fn open(db: Db, snapshot_dir: PathBuf, dedupe_max: u64) -> Result<StateMachine> {
         let snapshots = Snapshots::open(snapshot_dir).map_err(|e| sm_write_error(&e))?;
-        let sm = StateMachine {
+        Ok(StateMachine {
             db,
             snapshots,
             dedupe_max,
-            applied: watch::channel(0).0,
-        };
-        let (applied, _) = sm.read_applied()?;
-        sm.applied.send_replace(applied.map_or(0, |l| l.index));
-        Ok(sm)
-    }
-
-    pub fn applied_index(&self) -> watch::Receiver<u64> {
-        self.applied.subscribe()
+            receiving: None,
+        })
     }
 
     fn read_applied(&self) -> Result<(Option<LogId<u64>>, Membership)> {
@@ -163,7 +155,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Not synced: the entries are durable in the log, and this write reaches disk with
         // the next synced log append (one WAL). A crash before that re-applies them.
         self.db.raw().write(batch).map_err(|e| sm_write_error(&e))?;
-        self.applied.send_replace(last.index);
         Ok(out)
     }
 
@@ -195,15 +186,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
-        Ok(Box::new(tokio::fs::File::from_std(self.snapshots.incoming_file()?)))
+        let (file, path) = self.snapshots.incoming_file()?;
+        self.receiving = Some(path);
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<tokio::fs::File>) -> Result<()> {
         let file = snapshot.into_std().await;
         let last = meta.last_log_id;
+        let path = self.receiving.take();
         let records = |batch: &mut WriteBatch| self.put_applied(batch, last.as_ref(), Some(&meta.last_membership));
-        self.snapshots.install(&self.db, meta, file, records)?;
-        self.applied.send_replace(last.map_or(0, |l| l.index));
+        self.snapshots.install(&self.db, meta, (file, path), records)?;
         Ok(())
     }
 

@@ -1,9 +1,14 @@
 //! Shared pieces of Cairn's command-line tools.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use cairn_dataserver::client::DataserverClient;
+
+pub mod meta_bench;
+pub mod metadata_admin;
 
 /// Connects to a dataserver, retrying until it answers `stat` or `wait` has passed.
 pub async fn connect_when_ready(addr: std::net::SocketAddr, wait: Duration) -> anyhow::Result<DataserverClient> {
@@ -22,4 +27,34 @@ pub async fn connect_when_ready(addr: std::net::SocketAddr, wait: Duration) -> a
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// Runs `op(i)` for i in 0..count with `workers` tasks per client, spread over `clients`.
+pub async fn run_parallel<C, F, Fut>(clients: &[Arc<C>], workers: usize, count: u64, op: F) -> anyhow::Result<()>
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let op = Arc::new(op);
+    let mut tasks = Vec::new();
+    for c in clients {
+        for _ in 0..workers {
+            let (c, next, op) = (c.clone(), next.clone(), op.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return anyhow::Ok(());
+                    }
+                    op(c.clone(), i).await?;
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }

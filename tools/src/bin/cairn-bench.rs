@@ -4,15 +4,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use cairn_common::ids::{ShardId, StripeId};
-use cairn_dataserver::client::DataserverClient;
-use cairn_tools::connect_when_ready;
+use cairn_tools::{connect_when_ready, run_parallel};
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 
@@ -56,6 +54,33 @@ enum Bench {
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
     },
+    /// Metadata creates, then getattrs of the created files, from concurrent clients.
+    Meta {
+        /// Metadata node addresses, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Skip the getattr phase (to fill a namespace).
+        #[arg(long)]
+        creates_only: bool,
+    },
+    /// Time from `since_ns` (ns since the epoch) to the first linearizable read served.
+    MetaReady {
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        #[arg(long)]
+        since_ns: u128,
+    },
+    /// The metadata limit: synced RocksDB WriteBatches per second in `dir`.
+    RocksdbSync {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        count: u64,
+    },
     /// Start a dataserver and time it until it answers `stat`, then stop it (SIGTERM).
     Startup {
         #[arg(long)]
@@ -89,6 +114,14 @@ async fn main() -> std::process::ExitCode {
             config,
             addr,
         } => startup(&dataserver_bin, &config, addr).await,
+        Bench::Meta {
+            addrs,
+            clients,
+            count,
+            creates_only,
+        } => cairn_tools::meta_bench::load(&addrs, clients, count, creates_only).await,
+        Bench::MetaReady { addrs, since_ns } => cairn_tools::meta_bench::ready(&addrs, since_ns, READY_WAIT).await,
+        Bench::RocksdbSync { dir, count } => cairn_tools::meta_bench::rocksdb_sync(&dir, count),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -97,40 +130,6 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Runs `op(i)` for i in 0..count with `workers` tasks per client, spread over `clients`.
-async fn run_parallel<F, Fut>(
-    clients: &[Arc<DataserverClient>],
-    workers: usize,
-    count: u64,
-    op: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(Arc<DataserverClient>, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let next = Arc::new(AtomicU64::new(0));
-    let op = Arc::new(op);
-    let mut tasks = Vec::new();
-    for c in clients {
-        for _ in 0..workers {
-            let (c, next, op) = (c.clone(), next.clone(), op.clone());
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return anyhow::Ok(());
-                    }
-                    op(c.clone(), i).await?;
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
 }
 
 async fn shards(

@@ -1,4 +1,4 @@
-//! `cairnctl`: the admin command line. For now it speaks to single dataservers.
+//! `cairnctl`: the admin command line: the metadata group, and single dataservers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +29,14 @@ enum Top {
         wait_secs: u64,
         #[command(subcommand)]
         command: DsCommand,
+    },
+    /// The metadata group: status and membership changes.
+    Metadata {
+        /// Addresses of the group's members, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        addrs: Vec<String>,
+        #[command(subcommand)]
+        command: cairn_tools::metadata_admin::MdCommand,
     },
 }
 
@@ -80,11 +88,14 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let Top::Dataserver {
-        addr,
-        wait_secs,
-        command,
-    } = cli.command;
+    let (addr, wait_secs, command) = match cli.command {
+        Top::Dataserver {
+            addr,
+            wait_secs,
+            command,
+        } => (addr, wait_secs, command),
+        Top::Metadata { addrs, command } => return cairn_tools::metadata_admin::run(&addrs, command).await,
+    };
     let client = connect_when_ready(addr, Duration::from_secs(wait_secs)).await?;
     match command {
         DsCommand::Stat => {

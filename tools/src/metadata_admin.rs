@@ -1,0 +1,164 @@
+//! `cairnctl metadata ...`: status of every member, membership changes (sent to the
+//! leader), and a look at the namespace.
+
+use anyhow::{bail, Context};
+use cairn_common::proto::metadata::admin_client::AdminClient;
+use cairn_common::proto::metadata::{
+    AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, StatusRequest,
+};
+use cairn_metadata::client::MetadataClient;
+use clap::Subcommand;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+const ROOT: u64 = 1;
+
+#[derive(Subcommand, Debug)]
+pub enum MdCommand {
+    /// Role, term, log and applied index, snapshot of every member.
+    Status,
+    /// Add a node as a learner (it receives the log but does not vote).
+    AddLearner {
+        #[arg(long)]
+        node_id: u64,
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        hall: String,
+    },
+    /// Promote learners to voters and/or remove members.
+    ChangeVoters {
+        #[arg(long, value_delimiter = ',')]
+        add: Vec<u64>,
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<u64>,
+    },
+    /// List a directory given by its path from the root.
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Make a directory (its parent must exist).
+    Mkdir {
+        path: String,
+        #[arg(long, default_value = "755", value_parser = parse_mode)]
+        mode: u32,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("mode {s:?} is not octal: {e}"))
+}
+
+/// The inode of the directory at `path` (components separated by `/`).
+async fn resolve(c: &MetadataClient, path: &str) -> anyhow::Result<u64> {
+    let mut dir = ROOT;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        dir = c
+            .lookup(dir, part.as_bytes())
+            .await
+            .with_context(|| format!("looking up {part:?}"))?
+            .inode;
+    }
+    Ok(dir)
+}
+
+async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("address {addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30));
+    Ok(AdminClient::new(endpoint.connect().await?))
+}
+
+async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
+    Ok(admin(addr).await?.status(StatusRequest {}).await?.into_inner())
+}
+
+async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
+    for a in addrs {
+        if let Ok(s) = status(a).await {
+            if s.role == "leader" {
+                return admin(a).await;
+            }
+        }
+    }
+    bail!("no member reports itself leader")
+}
+
+fn report(reply: AdminReply) -> anyhow::Result<()> {
+    if let Some(e) = reply.error {
+        bail!("refused: {}", e.message);
+    }
+    if let Some(s) = reply.status {
+        println!("voters {:?} learners {:?}", s.voters, s.learners);
+    }
+    Ok(())
+}
+
+pub async fn run(addrs: &[String], command: MdCommand) -> anyhow::Result<()> {
+    match command {
+        MdCommand::Status => {
+            println!(
+                "{:<22} {:>4} {:<10} {:>6} {:>10} {:>10} {:>10} {:>7}",
+                "addr", "node", "role", "term", "last_log", "applied", "snapshot", "leader"
+            );
+            for a in addrs {
+                match status(a).await {
+                    Ok(s) => println!(
+                        "{:<22} {:>4} {:<10} {:>6} {:>10} {:>10} {:>10} {:>7}",
+                        a, s.node_id, s.role, s.term, s.last_log_index, s.applied_index, s.snapshot_index, s.leader_id
+                    ),
+                    Err(e) => println!("{a:<22} unreachable: {e}"),
+                }
+            }
+        }
+        MdCommand::AddLearner { node_id, addr, hall } => {
+            let reply = leader(addrs)
+                .await?
+                .add_learner(AddLearnerRequest { node_id, addr, hall })
+                .await?
+                .into_inner();
+            report(reply)?;
+        }
+        MdCommand::ChangeVoters { add, remove } => {
+            let reply = leader(addrs)
+                .await?
+                .change_voters(ChangeVotersRequest { add, remove })
+                .await?
+                .into_inner();
+            report(reply)?;
+        }
+        MdCommand::Ls { path } => {
+            let c = MetadataClient::new(addrs.to_vec(), Duration::from_secs(30));
+            let dir = resolve(&c, &path).await?;
+            for e in c.readdir_all(dir).await? {
+                let a = c.getattr(e.inode).await?;
+                let kind = match e.kind() {
+                    FileKind::Directory => 'd',
+                    FileKind::Symlink => 'l',
+                    _ => '-',
+                };
+                println!(
+                    "{kind}{:04o} {:>6} {:>12} {}",
+                    a.mode,
+                    a.inode,
+                    a.size,
+                    String::from_utf8_lossy(&e.name)
+                );
+            }
+        }
+        MdCommand::Mkdir { path, mode } => {
+            let c = MetadataClient::new(addrs.to_vec(), Duration::from_secs(30));
+            let trimmed = path.trim_end_matches('/');
+            let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+            let parent = resolve(&c, parent).await?;
+            let a = c
+                .mkdir(parent, name.as_bytes(), mode)
+                .await
+                .with_context(|| format!("mkdir {path}"))?;
+            println!("made {path} (inode {})", a.inode);
+        }
+    }
+    Ok(())
+}
