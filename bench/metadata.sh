@@ -67,7 +67,7 @@ echo "limit rocksdb synced batches/s (after): $limit1"
 lim=$(python3 -c "print('%.0f' % (($limit0+$limit1)/2))")
 
 log "restart: kill -9 every voter, start them, time to the first linearizable read"
-declare -A READY RSS
+declare -A READY RSS LOGLEN INODES
 for n in $SIZES; do
   dir="$DATA/restart-$n"
   new_cluster "$dir"; start_cluster "$dir"
@@ -75,6 +75,7 @@ for n in $SIZES; do
   "$BIN/cairn-bench" meta --addrs "$ADDRS" --clients 64 --count "$n" --creates-only
   "$BIN/cairn-bench" meta --addrs "$ADDRS" --clients 16 --count 20000 >/dev/null
   RSS[$n]=$(for p in "${PIDS[@]}"; do awk '/VmHWM/{printf "%d ", $2/1024}' "/proc/$p/status"; done)
+  LOGLEN[$n]=$("$BIN/cairnctl" metadata --addrs "$ADDRS" status | awk '$3=="leader"{print $5}')
   kill_cluster
   times=()
   for round in 1 2 3; do
@@ -82,9 +83,10 @@ for n in $SIZES; do
     r=$("$BIN/cairn-bench" meta-ready --addrs "$ADDRS" --since-ns "$t0")
     echo "$r"
     times+=("$(grep -oE 'ready_ms=[0-9.]+' <<<"$r" | cut -d= -f2)")
+    INODES[$n]=$(grep -oE 'inodes=[0-9]+' <<<"$r" | cut -d= -f2)
     kill_cluster
   done
-  READY[$n]=$(printf '%s\n' "${times[@]}" | sort -g | sed -n 2p)
+  READY[$n]=$(printf '%s\n' "${times[@]}" | sort -g | tr '\n' ' ')
   rm -rf "$dir"
 done
 
@@ -100,6 +102,8 @@ printf '%-34s %12s %12s\n' "creates/s, 16 clients" "$c16" "$(ratio "$c16" "$lim"
 printf '%-34s %12s %12s\n' "  vs GlusterFS 4+2 (120 creates/s)" "" "$(python3 -c "print('%.0fx' % ($c16/120))")"
 printf '%-34s %12s\n' "getattr/s, 1 client" "$g1"
 printf '%-34s %12s\n' "getattr/s, 16 clients" "$g16"
+echo "restart: kill -9 of all three voters, start, first linearizable read (3 rounds, ms, sorted)"
 for n in $SIZES; do
-  printf '%-34s %9s ms   peak RSS per voter (MiB): %s\n' "restart to first read, $n inodes" "${READY[$n]}" "${RSS[$n]}"
+  printf '  %8s inodes, log of %8s entries: %-24s peak RSS per voter (MiB): %s\n' \
+    "${INODES[$n]}" "${LOGLEN[$n]}" "${READY[$n]}" "${RSS[$n]}"
 done

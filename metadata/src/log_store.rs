@@ -52,13 +52,13 @@ impl LogStore {
             .map_err(|e| logs_error(ErrorVerb::Read, &e))
     }
 
-    fn put_value<T: Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<()> {
-        let bytes = postcard::to_stdvec(value).map_err(|e| logs_error(ErrorVerb::Write, &e))?;
+    fn put_value<T: Serialize>(&self, subject: ErrorSubject<u64>, key: &[u8], value: &T, sync: bool) -> Result<()> {
+        let bytes = postcard::to_stdvec(value).map_err(|e| storage_error(subject.clone(), ErrorVerb::Write, &e))?;
         let opts = if sync { synced() } else { WriteOptions::default() };
         self.db
             .raw()
             .put_cf_opt(self.db.cf(Cf::Raft), key, bytes, &opts)
-            .map_err(|e| logs_error(ErrorVerb::Write, &e))
+            .map_err(|e| storage_error(subject, ErrorVerb::Write, &e))
     }
 }
 
@@ -122,13 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<()> {
-        self.put_value(VOTE, vote, true).map_err(|_| {
-            storage_error(
-                ErrorSubject::Vote,
-                ErrorVerb::Write,
-                &std::io::Error::other("save vote"),
-            )
-        })
+        self.put_value(ErrorSubject::Vote, VOTE, vote, true)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>> {
@@ -138,7 +132,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<()> {
         // Not synced: after a crash a smaller committed index only means fewer entries are
         // re-applied at start-up; the quorum's logs still hold them.
-        self.put_value(COMMITTED, &committed, false)
+        self.put_value(ErrorSubject::Store, COMMITTED, &committed, false)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>> {
@@ -180,7 +174,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<()> {
         // Record the purge point first: a crash between the two leaves entries that are
         // simply purged again, never a gap the log state does not know about.
-        self.put_value(LAST_PURGED, &log_id, true)?;
+        self.put_value(ErrorSubject::Logs, LAST_PURGED, &log_id, true)?;
         self.db
             .raw()
             .delete_range_cf(self.db.cf(Cf::Log), u64_key(0), u64_key(log_id.index.saturating_add(1)))

@@ -185,3 +185,31 @@ async fn housekeeping(raft: Raft<TypeConfig>, db: Db, nodes: Vec<MetadataEntry>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, hall: &str) -> MetadataEntry {
+        MetadataEntry {
+            node_id: id,
+            hall: hall.into(),
+            addr: format!("127.0.0.1:{}", 7000 + id).parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn first_voters_are_spread_over_halls() {
+        let nodes = [
+            entry(5, "b"),
+            entry(1, "a"),
+            entry(2, "a"),
+            entry(3, "b"),
+            entry(4, "c"),
+        ];
+        let one: Vec<u64> = initial_voters(&nodes, 1).into_keys().collect();
+        assert_eq!(one, vec![1, 3, 4]);
+        let two: Vec<u64> = initial_voters(&nodes, 2).into_keys().collect();
+        assert_eq!(two, vec![1, 2, 3, 4, 5]);
+    }
+}
