@@ -37,19 +37,6 @@ pub enum Cf {
 }
 
 impl Cf {
-    pub const ALL: [Cf; 11] = [
-        Cf::Log,
-        Cf::Raft,
-        Cf::SmMeta,
-        Cf::Inodes,
-        Cf::Dentries,
-        Cf::Layouts,
-        Cf::Sessions,
-        Cf::SessionExpiry,
-        Cf::Dedupe,
-        Cf::DedupeAge,
-        Cf::ShardRefs,
-    ];
     /// What a snapshot carries.
     pub const STATE_MACHINE: [Cf; 9] = [
         Cf::SmMeta,
@@ -62,6 +49,11 @@ impl Cf {
         Cf::DedupeAge,
         Cf::ShardRefs,
     ];
+
+    /// Every column family: the log store's and the state machine's.
+    pub fn all() -> impl Iterator<Item = Cf> {
+        [Cf::Log, Cf::Raft].into_iter().chain(Cf::STATE_MACHINE)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -117,9 +109,7 @@ pub fn options(cache_bytes: u64) -> Options {
 impl Db {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Db, rocksdb::Error> {
         let opts = options(cache_bytes);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
+        let cfs = Cf::all().map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         Ok(Db { inner: Arc::new(db) })
     }
@@ -128,7 +118,7 @@ impl Db {
     /// for inspection.
     pub fn open_read_only(path: &Path) -> Result<Db, rocksdb::Error> {
         let opts = options(8 << 20);
-        let db = DB::open_cf_for_read_only(&opts, path, Cf::ALL.iter().map(|c| c.name()), false)?;
+        let db = DB::open_cf_for_read_only(&opts, path, Cf::all().map(Cf::name), false)?;
         Ok(Db { inner: Arc::new(db) })
     }
 

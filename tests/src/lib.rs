@@ -39,13 +39,55 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
 }
 
+/// A child process, killed with SIGKILL (as a power loss looks to it) when dropped, even
+/// when a test fails.
+#[derive(Debug, Default)]
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// Starts the workspace binary `bin` with `args`, appending its output to `log`.
+    pub fn start(bin: &str, args: &[&std::ffi::OsStr], log: &Path) -> anyhow::Result<Process> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let child = Command::new(bin_path(bin))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {bin}"))?;
+        Ok(Process(Some(child)))
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 /// A dataserver process with its own data directory and config.
 #[derive(Debug)]
 pub struct Dataserver {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub config: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl Dataserver {
@@ -66,7 +108,7 @@ impl Dataserver {
             dir,
             addr,
             config,
-            child: None,
+            child: Process::default(),
         };
         ds.restart().await?;
         Ok(ds)
@@ -79,19 +121,11 @@ impl Dataserver {
     /// Starts the process again (after `kill9`) and waits until it serves.
     pub async fn restart(&mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("dataserver.log"))?;
-        let child = Command::new(bin_path("cairn-dataserver"))
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn cairn-dataserver")?;
-        self.child = Some(child);
+        self.child = Process::start(
+            "cairn-dataserver",
+            &["serve".as_ref(), "--config".as_ref(), self.config.as_os_str()],
+            &self.dir.path().join("dataserver.log"),
+        )?;
         self.wait_ready(Duration::from_secs(60)).await?;
         Ok(started.elapsed())
     }
@@ -99,7 +133,7 @@ impl Dataserver {
     async fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.child.exited() {
                 bail!("dataserver exited with {status}; log:\n{}", self.log());
             }
             if let Ok(c) = DataserverClient::connect(self.addr).await {
@@ -120,24 +154,15 @@ impl Dataserver {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.alive()
     }
 
     /// SIGKILL, as a power loss looks to the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill9();
     }
 
     pub async fn client(&self) -> anyhow::Result<DataserverClient> {
         Ok(DataserverClient::connect(self.addr).await?)
-    }
-}
-
-impl Drop for Dataserver {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }

@@ -2,15 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{NodeStatus, StatusRequest};
 use cairn_metadata::client::MetadataClient;
 
-use crate::{bin_path, free_port};
+use crate::{free_port, Process};
 
 #[derive(Debug)]
 pub struct MetadataNode {
@@ -18,35 +17,32 @@ pub struct MetadataNode {
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
-    child: Option<Child>,
+    child: Process,
 }
 
 impl MetadataNode {
     /// Start (or restart) the process.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(bin_path("cairn-metadata"))
-            .args(["serve", "--bootstrap", "--config"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawn cairn-metadata")?;
-        self.child = Some(child);
+        self.child = Process::start(
+            "cairn-metadata",
+            &[
+                "serve".as_ref(),
+                "--bootstrap".as_ref(),
+                "--config".as_ref(),
+                self.config.as_os_str(),
+            ],
+            &self.log,
+        )?;
         Ok(())
     }
 
     pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.alive()
     }
 
     /// SIGKILL, as a power loss looks to the process.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill9();
     }
 
     pub fn log_text(&self) -> String {
@@ -56,12 +52,6 @@ impl MetadataNode {
     pub async fn status(&self) -> anyhow::Result<NodeStatus> {
         let mut admin = AdminClient::connect(format!("http://{}", self.addr)).await?;
         Ok(admin.status(StatusRequest {}).await?.into_inner())
-    }
-}
-
-impl Drop for MetadataNode {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -101,7 +91,7 @@ impl MetadataCluster {
                 addr: *addr,
                 config,
                 log: dir.path().join(format!("m{id}.log")),
-                child: None,
+                child: Process::default(),
             });
         }
         for node in &mut nodes {
