@@ -19,8 +19,21 @@ pub const READDIR_LIMIT_MAX: u32 = 10_000;
 /// A page when the request leaves the size to the server.
 const READDIR_LIMIT_DEFAULT: u32 = 1_000;
 
-fn inode(db: &Db, ino: u64) -> OpResult<InodeRecord> {
-    inode_record(db.get(Cf::Inodes, &u64_key(ino))?, ino)?
+/// One point in time of the database: every record a read looks at comes from the same
+/// applied state (a file's attributes and its layout always belong together).
+struct View<'a> {
+    db: &'a Db,
+    snapshot: rocksdb::Snapshot<'a>,
+}
+
+impl View<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
+        self.snapshot.get_cf(self.db.cf(cf), key)
+    }
+}
+
+fn inode(view: &View<'_>, ino: u64) -> OpResult<InodeRecord> {
+    inode_record(view.get(Cf::Inodes, &u64_key(ino))?, ino)?
         .ok_or_else(|| refuse(Errno::Enoent, format!("inode {ino} does not exist")))
 }
 
@@ -30,36 +43,40 @@ fn reply(r: meta_reply::Result) -> MetaReply {
 
 /// Answer a read `op`.
 pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
+    let view = View {
+        db,
+        snapshot: db.raw().snapshot(),
+    };
     match op {
         Op::Lookup(l) => {
             check_name(&l.name)?;
-            let dir = attr_of(inode(db, l.parent)?)?;
+            let dir = attr_of(inode(&view, l.parent)?)?;
             if dir.kind() != FileKind::Directory {
                 return Err(refuse(Errno::Enotdir, format!("inode {} is not a directory", l.parent)));
             }
-            let v = db
+            let v = view
                 .get(Cf::Dentries, &dentry_key(l.parent, &l.name))?
                 .ok_or_else(|| refuse(Errno::Enoent, "no such name"))?;
             let (ino, _) = parse_dentry_value(&v).ok_or_else(|| OpError::Storage("bad directory entry".into()))?;
-            Ok(reply(meta_reply::Result::Attr(attr_of(inode(db, ino)?)?)))
+            Ok(reply(meta_reply::Result::Attr(attr_of(inode(&view, ino)?)?)))
         }
-        Op::Getattr(g) => Ok(reply(meta_reply::Result::Attr(attr_of(inode(db, g.inode)?)?))),
-        Op::Readdir(r) => readdir(db, r.dir, &r.after, r.limit),
+        Op::Getattr(g) => Ok(reply(meta_reply::Result::Attr(attr_of(inode(&view, g.inode)?)?))),
+        Op::Readdir(r) => readdir(&view, r.dir, &r.after, r.limit),
         Op::Readlink(r) => {
-            let rec = inode(db, r.inode)?;
+            let rec = inode(&view, r.inode)?;
             if attr_of(rec.clone())?.kind() != FileKind::Symlink {
                 return Err(refuse(Errno::Einval, "not a symlink"));
             }
             Ok(reply(meta_reply::Result::LinkTarget(rec.symlink)))
         }
         Op::GetLayout(g) => {
-            let attr = attr_of(inode(db, g.inode)?)?;
+            let attr = attr_of(inode(&view, g.inode)?)?;
             match attr.kind() {
                 FileKind::Regular => {}
                 FileKind::Directory => return Err(refuse(Errno::Eisdir, "a directory has no layout")),
                 _ => return Err(refuse(Errno::Einval, "not a regular file")),
             }
-            let layout = match db.get(Cf::Layouts, &u64_key(g.inode))? {
+            let layout = match view.get(Cf::Layouts, &u64_key(g.inode))? {
                 Some(b) => Layout::decode(b.as_slice())?,
                 None => Layout::default(),
             };
@@ -69,7 +86,7 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
             })))
         }
         Op::Statfs(_) => {
-            let c = load_counters(db)?;
+            let c = load_counters(view.db)?;
             Ok(reply(meta_reply::Result::Statfs(StatFsReply {
                 files: c.files,
                 directories: c.directories,
@@ -83,7 +100,7 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
 
 /// Entries of `dir` after the name `after`, in byte order. Paging by name is stable under
 /// concurrent changes: an entry present for the whole listing is returned exactly once.
-fn readdir(db: &Db, dir: u64, after: &[u8], limit: u32) -> OpResult<MetaReply> {
+fn readdir(view: &View<'_>, dir: u64, after: &[u8], limit: u32) -> OpResult<MetaReply> {
     if limit > READDIR_LIMIT_MAX {
         return Err(refuse(
             Errno::Einval,
@@ -94,7 +111,7 @@ fn readdir(db: &Db, dir: u64, after: &[u8], limit: u32) -> OpResult<MetaReply> {
         return Err(refuse(Errno::Enametoolong, "readdir cursor longer than a name"));
     }
     let limit = if limit == 0 { READDIR_LIMIT_DEFAULT } else { limit } as usize;
-    let attr = attr_of(inode(db, dir)?)?;
+    let attr = attr_of(inode(view, dir)?)?;
     if attr.kind() != FileKind::Directory {
         return Err(refuse(Errno::Enotdir, format!("inode {dir} is not a directory")));
     }
@@ -102,9 +119,9 @@ fn readdir(db: &Db, dir: u64, after: &[u8], limit: u32) -> OpResult<MetaReply> {
     let start = dentry_key(dir, after);
     let mut entries = Vec::new();
     let mut done = true;
-    for item in db
-        .raw()
-        .iterator_cf(db.cf(Cf::Dentries), IteratorMode::From(&start, Direction::Forward))
+    for item in view
+        .snapshot
+        .iterator_cf(view.db.cf(Cf::Dentries), IteratorMode::From(&start, Direction::Forward))
     {
         let (key, value) = item?;
         if !key.starts_with(&prefix) {
