@@ -94,13 +94,18 @@ impl Dataserver {
     /// Writes a config (the `[erasure]` defaults plus `extra` lines in `[dataserver]`)
     /// and starts the process; returns once it answers `stat`.
     pub async fn start(extra: &str) -> anyhow::Result<Dataserver> {
+        Dataserver::start_in(1, "hall-a", extra).await
+    }
+
+    /// Like [`Dataserver::start`], as node `node_id` in hall `hall`.
+    pub async fn start_in(node_id: u32, hall: &str, extra: &str) -> anyhow::Result<Dataserver> {
         let dir = tempfile::tempdir()?;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let config = dir.path().join("dataserver.toml");
         std::fs::write(
             &config,
             format!(
-                "[dataserver]\nnode_id = 1\nhall = \"hall-a\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n",
+                "[dataserver]\nnode_id = {node_id}\nhall = \"{hall}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n",
                 dir.path().join("data").display()
             ),
         )?;

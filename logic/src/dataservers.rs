@@ -1,0 +1,94 @@
+//! The dataservers a logic node writes to: their halls for placement, and one connection
+//! each, made on first use and dropped when it fails (the next use reconnects).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use cairn_common::config::DataserverEntry;
+use cairn_common::ids::{HallId, IdError, NodeId};
+use cairn_common::placement::Candidate;
+use cairn_dataserver::client::{ClientError, DataserverClient};
+
+#[derive(Debug)]
+struct Member {
+    addr: SocketAddr,
+    hall: HallId,
+    client: tokio::sync::Mutex<Option<Arc<DataserverClient>>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataservers {
+    members: Arc<HashMap<NodeId, Member>>,
+    /// Nodes that failed recently: placement avoids them while others can take the shards.
+    suspect: Arc<Mutex<HashMap<NodeId, ()>>>,
+}
+
+impl Dataservers {
+    pub fn new(entries: &[DataserverEntry]) -> Result<Dataservers, IdError> {
+        let mut members = HashMap::new();
+        for e in entries {
+            members.insert(
+                NodeId(e.node_id),
+                Member {
+                    addr: e.addr,
+                    hall: HallId::new(e.hall.clone())?,
+                    client: tokio::sync::Mutex::new(None),
+                },
+            );
+        }
+        Ok(Dataservers {
+            members: Arc::new(members),
+            suspect: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, ()>> {
+        self.suspect.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Placement candidates, healthy ones only (all of them when too few are healthy).
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let suspects = self.suspects();
+        self.members
+            .iter()
+            .map(|(id, m)| Candidate {
+                node: *id,
+                hall: m.hall.clone(),
+                free_bytes: if suspects.contains_key(id) { 0 } else { 1 },
+            })
+            .collect()
+    }
+
+    pub fn hall(&self, node: NodeId) -> Option<&HallId> {
+        self.members.get(&node).map(|m| &m.hall)
+    }
+
+    /// The connection to `node`, made if needed.
+    pub async fn client(&self, node: NodeId) -> Result<Arc<DataserverClient>, ClientError> {
+        let member = self
+            .members
+            .get(&node)
+            .ok_or_else(|| ClientError::Io(std::io::Error::other(format!("dataserver {node} is not configured"))))?;
+        let mut slot = member.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(DataserverClient::connect(member.addr).await?);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// `node` failed a request: drop its connection and avoid it in placement.
+    pub async fn failed(&self, node: NodeId) {
+        if let Some(m) = self.members.get(&node) {
+            *m.client.lock().await = None;
+        }
+        self.suspects().insert(node, ());
+    }
+
+    /// `node` answered: it is healthy again.
+    pub fn answered(&self, node: NodeId) {
+        self.suspects().remove(&node);
+    }
+}

@@ -1,0 +1,330 @@
+//! Whole-file writes and reads over the data path.
+//!
+//! Write: the bytes are cut into stripes of k × shard unit; each stripe is erasure coded
+//! (k data + m parity shards, crc32c per block computed here and verified by the
+//! dataserver before it acknowledges), its k+m shards are placed with at most m in any
+//! hall and written in parallel; a dataserver that fails gets its shard re-placed on
+//! another. Only when every stripe is durable is the new layout committed through Raft
+//! (compare-and-set on the version the write session started from), so a crash at any
+//! point leaves the previous content whole (invariant 1).
+//!
+//! Small files: a file of at most `INLINE_BYTES_MAX` bytes keeps its bytes in the
+//! metadata (one Raft entry, no shard I/O at all) instead of costing k+m shard writes;
+//! the metadata group replicates it to every voter, which is at least as durable as the
+//! stripe it replaces.
+//!
+//! Read: the k data shards of each stripe are fetched in parallel and checked (block
+//! checksums by the dataserver client, the whole-shard crc32c against the layout); only
+//! when one is missing, unreachable or corrupt are parity shards fetched and the stripe
+//! decoded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::config::ErasureConfig;
+use cairn_common::erasure::{ErasureCode, ErasureError};
+use cairn_common::ids::{NodeId, ShardId, StripeId};
+use cairn_common::placement::{place, PlacementError};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
+use cairn_metadata::client::{MetaClientError, MetadataClient};
+use cairn_metadata::layout::{INLINE_BYTES_MAX, STRIPE_ID_BYTES};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use thiserror::Error;
+use tracing::warn;
+
+use crate::dataservers::Dataservers;
+
+/// Lease of a write session; a whole-file write renews nothing, so it must fit.
+const SESSION_TTL_MS: u32 = 120_000;
+/// Stripes written or read at once.
+const STRIPES_IN_FLIGHT: usize = 4;
+/// Dataservers tried for one shard before the stripe fails.
+const PUT_ATTEMPTS: usize = 3;
+
+#[derive(Debug, Error)]
+pub enum FileError {
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaClientError),
+    #[error("placement: {0}")]
+    Placement(#[from] PlacementError),
+    #[error("erasure code: {0}")]
+    Erasure(#[from] ErasureError),
+    #[error("stripe at offset {offset}: {reason}")]
+    Stripe { offset: u64, reason: String },
+    #[error("bad layout from the metadata group: {0}")]
+    Layout(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Files {
+    meta: Arc<MetadataClient>,
+    ds: Dataservers,
+    code: ErasureCode,
+    unit: usize,
+    block_bytes: u32,
+}
+
+impl Files {
+    pub fn new(meta: Arc<MetadataClient>, ds: Dataservers, erasure: &ErasureConfig) -> Files {
+        Files {
+            meta,
+            ds,
+            code: erasure.code(),
+            unit: erasure.shard_unit_bytes as usize,
+            block_bytes: erasure.block_bytes,
+        }
+    }
+
+    /// Replace the content of file `inode` with `data`; returns once the new layout is
+    /// committed (the durability point `fsync`/`close` wait for).
+    pub async fn write(&self, inode: u64, data: Bytes) -> Result<Attr, FileError> {
+        let session = self.meta.open_session(inode, SESSION_TTL_MS).await?;
+        let expected = session.layout.as_ref().map_or(0, |l| l.version);
+        let result = async {
+            let layout = if data.len() <= INLINE_BYTES_MAX {
+                Layout {
+                    inline_data: data.to_vec(),
+                    ..Layout::default()
+                }
+            } else {
+                self.write_stripes(&data).await?
+            };
+            let committed = self
+                .meta
+                .commit_layout(session.session, inode, expected, layout, data.len() as u64)
+                .await?;
+            Ok(committed.attr.unwrap_or_default())
+        }
+        .await;
+        if let Err(e) = self.meta.close_session(session.session).await {
+            // The lease expires on its own; the commit (if any) stands.
+            warn!(session = session.session, "closing write session: {e}");
+        }
+        result
+    }
+
+    async fn write_stripes(&self, data: &Bytes) -> Result<Layout, FileError> {
+        let stripe_bytes = self.unit * self.code.data_shards();
+        let chunks: Vec<(u64, Bytes)> = (0..data.len())
+            .step_by(stripe_bytes)
+            .map(|start| (start as u64, data.slice(start..(start + stripe_bytes).min(data.len()))))
+            .collect();
+        let stripes = stream::iter(chunks)
+            .map(|(offset, chunk)| self.write_stripe(offset, chunk))
+            .buffered(STRIPES_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(Layout {
+            version: 0,
+            data_shards: self.code.data_shards() as u32,
+            parity_shards: self.code.parity_shards() as u32,
+            shard_unit_bytes: self.unit as u32,
+            stripes,
+            inline_data: Vec::new(),
+        })
+    }
+
+    async fn write_stripe(&self, offset: u64, chunk: Bytes) -> Result<Stripe, FileError> {
+        let id = StripeId(rand::random());
+        let shards = self.code.encode(&chunk, self.unit)?;
+        let m = self.code.parity_shards();
+        let mut nodes = place(&self.ds.candidates(), id, shards.len(), m)?;
+        let puts = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.put_shard(id, i, s.clone(), nodes[i]));
+        let results = futures::future::join_all(puts).await;
+        for (i, result) in results.into_iter().enumerate() {
+            let mut last = match result {
+                Ok(()) => continue,
+                Err(e) => e,
+            };
+            let mut placed = false;
+            for _ in 1..PUT_ATTEMPTS {
+                let Some(other) = self.replacement(id, &nodes, i) else {
+                    break;
+                };
+                match self.put_shard(id, i, shards[i].clone(), other).await {
+                    Ok(()) => {
+                        nodes[i] = other;
+                        placed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        nodes[i] = other;
+                        last = e;
+                    }
+                }
+            }
+            if !placed {
+                return Err(FileError::Stripe {
+                    offset,
+                    reason: format!("shard {i} could not be stored: {last}"),
+                });
+            }
+        }
+        Ok(Stripe {
+            stripe_id: id.0.to_be_bytes().to_vec(),
+            offset,
+            length: chunk.len() as u64,
+            shards: shards
+                .iter()
+                .zip(&nodes)
+                .enumerate()
+                .map(|(i, (s, n))| ShardLocation {
+                    index: i as u32,
+                    dataserver: n.0,
+                    crc32c: crc32c::crc32c(s),
+                })
+                .collect(),
+        })
+    }
+
+    /// Another dataserver for shard `index`: not holding a shard of this stripe, in a
+    /// hall that still has room under the hall rule.
+    fn replacement(&self, id: StripeId, nodes: &[NodeId], index: usize) -> Option<NodeId> {
+        let m = self.code.parity_shards();
+        let mut per_hall: HashMap<_, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if i != index {
+                if let Some(h) = self.ds.hall(*n) {
+                    *per_hall.entry(h.clone()).or_default() += 1;
+                }
+            }
+        }
+        let free: Vec<_> = self
+            .ds
+            .candidates()
+            .into_iter()
+            .filter(|c| !nodes.contains(&c.node) && per_hall.get(&c.hall).copied().unwrap_or(0) < m)
+            .collect();
+        place(&free, id, 1, m).ok().and_then(|v| v.first().copied())
+    }
+
+    async fn put_shard(&self, id: StripeId, index: usize, data: Bytes, node: NodeId) -> Result<(), String> {
+        let shard = ShardId::new(id, index as u8);
+        let result = match self.ds.client(node).await {
+            Ok(c) => c.put(shard, self.block_bytes, data).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.ds.answered(node);
+                Ok(())
+            }
+            Err(e) => {
+                self.ds.failed(node).await;
+                Err(format!("dataserver {node}: {e}"))
+            }
+        }
+    }
+
+    /// The whole content of file `inode`, with its attributes.
+    pub async fn read(&self, inode: u64) -> Result<(Attr, Bytes), FileError> {
+        let reply = match self.meta.call(Op::GetLayout(GetLayout { inode })).await? {
+            meta_reply::Result::Layout(l) => l,
+            other => return Err(FileError::Layout(format!("unexpected reply {other:?}"))),
+        };
+        let attr = reply.attr.unwrap_or_default();
+        let layout = reply.layout.unwrap_or_default();
+        let size = usize::try_from(attr.size).map_err(|_| FileError::Layout("size beyond memory".into()))?;
+        let mut out = BytesMut::zeroed(size);
+        let inline = layout.inline_data.len().min(size);
+        out[..inline].copy_from_slice(&layout.inline_data[..inline]);
+        if !layout.stripes.is_empty() {
+            let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
+            let stripes: Vec<(Stripe, Bytes)> = stream::iter(layout.stripes.iter().cloned())
+                .map(|s| async move {
+                    let bytes = self.read_stripe(&code, &s).await?;
+                    Ok::<_, FileError>((s, bytes))
+                })
+                .buffered(STRIPES_IN_FLIGHT)
+                .try_collect()
+                .await?;
+            for (s, bytes) in stripes {
+                let start = usize::try_from(s.offset).unwrap_or(usize::MAX).min(size);
+                let end = start.saturating_add(bytes.len()).min(size);
+                out[start..end].copy_from_slice(&bytes[..end - start]);
+            }
+        }
+        Ok((attr, out.freeze()))
+    }
+
+    async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation) -> Option<Bytes> {
+        let node = NodeId(loc.dataserver);
+        let shard = ShardId::new(id, u8::try_from(loc.index).ok()?);
+        let got = match self.ds.client(node).await {
+            Ok(c) => c.get(shard, 0, None).await,
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok(bytes) if crc32c::crc32c(&bytes) == loc.crc32c => {
+                self.ds.answered(node);
+                Some(bytes)
+            }
+            Ok(_) => {
+                warn!(
+                    stripe = stripe.offset,
+                    index = loc.index,
+                    "shard does not match its layout checksum"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(
+                    stripe = stripe.offset,
+                    index = loc.index,
+                    "reading shard from {node}: {e}"
+                );
+                self.ds.failed(node).await;
+                None
+            }
+        }
+    }
+
+    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Bytes, FileError> {
+        let bad = |reason: String| FileError::Stripe {
+            offset: s.offset,
+            reason,
+        };
+        let id_bytes: [u8; STRIPE_ID_BYTES] = s
+            .stripe_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("stripe id is not 16 bytes".into()))?;
+        let id = StripeId(u128::from_be_bytes(id_bytes));
+        let (k, total) = (code.data_shards(), code.total_shards());
+        let mut shards: Vec<Option<Bytes>> = vec![None; total];
+        let by_index = |range: std::ops::Range<usize>| -> Vec<&ShardLocation> {
+            s.shards
+                .iter()
+                .filter(|l| range.contains(&(l.index as usize)))
+                .collect()
+        };
+        // Data shards first; parity only for what is missing.
+        for wanted in [by_index(0..k), by_index(k..total)] {
+            let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l))).await;
+            for (loc, bytes) in wanted.iter().zip(fetched) {
+                shards[loc.index as usize] = bytes;
+            }
+            if shards[..k].iter().all(Option::is_some) {
+                break;
+            }
+        }
+        let shard_len = shards
+            .iter()
+            .flatten()
+            .map(Bytes::len)
+            .next()
+            .ok_or_else(|| bad("no shard could be read".into()))?;
+        // Decode at the encoded length (a truncate may have shortened the stripe since).
+        let data = code.decode(&shards, shard_len * k)?;
+        let mut out = BytesMut::with_capacity(shard_len * k);
+        for d in data {
+            out.extend_from_slice(&d);
+        }
+        out.truncate(usize::try_from(s.length).unwrap_or(usize::MAX));
+        Ok(out.freeze())
+    }
+}
