@@ -104,8 +104,25 @@ impl Files {
         result
     }
 
+    /// The most file bytes one stripe holds.
+    pub fn stripe_bytes(&self) -> usize {
+        self.unit * self.code.data_shards()
+    }
+
+    /// A layout of `stripes` (written by [`Files::write_stripe`]) in this store's code.
+    pub fn layout(&self, stripes: Vec<Stripe>) -> Layout {
+        Layout {
+            version: 0,
+            data_shards: self.code.data_shards() as u32,
+            parity_shards: self.code.parity_shards() as u32,
+            shard_unit_bytes: self.unit as u32,
+            stripes,
+            inline_data: Vec::new(),
+        }
+    }
+
     async fn write_stripes(&self, data: &Bytes) -> Result<Layout, FileError> {
-        let stripe_bytes = self.unit * self.code.data_shards();
+        let stripe_bytes = self.stripe_bytes();
         let chunks: Vec<(u64, Bytes)> = (0..data.len())
             .step_by(stripe_bytes)
             .map(|start| (start as u64, data.slice(start..(start + stripe_bytes).min(data.len()))))
@@ -115,17 +132,13 @@ impl Files {
             .buffered(STRIPES_IN_FLIGHT)
             .try_collect()
             .await?;
-        Ok(Layout {
-            version: 0,
-            data_shards: self.code.data_shards() as u32,
-            parity_shards: self.code.parity_shards() as u32,
-            shard_unit_bytes: self.unit as u32,
-            stripes,
-            inline_data: Vec::new(),
-        })
+        Ok(self.layout(stripes))
     }
 
-    async fn write_stripe(&self, offset: u64, chunk: Bytes) -> Result<Stripe, FileError> {
+    /// Store one stripe: `chunk` (at most k × shard unit bytes) at file offset `offset`.
+    /// Returns its layout record once all k+m shards are durable; nothing is visible to
+    /// readers until a layout holding it is committed (`MetadataClient::commit_layout`).
+    pub async fn write_stripe(&self, offset: u64, chunk: Bytes) -> Result<Stripe, FileError> {
         let id = StripeId(rand::random());
         let shards = self.code.encode(&chunk, self.unit)?;
         let m = self.code.parity_shards();
@@ -222,30 +235,49 @@ impl Files {
 
     /// The whole content of file `inode`, with its attributes.
     pub async fn read(&self, inode: u64) -> Result<(Attr, Bytes), FileError> {
+        self.read_range(inode, 0, u64::MAX).await
+    }
+
+    /// Up to `length` bytes of file `inode` from `offset` (fewer at the end of the file,
+    /// none past it), with its attributes. Only the stripes that overlap are read; bytes
+    /// no stripe covers read as zero.
+    pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, Bytes), FileError> {
         let reply = match self.meta.call(Op::GetLayout(GetLayout { inode })).await? {
             meta_reply::Result::Layout(l) => l,
             other => return Err(FileError::Layout(format!("unexpected reply {other:?}"))),
         };
         let attr = reply.attr.unwrap_or_default();
         let layout = reply.layout.unwrap_or_default();
-        let size = usize::try_from(attr.size).map_err(|_| FileError::Layout("size beyond memory".into()))?;
-        let mut out = BytesMut::zeroed(size);
-        let inline = layout.inline_data.len().min(size);
-        out[..inline].copy_from_slice(&layout.inline_data[..inline]);
-        if !layout.stripes.is_empty() {
+        let start = offset.min(attr.size);
+        let end = offset.saturating_add(length).min(attr.size);
+        let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
+        let mut out = BytesMut::zeroed(len);
+        // Copies the part of `src` (file bytes from `src_offset`) that falls in the range.
+        let mut place_bytes = |src_offset: u64, src: &[u8]| {
+            let from = src_offset.max(start);
+            let to = (src_offset + src.len() as u64).min(end);
+            if from < to {
+                let (a, b) = ((from - src_offset) as usize, (to - src_offset) as usize);
+                out[(from - start) as usize..(to - start) as usize].copy_from_slice(&src[a..b]);
+            }
+        };
+        place_bytes(0, &layout.inline_data);
+        let wanted: Vec<Stripe> = layout
+            .stripes
+            .iter()
+            .filter(|s| s.offset < end && s.offset.saturating_add(s.length) > start)
+            .cloned()
+            .collect();
+        if !wanted.is_empty() {
             let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
-            let stripes: Vec<(Stripe, Bytes)> = stream::iter(layout.stripes.iter().cloned())
+            let mut stripes = stream::iter(wanted)
                 .map(|s| async move {
                     let bytes = self.read_stripe(&code, &s).await?;
-                    Ok::<_, FileError>((s, bytes))
+                    Ok::<_, FileError>((s.offset, bytes))
                 })
-                .buffered(STRIPES_IN_FLIGHT)
-                .try_collect()
-                .await?;
-            for (s, bytes) in stripes {
-                let start = usize::try_from(s.offset).unwrap_or(usize::MAX).min(size);
-                let end = start.saturating_add(bytes.len()).min(size);
-                out[start..end].copy_from_slice(&bytes[..end - start]);
+                .buffered(STRIPES_IN_FLIGHT);
+            while let Some((at, bytes)) = stripes.try_next().await? {
+                place_bytes(at, &bytes);
             }
         }
         Ok((attr, out.freeze()))

@@ -87,6 +87,41 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     }
     check(&files, &written, "all dataservers up").await?;
 
+    // Ranges across stripe boundaries (a stripe holds 256 KiB here), at the end, past it.
+    let (inode, _, len) = written[10];
+    let whole = content(len, 10);
+    let sb = files.stripe_bytes() as u64;
+    for (offset, length) in [
+        (0, 1),
+        (sb - 1, 2),
+        (3 * sb - 5, sb + 10),
+        (len as u64 - 10, 100),
+        (len as u64 + 5, 10),
+    ] {
+        let (_, got) = files.read_range(inode, offset, length).await?;
+        let from = (offset as usize).min(len);
+        let to = (offset as usize).saturating_add(length as usize).min(len);
+        assert_eq!(got, whole.slice(from..to), "range {offset}+{length}");
+    }
+
+    // A writer streaming stripe by stripe: nothing is visible until the commit.
+    let f = meta.create(ROOT, b"streamed", 0o644, true).await?;
+    let session = meta.open_session(f.inode, 30_000).await?;
+    let data = content(3 * sb as usize + 777, 42);
+    let mut stripes = Vec::new();
+    for (i, chunk) in data.chunks(sb as usize).enumerate() {
+        stripes.push(files.write_stripe(i as u64 * sb, Bytes::copy_from_slice(chunk)).await?);
+    }
+    assert_eq!(
+        files.read(f.inode).await?.1.len(),
+        0,
+        "uncommitted stripes are invisible"
+    );
+    meta.commit_layout(session.session, f.inode, 0, files.layout(stripes), data.len() as u64)
+        .await?;
+    meta.close_session(session.session).await?;
+    assert_eq!(files.read(f.inode).await?.1, data);
+
     // Overwrite: the new content replaces the old as one commit.
     let (inode, _, _) = written[9];
     let new = content(3 << 20, 99);
