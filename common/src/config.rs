@@ -49,6 +49,20 @@ pub struct Config {
     /// The metadata group's members, for every process that talks to it.
     #[serde(default)]
     pub metadata_nodes: Vec<MetadataEntry>,
+    /// Settings of the logic node process reading this file.
+    pub logic: Option<LogicConfig>,
+}
+
+/// A stateless logic node: serves the file protocol to clients.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogicConfig {
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    /// Requests handled at once on one connection (more wait: backpressure).
+    #[serde(default = "defaults::requests_per_connection")]
+    pub requests_per_connection: u32,
 }
 
 /// How stripes are coded and checksummed.
@@ -146,6 +160,9 @@ pub struct MetadataEntry {
 }
 
 mod defaults {
+    pub fn requests_per_connection() -> u32 {
+        16
+    }
     pub fn heartbeat_ms() -> u64 {
         100
     }
@@ -210,7 +227,27 @@ impl Config {
         if let Some(md) = &self.metadata {
             md.validate(&self.metadata_nodes)?;
         }
+        if let Some(l) = &self.logic {
+            in_range("logic.max_connections", l.max_connections, 1, 65_536)?;
+            in_range("logic.requests_per_connection", l.requests_per_connection, 1, 1024)?;
+            if self.metadata_nodes.is_empty() {
+                return Err(invalid(
+                    "metadata_nodes",
+                    "a logic node needs the metadata group's members",
+                ));
+            }
+            if self.dataservers.is_empty() {
+                return Err(invalid("dataservers", "a logic node needs the dataservers"));
+            }
+        }
         self.validate_topology()
+    }
+
+    /// The logic section, or an error naming it.
+    pub fn logic(&self) -> Result<&LogicConfig, ConfigError> {
+        self.logic
+            .as_ref()
+            .ok_or_else(|| invalid("logic", "section is required to run a logic node"))
     }
 
     /// The metadata section, or an error naming it.

@@ -44,11 +44,20 @@ pub enum Kind {
     DeleteShard = 3,
     ListShards = 4,
     Stat = 5,
+    /// File protocol (client to logic node): a namespace request for the metadata group.
+    FileMeta = 20,
+    /// File protocol: store one stripe of a file being written.
+    WriteStripe = 21,
+    /// File protocol: read a byte range of a file.
+    ReadFile = 22,
     PutShardDone = 101,
     ShardData = 102,
     DeleteShardDone = 103,
     ShardList = 104,
     StatReport = 105,
+    FileMetaReply = 120,
+    StripeWritten = 121,
+    FileData = 122,
     Error = 199,
 }
 
@@ -60,11 +69,17 @@ impl Kind {
             3 => Kind::DeleteShard,
             4 => Kind::ListShards,
             5 => Kind::Stat,
+            20 => Kind::FileMeta,
+            21 => Kind::WriteStripe,
+            22 => Kind::ReadFile,
             101 => Kind::PutShardDone,
             102 => Kind::ShardData,
             103 => Kind::DeleteShardDone,
             104 => Kind::ShardList,
             105 => Kind::StatReport,
+            120 => Kind::FileMetaReply,
+            121 => Kind::StripeWritten,
+            122 => Kind::FileData,
             199 => Kind::Error,
             _ => return None,
         })

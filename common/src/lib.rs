@@ -7,6 +7,7 @@
 pub mod checksum;
 pub mod config;
 pub mod erasure;
+pub mod file_wire;
 pub mod frame;
 pub mod ids;
 pub mod placement;

@@ -6,3 +6,4 @@
 
 pub mod dataservers;
 pub mod files;
+pub mod server;

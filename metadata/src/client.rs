@@ -145,29 +145,40 @@ impl MetadataClient {
             request_id,
             op: Some(op),
         };
+        match self.send(req).await?.result {
+            Some(meta_reply::Result::Error(e)) => Err(refused(e)),
+            Some(r) => Ok(r),
+            None => Err(MetaClientError::BadReply("empty reply".into())),
+        }
+    }
+
+    /// Sends `req` as it is (its idempotency key included: a logic node forwards its
+    /// clients' requests this way) until the leader answers or the deadline passes. A
+    /// refusal is an answer: it comes back as the reply's error.
+    pub async fn send(&self, req: MetaRequest) -> Result<MetaReply, MetaClientError> {
         let start = Instant::now();
         let mut backoff = BACKOFF_MIN;
         loop {
             let last = match self.channel() {
                 Err(e) => e,
                 Ok((i, mut client)) => match client.call(req.clone()).await {
-                    Ok(reply) => match reply.into_inner() {
-                        MetaReply {
-                            result: Some(meta_reply::Result::Error(e)),
-                        } => match Errno::try_from(e.errno) {
-                            Ok(Errno::NotLeader) => {
-                                self.redirect(i, &e.leader_addr, false);
-                                if !e.leader_addr.is_empty() {
-                                    continue; // go straight to the leader named
+                    Ok(reply) => {
+                        let reply = reply.into_inner();
+                        match &reply.result {
+                            Some(meta_reply::Result::Error(e)) => match Errno::try_from(e.errno) {
+                                Ok(Errno::NotLeader) => {
+                                    self.redirect(i, &e.leader_addr, false);
+                                    if !e.leader_addr.is_empty() {
+                                        continue; // go straight to the leader named
+                                    }
+                                    e.message.clone()
                                 }
-                                e.message
-                            }
-                            Ok(Errno::Unavailable) => e.message,
-                            _ => return Err(refused(e)),
-                        },
-                        MetaReply { result: Some(r) } => return Ok(r),
-                        MetaReply { result: None } => return Err(MetaClientError::BadReply("empty reply".into())),
-                    },
+                                Ok(Errno::Unavailable) => e.message.clone(),
+                                _ => return Ok(reply),
+                            },
+                            _ => return Ok(reply),
+                        }
+                    }
                     Err(status) => {
                         self.redirect(i, "", true);
                         status.to_string()

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use cairn_dataserver::client::DataserverClient;
 
+pub mod cluster;
 pub mod metadata;
 
 /// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that

@@ -6,30 +6,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_common::config::{DataserverEntry, ErasureConfig};
+use cairn_common::config::DataserverEntry;
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
+use cairn_tests::cluster::{pattern, small_stripes};
 use cairn_tests::metadata::MetadataCluster;
 use cairn_tests::Dataserver;
 
 const ROOT: u64 = 1;
-
-fn erasure() -> ErasureConfig {
-    // Small units so that a few MiB make many stripes, a short last one included.
-    ErasureConfig {
-        data_shards: 4,
-        parity_shards: 2,
-        shard_unit_bytes: 64 * 1024,
-        block_bytes: 4096,
-    }
-}
-
-fn content(len: usize, seed: u8) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
-        .collect::<Vec<u8>>()
-        .into()
-}
 
 const SIZES: [usize; 11] = [
     0,
@@ -75,12 +59,12 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
         servers.push(ds);
     }
     let meta = Arc::new(cluster.client());
-    let files = Files::new(meta.clone(), Dataservers::new(&entries)?, &erasure());
+    let files = Files::new(meta.clone(), Dataservers::new(&entries)?, &small_stripes());
 
     let mut written = Vec::new();
     for (i, &len) in SIZES.iter().enumerate() {
         let f = meta.create(ROOT, format!("f{len}").as_bytes(), 0o644, true).await?;
-        let data = content(len, i as u8);
+        let data = pattern(len, i as u8);
         let attr = files.write(f.inode, data.clone()).await?;
         assert_eq!(attr.size, len as u64);
         written.push((f.inode, crc32c::crc32c(&data), len));
@@ -89,7 +73,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
 
     // Ranges across stripe boundaries (a stripe holds 256 KiB here), at the end, past it.
     let (inode, _, len) = written[10];
-    let whole = content(len, 10);
+    let whole = pattern(len, 10);
     let sb = files.stripe_bytes() as u64;
     for (offset, length) in [
         (0, 1),
@@ -107,7 +91,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     // A writer streaming stripe by stripe: nothing is visible until the commit.
     let f = meta.create(ROOT, b"streamed", 0o644, true).await?;
     let session = meta.open_session(f.inode, 30_000).await?;
-    let data = content(3 * sb as usize + 777, 42);
+    let data = pattern(3 * sb as usize + 777, 42);
     let mut stripes = Vec::new();
     for (i, chunk) in data.chunks(sb as usize).enumerate() {
         stripes.push(files.write_stripe(i as u64 * sb, Bytes::copy_from_slice(chunk)).await?);
@@ -124,7 +108,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
 
     // Overwrite: the new content replaces the old as one commit.
     let (inode, _, _) = written[9];
-    let new = content(3 << 20, 99);
+    let new = pattern(3 << 20, 99);
     files.write(inode, new.clone()).await?;
     assert_eq!(files.read(inode).await?.1, new);
     written[9] = (inode, crc32c::crc32c(&new), new.len());
@@ -138,7 +122,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
 
     // Writes with dataservers down: shards go elsewhere, the hall rule still holds.
     let f = meta.create(ROOT, b"while-degraded", 0o644, true).await?;
-    let data = content(2 << 20, 7);
+    let data = pattern(2 << 20, 7);
     files.write(f.inode, data.clone()).await?;
     assert_eq!(files.read(f.inode).await?.1, data);
     Ok(())

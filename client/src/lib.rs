@@ -1,0 +1,346 @@
+//! Cairn's Rust client. It speaks the file protocol to a list of logic nodes; when the one
+//! in use fails or times out it moves to the next and sends the same request again
+//! (namespace mutations keep their idempotency key, so a retry applies once; a stripe is
+//! simply stored again and the unreferenced copy becomes an orphan). A file's content is
+//! visible only after the commit of its layout, which `write_file` returns after.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::config::ErasureConfig;
+use cairn_common::file_wire::{FileReply, FileRequest, READ_BYTES_MAX};
+use cairn_common::frame::{write_frame, FrameDecoder};
+use cairn_common::ids::RequestId;
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, Errno, GetAttr, Layout, Lookup,
+    MetaRequest, Mkdir, OpenSession, SessionReply,
+};
+use cairn_common::wire::ErrorCode;
+use cairn_metadata::apply::is_mutation;
+use cairn_metadata::layout::INLINE_BYTES_MAX;
+use futures::StreamExt;
+use thiserror::Error;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+use tracing::warn;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// One request's answer, a stripe write included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const SESSION_TTL_MS: u32 = 120_000;
+/// Replies carry at most this much file data plus their message.
+const REPLY_BYTES_MAX: u32 = (READ_BYTES_MAX as u32) + (1 << 20);
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The namespace refused the request (nothing changed).
+    #[error("{errno:?}: {message}")]
+    Refused { errno: Errno, message: String },
+    /// A logic node refused the request as malformed: retrying will not help.
+    #[error("refused by the logic node: {0}")]
+    BadRequest(String),
+    /// No logic node answered within the deadline.
+    #[error("no logic node answered after {waited:?}: {last}")]
+    Unavailable { waited: Duration, last: String },
+    #[error("unexpected reply: {0}")]
+    BadReply(String),
+}
+
+impl ClientError {
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            ClientError::Refused { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+type Connection = (FramedRead<OwnedReadHalf, FrameDecoder>, OwnedWriteHalf);
+
+#[derive(Debug)]
+struct Route {
+    index: usize,
+    conn: Option<Connection>,
+    next_frame: u64,
+}
+
+#[derive(Debug)]
+pub struct CairnClient {
+    addrs: Vec<SocketAddr>,
+    route: tokio::sync::Mutex<Route>,
+    client_id: [u8; 16],
+    next_request: AtomicU64,
+    deadline: Duration,
+    erasure: ErasureConfig,
+}
+
+/// What one attempt produced: an answer, or a reason to try again.
+enum Attempt {
+    Done(Result<FileReply, ClientError>),
+    Retry(String),
+}
+
+impl CairnClient {
+    /// A client of the logic nodes at `addrs`, for a cluster coded with `erasure`; a
+    /// request gives up after `deadline` without an answer.
+    pub fn new(addrs: Vec<SocketAddr>, erasure: ErasureConfig, deadline: Duration) -> CairnClient {
+        CairnClient {
+            addrs,
+            route: tokio::sync::Mutex::new(Route {
+                index: 0,
+                conn: None,
+                next_frame: 1,
+            }),
+            client_id: rand::random(),
+            next_request: AtomicU64::new(1),
+            deadline,
+            erasure,
+        }
+    }
+
+    async fn attempt(&self, req: &FileRequest) -> Attempt {
+        let mut route = self.route.lock().await;
+        if self.addrs.is_empty() {
+            return Attempt::Done(Err(ClientError::BadRequest("no logic node addresses".into())));
+        }
+        let addr = self.addrs[route.index % self.addrs.len()];
+        if route.conn.is_none() {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    let (rd, wr) = stream.into_split();
+                    route.conn = Some((FramedRead::new(rd, FrameDecoder::new(REPLY_BYTES_MAX)), wr));
+                }
+                Ok(Err(e)) => return self.fail_over(&mut route, format!("connect to {addr}: {e}")),
+                Err(_) => return self.fail_over(&mut route, format!("connect to {addr}: timed out")),
+            }
+        }
+        let id = RequestId(route.next_frame);
+        route.next_frame += 1;
+        let Some((frames, wr)) = route.conn.as_mut() else {
+            return Attempt::Retry("not connected".into());
+        };
+        if let Err(e) = write_frame(wr, &req.to_frame(id)).await {
+            return self.fail_over(&mut route, format!("send to {addr}: {e}"));
+        }
+        let frame = match tokio::time::timeout(REQUEST_TIMEOUT, frames.next()).await {
+            Ok(Some(Ok(f))) if f.request_id == id => f,
+            Ok(Some(Ok(f))) => {
+                return self.fail_over(&mut route, format!("{addr} answered request {}", f.request_id.0))
+            }
+            Ok(Some(Err(e))) => return self.fail_over(&mut route, format!("from {addr}: {e}")),
+            Ok(None) => return self.fail_over(&mut route, format!("{addr} closed the connection")),
+            Err(_) => return self.fail_over(&mut route, format!("{addr}: no answer in {REQUEST_TIMEOUT:?}")),
+        };
+        match FileReply::from_frame(&frame) {
+            Ok(FileReply::Error {
+                code: ErrorCode::BadRequest,
+                message,
+            }) => Attempt::Done(Err(ClientError::BadRequest(message))),
+            // The logic node could not finish it (dataservers or metadata busy): again.
+            Ok(FileReply::Error { message, .. }) => Attempt::Retry(message),
+            Ok(FileReply::Meta(m)) => match &m.result {
+                Some(meta_reply::Result::Error(e)) if e.errno == Errno::Unavailable as i32 => {
+                    Attempt::Retry(e.message.clone())
+                }
+                _ => Attempt::Done(Ok(FileReply::Meta(m))),
+            },
+            Ok(reply) => Attempt::Done(Ok(reply)),
+            Err(e) => self.fail_over(&mut route, format!("bad reply from {addr}: {e}")),
+        }
+    }
+
+    fn fail_over(&self, route: &mut Route, why: String) -> Attempt {
+        route.conn = None;
+        route.index = route.index.wrapping_add(1);
+        warn!("{why}; trying the next logic node");
+        Attempt::Retry(why)
+    }
+
+    /// Sends `req` until a logic node answers it or the deadline passes.
+    async fn exchange(&self, req: FileRequest) -> Result<FileReply, ClientError> {
+        let start = Instant::now();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.attempt(&req).await {
+                Attempt::Done(r) => return r,
+                Attempt::Retry(last) => {
+                    if start.elapsed() >= self.deadline {
+                        return Err(ClientError::Unavailable {
+                            waited: start.elapsed(),
+                            last,
+                        });
+                    }
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// A namespace operation; a mutation gets a fresh request id that every retry keeps.
+    pub async fn meta(&self, op: Op) -> Result<meta_reply::Result, ClientError> {
+        let request_id = if is_mutation(&op) {
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let req = MetaRequest {
+            client_id: self.client_id.to_vec(),
+            request_id,
+            op: Some(op),
+        };
+        match self.exchange(FileRequest::Meta(req)).await? {
+            FileReply::Meta(m) => match m.result {
+                Some(meta_reply::Result::Error(e)) => Err(ClientError::Refused {
+                    errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
+                    message: e.message,
+                }),
+                Some(r) => Ok(r),
+                None => Err(ClientError::BadReply("empty namespace reply".into())),
+            },
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    async fn attr(&self, op: Op) -> Result<Attr, ClientError> {
+        match self.meta(op).await? {
+            meta_reply::Result::Attr(a) => Ok(a),
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, ClientError> {
+        self.attr(Op::Lookup(Lookup {
+            parent,
+            name: name.to_vec(),
+        }))
+        .await
+    }
+
+    pub async fn getattr(&self, inode: u64) -> Result<Attr, ClientError> {
+        self.attr(Op::Getattr(GetAttr { inode })).await
+    }
+
+    pub async fn create(&self, parent: u64, name: &[u8], mode: u32) -> Result<Attr, ClientError> {
+        self.attr(Op::Create(Create {
+            parent,
+            name: name.to_vec(),
+            mode,
+            exclusive: true,
+            ..Create::default()
+        }))
+        .await
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<Attr, ClientError> {
+        self.attr(Op::Mkdir(Mkdir {
+            parent,
+            name: name.to_vec(),
+            mode,
+            ..Mkdir::default()
+        }))
+        .await
+    }
+
+    fn stripe_bytes(&self) -> usize {
+        self.erasure.shard_unit_bytes as usize * usize::from(self.erasure.data_shards)
+    }
+
+    /// Replace the content of file `inode` with `data`. Returns after the new layout is
+    /// committed: from then on every reader sees the new content, whole.
+    pub async fn write_file(&self, inode: u64, data: Bytes) -> Result<Attr, ClientError> {
+        let session = match self
+            .meta(Op::OpenSession(OpenSession {
+                inode,
+                ttl_ms: SESSION_TTL_MS,
+            }))
+            .await?
+        {
+            meta_reply::Result::Session(s) => s,
+            other => return Err(ClientError::BadReply(format!("{other:?}"))),
+        };
+        let result = self.write_and_commit(inode, &session, data).await;
+        if let Err(e) = self
+            .meta(Op::CloseSession(CloseSession {
+                session: session.session,
+            }))
+            .await
+        {
+            warn!("closing write session {}: {e}", session.session);
+        }
+        result
+    }
+
+    async fn write_and_commit(&self, inode: u64, session: &SessionReply, data: Bytes) -> Result<Attr, ClientError> {
+        let mut layout = Layout::default();
+        if data.len() <= INLINE_BYTES_MAX {
+            layout.inline_data = data.to_vec();
+        } else {
+            layout.data_shards = self.erasure.data_shards.into();
+            layout.parity_shards = self.erasure.parity_shards.into();
+            layout.shard_unit_bytes = self.erasure.shard_unit_bytes;
+            let sb = self.stripe_bytes();
+            for start in (0..data.len()).step_by(sb) {
+                let chunk = data.slice(start..(start + sb).min(data.len()));
+                let req = FileRequest::WriteStripe {
+                    offset: start as u64,
+                    data: chunk,
+                };
+                match self.exchange(req).await? {
+                    FileReply::Stripe(s) => layout.stripes.push(s),
+                    other => return Err(ClientError::BadReply(format!("{other:?}"))),
+                }
+            }
+        }
+        let expected_version = session.layout.as_ref().map_or(0, |l| l.version);
+        match self
+            .meta(Op::CommitLayout(CommitLayout {
+                session: session.session,
+                inode,
+                expected_version,
+                layout: Some(layout),
+                size: data.len() as u64,
+            }))
+            .await?
+        {
+            meta_reply::Result::Layout(l) => Ok(l.attr.unwrap_or_default()),
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    /// The whole content of file `inode`.
+    pub async fn read_file(&self, inode: u64) -> Result<Bytes, ClientError> {
+        let mut out = BytesMut::new();
+        loop {
+            let req = FileRequest::Read {
+                inode,
+                offset: out.len() as u64,
+                length: READ_BYTES_MAX,
+            };
+            match self.exchange(req).await? {
+                FileReply::Data { size, data, .. } => {
+                    out.extend_from_slice(&data);
+                    if data.is_empty() || out.len() as u64 >= size {
+                        return Ok(out.freeze());
+                    }
+                }
+                FileReply::Meta(m) => match m.result {
+                    Some(meta_reply::Result::Error(e)) => {
+                        return Err(ClientError::Refused {
+                            errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
+                            message: e.message,
+                        })
+                    }
+                    other => return Err(ClientError::BadReply(format!("{other:?}"))),
+                },
+                other => return Err(ClientError::BadReply(format!("{other:?}"))),
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Messages of the file protocol (client to logic node), carried in the same frames as
+//! the dataserver protocol. Namespace requests travel as the metadata group's own
+//! `MetaRequest` (with the client's idempotency key, so a retry through another logic
+//! node still applies once); stripe writes and file reads carry their bytes in the
+//! frame's data part with a crc32c per block, checked by the receiver (invariant 5).
+//!
+//! The logic node keeps no state between requests: a written stripe's layout record goes
+//! back to the client, which commits the file's layout (through `FileMeta`) when it has
+//! written them all.
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::checksum::{block_count, verify_blocks};
+use crate::frame::{Frame, Kind};
+use crate::ids::RequestId;
+use crate::proto::metadata::{MetaReply, MetaRequest, Stripe};
+use crate::wire::{ErrorCode, Reply, WireError};
+
+/// Bytes one `ReadFile` reply carries at most; larger reads are split by the client.
+pub const READ_BYTES_MAX: u64 = 16 << 20;
+/// Checksum block of file bytes on this protocol.
+pub const FILE_BLOCK_BYTES: u32 = 64 * 1024;
+
+mod pb {
+    use prost::Message;
+
+    #[derive(Clone, PartialEq, Message)]
+    pub struct WriteStripe {
+        #[prost(uint64, tag = "1")]
+        pub offset: u64,
+        #[prost(fixed32, repeated, tag = "2")]
+        pub checksums: Vec<u32>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct ReadFile {
+        #[prost(uint64, tag = "1")]
+        pub inode: u64,
+        #[prost(uint64, tag = "2")]
+        pub offset: u64,
+        #[prost(uint64, tag = "3")]
+        pub length: u64,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    pub struct FileData {
+        #[prost(uint64, tag = "1")]
+        pub size: u64,
+        #[prost(uint64, tag = "2")]
+        pub layout_version: u64,
+        #[prost(fixed32, repeated, tag = "3")]
+        pub checksums: Vec<u32>,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FileRequest {
+    Meta(MetaRequest),
+    /// Store `data` (one stripe's worth at most) as the file bytes at `offset`.
+    WriteStripe {
+        offset: u64,
+        data: Bytes,
+    },
+    /// Up to `length` bytes of file `inode` from `offset` (capped at READ_BYTES_MAX).
+    Read {
+        inode: u64,
+        offset: u64,
+        length: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FileReply {
+    Meta(MetaReply),
+    /// The stored stripe's layout record, to be committed by the client.
+    Stripe(Stripe),
+    /// File bytes from the requested offset; `size` is the file's size.
+    Data {
+        size: u64,
+        layout_version: u64,
+        data: Bytes,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+fn malformed(kind: Kind, reason: impl Into<String>) -> WireError {
+    WireError::Malformed {
+        kind,
+        reason: reason.into(),
+    }
+}
+
+fn decode<M: Message + Default>(frame: &Frame) -> Result<M, WireError> {
+    M::decode(frame.meta.clone()).map_err(|e| malformed(frame.kind, e.to_string()))
+}
+
+fn checksummed(frame: &Frame, checksums: &[u32]) -> Result<(), WireError> {
+    let blocks = block_count(frame.data.len() as u64, FILE_BLOCK_BYTES);
+    if checksums.len() as u64 != blocks {
+        return Err(malformed(
+            frame.kind,
+            format!("{} checksums for {blocks} blocks", checksums.len()),
+        ));
+    }
+    verify_blocks(&frame.data, FILE_BLOCK_BYTES, 0, checksums)
+        .map_err(|e| malformed(frame.kind, format!("data failed its checksum: {e}")))
+}
+
+fn no_data(frame: &Frame) -> Result<(), WireError> {
+    if frame.data.is_empty() {
+        Ok(())
+    } else {
+        Err(malformed(frame.kind, "unexpected data part"))
+    }
+}
+
+impl FileRequest {
+    pub fn to_frame(&self, id: RequestId) -> Frame {
+        let checksums = |d: &Bytes| crate::checksum::block_checksums(d, FILE_BLOCK_BYTES);
+        let (kind, meta, data) = match self {
+            FileRequest::Meta(m) => (Kind::FileMeta, m.encode_to_vec(), Bytes::new()),
+            FileRequest::WriteStripe { offset, data } => {
+                let m = pb::WriteStripe {
+                    offset: *offset,
+                    checksums: checksums(data),
+                };
+                (Kind::WriteStripe, m.encode_to_vec(), data.clone())
+            }
+            FileRequest::Read { inode, offset, length } => {
+                let m = pb::ReadFile {
+                    inode: *inode,
+                    offset: *offset,
+                    length: *length,
+                };
+                (Kind::ReadFile, m.encode_to_vec(), Bytes::new())
+            }
+        };
+        Frame::new(kind, id, meta.into(), data)
+    }
+
+    /// Decodes and checks a request; the bytes of a stripe are verified here.
+    pub fn from_frame(frame: &Frame) -> Result<FileRequest, WireError> {
+        Ok(match frame.kind {
+            Kind::FileMeta => {
+                no_data(frame)?;
+                FileRequest::Meta(decode(frame)?)
+            }
+            Kind::WriteStripe => {
+                let m: pb::WriteStripe = decode(frame)?;
+                checksummed(frame, &m.checksums)?;
+                FileRequest::WriteStripe {
+                    offset: m.offset,
+                    data: frame.data.clone(),
+                }
+            }
+            Kind::ReadFile => {
+                no_data(frame)?;
+                let m: pb::ReadFile = decode(frame)?;
+                FileRequest::Read {
+                    inode: m.inode,
+                    offset: m.offset,
+                    length: m.length.min(READ_BYTES_MAX),
+                }
+            }
+            other => return Err(WireError::NotARequest(other)),
+        })
+    }
+}
+
+impl FileReply {
+    pub fn to_frame(&self, id: RequestId) -> Frame {
+        let (kind, meta, data) = match self {
+            FileReply::Meta(m) => (Kind::FileMetaReply, m.encode_to_vec(), Bytes::new()),
+            FileReply::Stripe(s) => (Kind::StripeWritten, s.encode_to_vec(), Bytes::new()),
+            FileReply::Data {
+                size,
+                layout_version,
+                data,
+            } => {
+                let m = pb::FileData {
+                    size: *size,
+                    layout_version: *layout_version,
+                    checksums: crate::checksum::block_checksums(data, FILE_BLOCK_BYTES),
+                };
+                (Kind::FileData, m.encode_to_vec(), data.clone())
+            }
+            FileReply::Error { code, message } => return Reply::error(*code, message.clone()).to_frame(id),
+        };
+        Frame::new(kind, id, meta.into(), data)
+    }
+
+    /// Decodes a reply; file bytes are verified against their block checksums.
+    pub fn from_frame(frame: &Frame) -> Result<FileReply, WireError> {
+        Ok(match frame.kind {
+            Kind::FileMetaReply => {
+                no_data(frame)?;
+                FileReply::Meta(decode(frame)?)
+            }
+            Kind::StripeWritten => {
+                no_data(frame)?;
+                FileReply::Stripe(decode(frame)?)
+            }
+            Kind::FileData => {
+                let m: pb::FileData = decode(frame)?;
+                checksummed(frame, &m.checksums)?;
+                FileReply::Data {
+                    size: m.size,
+                    layout_version: m.layout_version,
+                    data: frame.data.clone(),
+                }
+            }
+            Kind::Error => match Reply::from_frame(frame)? {
+                Reply::Error { code, message } => FileReply::Error { code, message },
+                other => return Err(malformed(frame.kind, format!("unexpected {other:?}"))),
+            },
+            other => return Err(WireError::NotAReply(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::metadata::{meta_request::Op, GetAttr};
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let id = RequestId(7);
+        let data = Bytes::from((0..200_000).map(|i| i as u8).collect::<Vec<_>>());
+        for req in [
+            FileRequest::Meta(MetaRequest {
+                client_id: vec![1; 16],
+                request_id: 3,
+                op: Some(Op::Getattr(GetAttr { inode: 9 })),
+            }),
+            FileRequest::WriteStripe {
+                offset: 4096,
+                data: data.clone(),
+            },
+            FileRequest::Read {
+                inode: 2,
+                offset: 1,
+                length: 10,
+            },
+        ] {
+            assert_eq!(FileRequest::from_frame(&req.to_frame(id)).unwrap(), req);
+        }
+        let reply = FileReply::Data {
+            size: 9,
+            layout_version: 2,
+            data,
+        };
+        assert_eq!(FileReply::from_frame(&reply.to_frame(id)).unwrap(), reply);
+    }
+
+    #[test]
+    fn corrupted_stripe_bytes_are_refused() {
+        let req = FileRequest::WriteStripe {
+            offset: 0,
+            data: Bytes::from(vec![7u8; 70_000]),
+        };
+        let mut frame = req.to_frame(RequestId(1));
+        let mut bytes = frame.data.to_vec();
+        bytes[65_537] ^= 1;
+        frame.data = bytes.into();
+        assert!(FileRequest::from_frame(&frame).is_err());
+        // A read request is capped.
+        let r = FileRequest::Read {
+            inode: 1,
+            offset: 0,
+            length: u64::MAX,
+        };
+        match FileRequest::from_frame(&r.to_frame(RequestId(2))).unwrap() {
+            FileRequest::Read { length, .. } => assert_eq!(length, READ_BYTES_MAX),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! `cairn-logic`: a stateless logic node serving the file protocol.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cairn_common::config::Config;
+use cairn_logic::dataservers::Dataservers;
+use cairn_logic::files::Files;
+use cairn_logic::server::{serve, LogicNode};
+use cairn_metadata::client::MetadataClient;
+use clap::{Parser, Subcommand};
+use tracing::info;
+
+/// How long a metadata request may take (leader changes included) before the client is
+/// told the group is unavailable.
+const METADATA_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-logic", about = "Cairn logic node (stateless file protocol server)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let logic = config.logic()?.clone();
+    let addrs = config.metadata_nodes.iter().map(|n| n.addr.to_string()).collect();
+    let meta = Arc::new(MetadataClient::new(addrs, METADATA_DEADLINE));
+    let ds = Dataservers::new(&config.dataservers).context("dataservers")?;
+    let files = Files::new(meta.clone(), ds, &config.erasure);
+    let node = Arc::new(LogicNode {
+        meta,
+        files,
+        requests_per_connection: logic.requests_per_connection as usize,
+    });
+    let listener = tokio::net::TcpListener::bind(logic.listen)
+        .await
+        .with_context(|| format!("listening on {}", logic.listen))?;
+    info!(addr = %logic.listen, "logic node serving");
+    tokio::select! {
+        _ = serve(listener, node, logic.max_connections as usize) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => { s.recv().await; }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve { config } = Cli::parse().command;
+    let config = match Config::load(&config).and_then(|c| c.logic().map(|_| ()).map(|()| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn-logic: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cairn-logic: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-logic: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The logic node's file-protocol server: frames in, one task per request (bounded per
+//! connection, so a client that floods waits), replies batched out. A bad frame gets an
+//! error frame (request id 0) and the connection is closed; a bad request gets an error
+//! reply. Nothing here keeps state between requests.
+
+use std::sync::Arc;
+
+use cairn_common::config::FRAME_META_BYTES_MAX;
+use cairn_common::file_wire::{FileReply, FileRequest};
+use cairn_common::frame::{write_frames, Frame, FrameDecoder};
+use cairn_common::ids::RequestId;
+use cairn_common::proto::metadata::{meta_reply, Errno, MetaError, MetaReply};
+use cairn_common::wire::ErrorCode;
+use cairn_metadata::client::{MetaClientError, MetadataClient};
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, warn};
+
+use crate::files::{FileError, Files};
+
+/// Replies gathered into one vectored write.
+const REPLIES_PER_WRITE: usize = 32;
+
+#[derive(Debug)]
+pub struct LogicNode {
+    pub meta: Arc<MetadataClient>,
+    pub files: Files,
+    pub requests_per_connection: usize,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> FileReply {
+    FileReply::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+fn meta_error(errno: Errno, message: String) -> FileReply {
+    FileReply::Meta(MetaReply {
+        result: Some(meta_reply::Result::Error(MetaError {
+            errno: errno as i32,
+            message,
+            leader_id: 0,
+            leader_addr: String::new(),
+        })),
+    })
+}
+
+/// A metadata failure as the client sees it: a refusal keeps its errno; a group that
+/// did not answer is Unavailable, which the client retries.
+fn from_meta(e: MetaClientError) -> FileReply {
+    match e {
+        MetaClientError::Refused { errno, message } => meta_error(errno, message),
+        other => meta_error(Errno::Unavailable, other.to_string()),
+    }
+}
+
+impl LogicNode {
+    /// The largest frame payload a client may send: one stripe and its message.
+    pub fn payload_bytes_max(&self) -> u32 {
+        u32::try_from(self.files.stripe_bytes())
+            .unwrap_or(u32::MAX)
+            .saturating_add(FRAME_META_BYTES_MAX)
+    }
+
+    pub async fn handle(&self, req: FileRequest) -> FileReply {
+        match req {
+            FileRequest::Meta(m) => match self.meta.send(m).await {
+                Ok(reply) => FileReply::Meta(reply),
+                Err(e) => from_meta(e),
+            },
+            FileRequest::WriteStripe { offset, data } => {
+                if data.is_empty() || data.len() > self.files.stripe_bytes() {
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "a stripe holds 1 to {} bytes, got {}",
+                            self.files.stripe_bytes(),
+                            data.len()
+                        ),
+                    );
+                }
+                match self.files.write_stripe(offset, data).await {
+                    Ok(stripe) => FileReply::Stripe(stripe),
+                    Err(e) => error(ErrorCode::Busy, e.to_string()),
+                }
+            }
+            FileRequest::Read { inode, offset, length } => match self.files.read_range(inode, offset, length).await {
+                Ok((attr, data)) => FileReply::Data {
+                    size: attr.size,
+                    layout_version: attr.layout_version,
+                    data,
+                },
+                Err(FileError::Meta(e)) => from_meta(e),
+                Err(e) => error(ErrorCode::Io, e.to_string()),
+            },
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, node: Arc<LogicNode>, max_connections: usize) {
+    let connections = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("accept: {e}");
+                continue;
+            }
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            debug!(%peer, "client connected");
+            connection(stream, node).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(stream: TcpStream, node: Arc<LogicNode>) {
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, FrameDecoder::new(node.payload_bytes_max()));
+    let (tx, mut rx) = mpsc::channel::<Frame>(node.requests_per_connection * 2);
+    let writer = tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < REPLIES_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(f) => batch.push(f),
+                    Err(_) => break,
+                }
+            }
+            if write_frames(&mut wr, &batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(node.requests_per_connection));
+    while let Some(item) = frames.next().await {
+        let frame = match item {
+            Ok(f) => f,
+            Err(e) => {
+                // The stream cannot be trusted past a bad frame: say why, then close.
+                let reply = error(ErrorCode::BadRequest, format!("bad frame: {e}")).to_frame(RequestId(0));
+                let _ = tx.send(reply).await;
+                break;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (node, tx) = (node.clone(), tx.clone());
+        tokio::spawn(async move {
+            let id = frame.request_id;
+            let reply = match FileRequest::from_frame(&frame) {
+                Ok(req) => node.handle(req).await,
+                Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+            };
+            let _ = tx.send(reply.to_frame(id)).await;
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+}
