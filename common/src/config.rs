@@ -51,6 +51,15 @@ pub struct Config {
     pub metadata_nodes: Vec<MetadataEntry>,
     /// Settings of the logic node process reading this file.
     pub logic: Option<LogicConfig>,
+    /// The cluster's logic nodes, for clients and tools.
+    #[serde(default)]
+    pub logic_nodes: Vec<LogicEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LogicEntry {
+    pub addr: SocketAddr,
 }
 
 /// A stateless logic node: serves the file protocol to clients.

@@ -71,7 +71,7 @@ async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(endpoint.connect().await?))
 }
 
-async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
+pub async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
     Ok(admin(addr).await?.status(StatusRequest {}).await?.into_inner())
 }
 

@@ -30,6 +30,27 @@ enum Top {
         #[command(subcommand)]
         command: DsCommand,
     },
+    /// A whole cluster on this machine (loopback), every node a real process.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
+    /// Files through the cluster's logic nodes.
+    File {
+        /// The cluster's config (for a local cluster: <dir>/cluster.toml).
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: cairn_tools::file_cmd::FileCommand,
+    },
+    /// Halls, nodes, leader, capacity and health of a cluster.
+    Status {
+        /// The cluster's config (for a local cluster: <dir>/cluster.toml).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The metadata group: status and membership changes.
     Metadata {
         /// Addresses of the group's members, comma separated.
@@ -38,6 +59,36 @@ enum Top {
         #[command(subcommand)]
         command: cairn_tools::metadata_admin::MdCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Start the cluster (processes already running are kept) and wait until it is healthy.
+    Up {
+        #[arg(long, default_value_os_t = default_local_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        halls: u32,
+        #[arg(long, default_value_t = 2)]
+        dataservers_per_hall: u32,
+        #[arg(long, default_value_t = 2)]
+        logic_nodes: u32,
+        /// First of the consecutive loopback ports the nodes listen on.
+        #[arg(long, default_value_t = 17200)]
+        base_port: u16,
+    },
+    /// Stop every process of the cluster (SIGTERM, then SIGKILL after 10 s).
+    Down {
+        #[arg(long, default_value_os_t = default_local_dir())]
+        dir: PathBuf,
+    },
+}
+
+fn default_local_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/cairn/local")
 }
 
 #[derive(Subcommand)]
@@ -95,6 +146,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             command,
         } => (addr, wait_secs, command),
         Top::Metadata { addrs, command } => return cairn_tools::metadata_admin::run(&addrs, command).await,
+        Top::Status { config, json } => return cairn_tools::local::status(&config, json).await,
+        Top::File { config, command } => return cairn_tools::file_cmd::run(&config, command).await,
+        Top::Local {
+            command:
+                LocalCommand::Up {
+                    dir,
+                    halls,
+                    dataservers_per_hall,
+                    logic_nodes,
+                    base_port,
+                },
+        } => {
+            let layout = cairn_tools::local::Layout {
+                halls,
+                dataservers_per_hall,
+                logic_nodes,
+                base_port,
+            };
+            return cairn_tools::local::up(&dir, &layout).await;
+        }
+        Top::Local {
+            command: LocalCommand::Down { dir },
+        } => return cairn_tools::local::down(&dir),
     };
     let client = connect_when_ready(addr, Duration::from_secs(wait_secs)).await?;
     match command {

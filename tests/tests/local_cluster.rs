@@ -1,0 +1,75 @@
+//! `cairnctl local up|down` and `cairnctl status`: a whole cluster of real processes on
+//! loopback, started idempotently, reported healthy, stopped.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cairn_tests::bin_path;
+
+fn cairnctl(args: &[&str]) -> Output {
+    Command::new(bin_path("cairnctl"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cairnctl {args:?}: {e}"))
+}
+
+/// `n` consecutive free loopback ports.
+fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 30_000;
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
+/// Stops the cluster even when the test fails.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = cairnctl(&["local", "down", "--dir", &self.0.display().to_string()]);
+    }
+}
+
+#[test]
+fn local_cluster_up_status_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().display().to_string();
+    let base = free_ports(14).to_string();
+    let _down = Down(dir.path());
+    let up = cairnctl(&["local", "up", "--dir", &d, "--base-port", &base]);
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+
+    let config = dir.path().join("cluster.toml").display().to_string();
+    let status = cairnctl(&["status", "--config", &config, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(report["healthy"], true, "{report}");
+    assert_eq!(report["nodes"].as_array().map(Vec::len), Some(4 + 8 + 2));
+
+    // Twice is fine: nothing new starts.
+    let again = cairnctl(&["local", "up", "--dir", &d, "--base-port", &base]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("0 processes started"));
+    // Another cluster on the same ports is refused with a clear error.
+    let other = tempfile::tempdir().expect("temp dir");
+    let clash = cairnctl(&[
+        "local",
+        "up",
+        "--dir",
+        &other.path().display().to_string(),
+        "--base-port",
+        &base,
+    ]);
+    assert!(!clash.status.success());
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("is taken"));
+
+    let down = cairnctl(&["local", "down", "--dir", &d]);
+    assert!(down.status.success());
+    assert!(String::from_utf8_lossy(&down.stdout).contains("14 processes stopped"));
+    let status = cairnctl(&["status", "--config", &config, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(report["healthy"], false);
+}

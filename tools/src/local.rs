@@ -1,0 +1,334 @@
+//! `cairnctl local up|down` and `cairnctl status`: a whole cluster on loopback, every
+//! node a real process. Halls are simulated as groups of processes: by default four
+//! halls, each with one metadata voter and two dataservers, plus two logic nodes. The
+//! cluster lives in one directory: `cluster.toml` (every member, read by `status`), one
+//! config, data directory, log and pid file per process.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cairn_common::config::Config;
+use cairn_metadata::client::MetadataClient;
+use rustix::process::{kill_process, test_kill_process, Pid, Signal};
+use serde::Serialize;
+
+use crate::connect_when_ready;
+
+/// How long `up` waits for the cluster to answer.
+const HEALTH_WAIT: Duration = Duration::from_secs(120);
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub halls: u32,
+    pub dataservers_per_hall: u32,
+    pub logic_nodes: u32,
+    pub base_port: u16,
+}
+
+/// One process of the local cluster.
+#[derive(Debug, Clone)]
+struct Node {
+    /// "metadata-1", "dataserver-3", "logic-1": names its files in the directory.
+    name: String,
+    binary: &'static str,
+    args: Vec<String>,
+    addr: SocketAddr,
+    /// This process's own section of its config.
+    section: String,
+}
+
+fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
+    if l.halls < 3 {
+        bail!(
+            "--halls must be at least 3: the metadata group keeps a quorum only if losing one hall leaves a majority"
+        );
+    }
+    let mut port = l.base_port;
+    let mut next = || -> anyhow::Result<SocketAddr> {
+        let p = port;
+        port = port.checked_add(1).context("--base-port too high")?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], p)))
+    };
+    let (mut shared, mut nodes) = (String::new(), Vec::new());
+    for h in 1..=l.halls {
+        let addr = next()?;
+        shared += &format!("[[metadata_nodes]]\nnode_id = {h}\nhall = \"hall-{h}\"\naddr = \"{addr}\"\n");
+        nodes.push(Node {
+            name: format!("metadata-{h}"),
+            binary: "cairn-metadata",
+            args: vec!["serve".into(), "--bootstrap".into()],
+            addr,
+            section: format!(
+                "[metadata]\nnode_id = {h}\ndata_dir = \"{}\"\n",
+                dir.join(format!("metadata-{h}")).display()
+            ),
+        });
+    }
+    for h in 1..=l.halls {
+        for j in 0..l.dataservers_per_hall {
+            let id = (h - 1) * l.dataservers_per_hall + j + 1;
+            let addr = next()?;
+            shared += &format!("[[dataservers]]\nnode_id = {id}\nhall = \"hall-{h}\"\naddr = \"{addr}\"\n");
+            nodes.push(Node {
+                name: format!("dataserver-{id}"),
+                binary: "cairn-dataserver",
+                args: vec!["serve".into()],
+                addr,
+                section: format!(
+                    "[dataserver]\nnode_id = {id}\nhall = \"hall-{h}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n",
+                    dir.join(format!("dataserver-{id}")).display()
+                ),
+            });
+        }
+    }
+    for i in 1..=l.logic_nodes {
+        let addr = next()?;
+        shared += &format!("[[logic_nodes]]\naddr = \"{addr}\"\n");
+        nodes.push(Node {
+            name: format!("logic-{i}"),
+            binary: "cairn-logic",
+            args: vec!["serve".into()],
+            addr,
+            section: format!("[logic]\nlisten = \"{addr}\"\n"),
+        });
+    }
+    Ok((shared, nodes))
+}
+
+/// The running process recorded in `<name>.pid`, if it still runs.
+fn pid_of(dir: &Path, name: &str) -> Option<Pid> {
+    let raw: i32 = std::fs::read_to_string(dir.join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let pid = Pid::from_raw(raw)?;
+    test_kill_process(pid).is_ok().then_some(pid)
+}
+
+fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating cairnctl")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to cairnctl: build the workspace's binaries first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (shared, nodes) = plan(dir, layout)?;
+    let cluster_file = dir.join("cluster.toml");
+    if let Ok(existing) = std::fs::read_to_string(&cluster_file) {
+        if existing != shared {
+            bail!(
+                "{} holds a different cluster (other ports or sizes); run `cairnctl local down --dir {}` \
+                 and remove the directory, or choose another --dir",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    for n in nodes.iter().filter(|n| pid_of(dir, &n.name).is_none()) {
+        if TcpListener::bind(n.addr).is_err() {
+            bail!(
+                "port {} for {} is taken by another program; choose another --base-port",
+                n.addr.port(),
+                n.name
+            );
+        }
+    }
+    std::fs::write(&cluster_file, &shared)?;
+    let mut started = 0;
+    for n in &nodes {
+        if pid_of(dir, &n.name).is_some() {
+            continue;
+        }
+        let config = dir.join(format!("{}.toml", n.name));
+        std::fs::write(&config, format!("{}\n{shared}", n.section))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.log", n.name)))?;
+        let child = Command::new(sibling_binary(n.binary)?)
+            .args(&n.args)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", n.name))?;
+        std::fs::write(dir.join(format!("{}.pid", n.name)), child.id().to_string())?;
+        started += 1;
+    }
+    println!("{started} processes started, {} already running", nodes.len() - started);
+    wait_healthy(&Config::load(&cluster_file)?).await?;
+    println!("cluster healthy; configuration in {}", cluster_file.display());
+    Ok(())
+}
+
+async fn wait_healthy(c: &Config) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let meta = MetadataClient::new(
+        c.metadata_nodes.iter().map(|n| n.addr.to_string()).collect(),
+        HEALTH_WAIT,
+    );
+    meta.statfs().await.context("metadata group")?;
+    for d in &c.dataservers {
+        connect_when_ready(d.addr, HEALTH_WAIT.saturating_sub(start.elapsed()))
+            .await
+            .with_context(|| format!("dataserver {}", d.node_id))?;
+    }
+    let client = cairn_client::CairnClient::new(
+        c.logic_nodes.iter().map(|l| l.addr).collect(),
+        c.erasure.clone(),
+        HEALTH_WAIT.saturating_sub(start.elapsed()),
+    );
+    client.getattr(1).await.context("logic nodes")?;
+    Ok(())
+}
+
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(node) = name.strip_suffix(".pid") {
+            if let Some(pid) = pid_of(dir, node) {
+                let _ = kill_process(pid, Signal::TERM);
+                pids.push((node.to_owned(), pid));
+            }
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    for (node, pid) in &pids {
+        while test_kill_process(*pid).is_ok() {
+            if Instant::now() > deadline {
+                let _ = kill_process(*pid, Signal::KILL);
+                eprintln!("{node} did not stop in {STOP_WAIT:?}: killed");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    println!("{} processes stopped", pids.len());
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct NodeRow {
+    kind: &'static str,
+    id: String,
+    hall: String,
+    addr: String,
+    healthy: bool,
+    detail: String,
+}
+
+pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
+    let c = Config::load(config)?;
+    let mut rows = Vec::new();
+    let mut leader = None;
+    for n in &c.metadata_nodes {
+        let s = crate::metadata_admin::status(&n.addr.to_string()).await;
+        if let Ok(s) = &s {
+            if s.role == "leader" {
+                leader = Some(n.node_id);
+            }
+        }
+        rows.push(NodeRow {
+            kind: "metadata",
+            id: n.node_id.to_string(),
+            hall: n.hall.clone(),
+            addr: n.addr.to_string(),
+            healthy: s.is_ok(),
+            detail: match s {
+                Ok(s) => format!("{} term {} applied {}", s.role, s.term, s.applied_index),
+                Err(e) => format!("unreachable: {e}"),
+            },
+        });
+    }
+    let mut capacity = (0u64, 0u64);
+    for d in &c.dataservers {
+        let s = match cairn_dataserver::client::DataserverClient::connect(d.addr).await {
+            Ok(client) => client.stat().await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Ok(s) = &s {
+            capacity.0 += s.capacity_bytes;
+            capacity.1 += s.free_bytes;
+        }
+        rows.push(NodeRow {
+            kind: "dataserver",
+            id: d.node_id.to_string(),
+            hall: d.hall.clone(),
+            addr: d.addr.to_string(),
+            healthy: s.as_ref().is_ok_and(|s| s.corrupt_blocks == 0),
+            detail: match s {
+                Ok(s) => format!(
+                    "{} shards, {} GiB free, {} corrupt blocks",
+                    s.shard_count,
+                    s.free_bytes >> 30,
+                    s.corrupt_blocks
+                ),
+                Err(e) => format!("unreachable: {e}"),
+            },
+        });
+    }
+    for (i, l) in c.logic_nodes.iter().enumerate() {
+        let up = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(l.addr))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        rows.push(NodeRow {
+            kind: "logic",
+            id: (i + 1).to_string(),
+            hall: "-".into(),
+            addr: l.addr.to_string(),
+            healthy: up,
+            detail: if up { "listening".into() } else { "unreachable".into() },
+        });
+    }
+    let healthy = rows.iter().all(|r| r.healthy);
+    if json {
+        let out = serde_json::json!({
+            "healthy": healthy,
+            "metadata_leader": leader,
+            "capacity_bytes": capacity.0,
+            "free_bytes": capacity.1,
+            "nodes": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "cluster {}   metadata leader: {}   capacity {} GiB, free {} GiB",
+        if healthy { "HEALTHY" } else { "DEGRADED" },
+        leader.map_or("none".to_owned(), |l| format!("node {l}")),
+        capacity.0 >> 30,
+        capacity.1 >> 30
+    );
+    println!(
+        "{:<11} {:>3} {:<8} {:<16} {:<8} detail",
+        "kind", "id", "hall", "addr", "health"
+    );
+    for r in rows {
+        println!(
+            "{:<11} {:>3} {:<8} {:<16} {:<8} {}",
+            r.kind,
+            r.id,
+            r.hall,
+            r.addr,
+            if r.healthy { "ok" } else { "DOWN" },
+            r.detail
+        );
+    }
+    Ok(())
+}
