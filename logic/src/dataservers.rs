@@ -4,11 +4,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cairn_common::config::DataserverEntry;
 use cairn_common::ids::{HallId, IdError, NodeId};
 use cairn_common::placement::Candidate;
 use cairn_dataserver::client::{ClientError, DataserverClient};
+
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Member {
@@ -20,8 +23,9 @@ struct Member {
 #[derive(Debug, Clone)]
 pub struct Dataservers {
     members: Arc<HashMap<NodeId, Member>>,
-    /// Nodes that failed recently: placement avoids them while others can take the shards.
-    suspect: Arc<Mutex<HashMap<NodeId, ()>>>,
+    /// Nodes that failed recently, and when: placement avoids them for `SUSPECT_FOR`, then
+    /// tries them again (a restarted dataserver comes back into use on its own).
+    suspect: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl Dataservers {
@@ -43,11 +47,12 @@ impl Dataservers {
         })
     }
 
-    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, ()>> {
+    fn suspects(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Instant>> {
         self.suspect.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Placement candidates, healthy ones only (all of them when too few are healthy).
+    /// Placement candidates; a recently failed one reports no free space, so placement
+    /// passes it over while others can take the shards.
     pub fn candidates(&self) -> Vec<Candidate> {
         let suspects = self.suspects();
         self.members
@@ -55,7 +60,10 @@ impl Dataservers {
             .map(|(id, m)| Candidate {
                 node: *id,
                 hall: m.hall.clone(),
-                free_bytes: if suspects.contains_key(id) { 0 } else { 1 },
+                free_bytes: match suspects.get(id) {
+                    Some(since) if since.elapsed() < SUSPECT_FOR => 0,
+                    _ => 1,
+                },
             })
             .collect()
     }
@@ -84,7 +92,7 @@ impl Dataservers {
         if let Some(m) = self.members.get(&node) {
             *m.client.lock().await = None;
         }
-        self.suspects().insert(node, ());
+        self.suspects().insert(node, Instant::now());
     }
 
     /// `node` answered: it is healthy again.
