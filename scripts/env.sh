@@ -22,4 +22,6 @@ ensure_debian_packages() {
 # RocksDB is built from source by the rocksdb crate: it needs a C++ compiler and libclang.
 # The gRPC code of the control plane is generated from common/proto by protoc.
 ensure_debian_packages build-essential clang libclang-dev pkg-config protobuf-compiler
+# The FUSE mount: /dev/fuse and fusermount3 (cairn-fuse mounts directly when root).
+ensure_debian_packages fuse3
 command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }

@@ -314,32 +314,35 @@ impl CairnClient {
         }
     }
 
+    /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), and the
+    /// file's size.
+    pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Bytes, u64), ClientError> {
+        let req = FileRequest::Read {
+            inode,
+            offset,
+            length: length.min(READ_BYTES_MAX),
+        };
+        match self.exchange(req).await? {
+            FileReply::Data { size, data, .. } => Ok((data, size)),
+            FileReply::Meta(m) => match m.result {
+                Some(meta_reply::Result::Error(e)) => Err(ClientError::Refused {
+                    errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
+                    message: e.message,
+                }),
+                other => Err(ClientError::BadReply(format!("{other:?}"))),
+            },
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
     /// The whole content of file `inode`.
     pub async fn read_file(&self, inode: u64) -> Result<Bytes, ClientError> {
         let mut out = BytesMut::new();
         loop {
-            let req = FileRequest::Read {
-                inode,
-                offset: out.len() as u64,
-                length: READ_BYTES_MAX,
-            };
-            match self.exchange(req).await? {
-                FileReply::Data { size, data, .. } => {
-                    out.extend_from_slice(&data);
-                    if data.is_empty() || out.len() as u64 >= size {
-                        return Ok(out.freeze());
-                    }
-                }
-                FileReply::Meta(m) => match m.result {
-                    Some(meta_reply::Result::Error(e)) => {
-                        return Err(ClientError::Refused {
-                            errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
-                            message: e.message,
-                        })
-                    }
-                    other => return Err(ClientError::BadReply(format!("{other:?}"))),
-                },
-                other => return Err(ClientError::BadReply(format!("{other:?}"))),
+            let (data, size) = self.read_range(inode, out.len() as u64, READ_BYTES_MAX).await?;
+            out.extend_from_slice(&data);
+            if data.is_empty() || out.len() as u64 >= size {
+                return Ok(out.freeze());
             }
         }
     }

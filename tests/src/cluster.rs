@@ -126,6 +126,21 @@ impl FileCluster {
         })
     }
 
+    /// A config for clients: the logic nodes and the erasure code.
+    pub fn client_config(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("client.toml");
+        let e = &self.erasure;
+        let mut text = format!(
+            "[erasure]\ndata_shards = {}\nparity_shards = {}\nshard_unit_bytes = {}\nblock_bytes = {}\n",
+            e.data_shards, e.parity_shards, e.shard_unit_bytes, e.block_bytes
+        );
+        for l in &self.logic {
+            text.push_str(&format!("[[logic_nodes]]\naddr = \"{}\"\n", l.addr));
+        }
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     pub fn client(&self) -> CairnClient {
         CairnClient::new(
             self.logic.iter().map(|l| l.addr).collect(),
