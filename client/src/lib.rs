@@ -2,24 +2,25 @@
 //! in use fails or times out it moves to the next and sends the same request again
 //! (namespace mutations keep their idempotency key, so a retry applies once; a stripe is
 //! simply stored again and the unreferenced copy becomes an orphan). A file's content is
-//! visible only after the commit of its layout, which `write_file` returns after.
+//! visible only after the commit of its layout, which `write_file` and
+//! [`FileWriter::commit`] return after. Requests travel over several connections at once,
+//! spread over the logic nodes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::config::ErasureConfig;
-use cairn_common::file_wire::{FileReply, FileRequest, READ_BYTES_MAX};
+use cairn_common::file_wire::{Capacity, FileReply, FileRequest, READ_BYTES_MAX};
 use cairn_common::frame::{write_frame, FrameDecoder};
 use cairn_common::ids::RequestId;
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, Errno, GetAttr, Layout, Lookup,
-    MetaRequest, Mkdir, OpenSession, SessionReply,
+    meta_reply, meta_request::Op, Attr, Create, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
 };
 use cairn_common::wire::ErrorCode;
 use cairn_metadata::apply::is_mutation;
-use cairn_metadata::layout::INLINE_BYTES_MAX;
 use futures::StreamExt;
 use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -27,12 +28,20 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tracing::warn;
 
+mod reader;
+mod writer;
+
+pub use reader::FileReader;
+pub use writer::FileWriter;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One request's answer, a stripe write included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
-const SESSION_TTL_MS: u32 = 120_000;
+pub(crate) const SESSION_TTL_MS: u32 = 120_000;
+/// Connections to the logic nodes, and so requests in flight at once.
+const CONNECTIONS: usize = 8;
 /// Replies carry at most this much file data plus their message.
 const REPLY_BYTES_MAX: u32 = (READ_BYTES_MAX as u32) + (1 << 20);
 
@@ -60,6 +69,13 @@ impl ClientError {
     }
 }
 
+fn refused(e: MetaError) -> ClientError {
+    ClientError::Refused {
+        errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
+        message: e.message,
+    }
+}
+
 type Connection = (FramedRead<OwnedReadHalf, FrameDecoder>, OwnedWriteHalf);
 
 #[derive(Debug)]
@@ -72,7 +88,10 @@ struct Route {
 #[derive(Debug)]
 pub struct CairnClient {
     addrs: Vec<SocketAddr>,
-    route: tokio::sync::Mutex<Route>,
+    /// Connections, each carrying one request at a time; route i starts at logic node
+    /// i mod n, so load spreads over every logic node.
+    routes: Vec<tokio::sync::Mutex<Route>>,
+    next_route: AtomicUsize,
     client_id: [u8; 16],
     next_request: AtomicU64,
     deadline: Duration,
@@ -88,23 +107,39 @@ enum Attempt {
 impl CairnClient {
     /// A client of the logic nodes at `addrs`, for a cluster coded with `erasure`; a
     /// request gives up after `deadline` without an answer.
-    pub fn new(addrs: Vec<SocketAddr>, erasure: ErasureConfig, deadline: Duration) -> CairnClient {
-        CairnClient {
+    pub fn new(addrs: Vec<SocketAddr>, erasure: ErasureConfig, deadline: Duration) -> Arc<CairnClient> {
+        Arc::new(CairnClient {
+            routes: (0..CONNECTIONS)
+                .map(|index| {
+                    tokio::sync::Mutex::new(Route {
+                        index,
+                        conn: None,
+                        next_frame: 1,
+                    })
+                })
+                .collect(),
+            next_route: AtomicUsize::new(0),
             addrs,
-            route: tokio::sync::Mutex::new(Route {
-                index: 0,
-                conn: None,
-                next_frame: 1,
-            }),
             client_id: rand::random(),
             next_request: AtomicU64::new(1),
             deadline,
             erasure,
+        })
+    }
+
+    /// A free connection if there is one, else the next in turn (waiting for it).
+    async fn route(&self) -> tokio::sync::MutexGuard<'_, Route> {
+        let first = self.next_route.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.routes.len() {
+            if let Ok(route) = self.routes[(first + i) % self.routes.len()].try_lock() {
+                return route;
+            }
         }
+        self.routes[first % self.routes.len()].lock().await
     }
 
     async fn attempt(&self, req: &FileRequest) -> Attempt {
-        let mut route = self.route.lock().await;
+        let mut route = self.route().await;
         if self.addrs.is_empty() {
             return Attempt::Done(Err(ClientError::BadRequest("no logic node addresses".into())));
         }
@@ -197,10 +232,7 @@ impl CairnClient {
         };
         match self.exchange(FileRequest::Meta(req)).await? {
             FileReply::Meta(m) => match m.result {
-                Some(meta_reply::Result::Error(e)) => Err(ClientError::Refused {
-                    errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
-                    message: e.message,
-                }),
+                Some(meta_reply::Result::Error(e)) => Err(refused(e)),
                 Some(r) => Ok(r),
                 None => Err(ClientError::BadReply("empty namespace reply".into())),
             },
@@ -248,70 +280,8 @@ impl CairnClient {
         .await
     }
 
-    fn stripe_bytes(&self) -> usize {
+    pub(crate) fn stripe_bytes(&self) -> usize {
         self.erasure.shard_unit_bytes as usize * usize::from(self.erasure.data_shards)
-    }
-
-    /// Replace the content of file `inode` with `data`. Returns after the new layout is
-    /// committed: from then on every reader sees the new content, whole.
-    pub async fn write_file(&self, inode: u64, data: Bytes) -> Result<Attr, ClientError> {
-        let session = match self
-            .meta(Op::OpenSession(OpenSession {
-                inode,
-                ttl_ms: SESSION_TTL_MS,
-            }))
-            .await?
-        {
-            meta_reply::Result::Session(s) => s,
-            other => return Err(ClientError::BadReply(format!("{other:?}"))),
-        };
-        let result = self.write_and_commit(inode, &session, data).await;
-        if let Err(e) = self
-            .meta(Op::CloseSession(CloseSession {
-                session: session.session,
-            }))
-            .await
-        {
-            warn!("closing write session {}: {e}", session.session);
-        }
-        result
-    }
-
-    async fn write_and_commit(&self, inode: u64, session: &SessionReply, data: Bytes) -> Result<Attr, ClientError> {
-        let mut layout = Layout::default();
-        if data.len() <= INLINE_BYTES_MAX {
-            layout.inline_data = data.to_vec();
-        } else {
-            layout.data_shards = self.erasure.data_shards.into();
-            layout.parity_shards = self.erasure.parity_shards.into();
-            layout.shard_unit_bytes = self.erasure.shard_unit_bytes;
-            let sb = self.stripe_bytes();
-            for start in (0..data.len()).step_by(sb) {
-                let chunk = data.slice(start..(start + sb).min(data.len()));
-                let req = FileRequest::WriteStripe {
-                    offset: start as u64,
-                    data: chunk,
-                };
-                match self.exchange(req).await? {
-                    FileReply::Stripe(s) => layout.stripes.push(s),
-                    other => return Err(ClientError::BadReply(format!("{other:?}"))),
-                }
-            }
-        }
-        let expected_version = session.layout.as_ref().map_or(0, |l| l.version);
-        match self
-            .meta(Op::CommitLayout(CommitLayout {
-                session: session.session,
-                inode,
-                expected_version,
-                layout: Some(layout),
-                size: data.len() as u64,
-            }))
-            .await?
-        {
-            meta_reply::Result::Layout(l) => Ok(l.attr.unwrap_or_default()),
-            other => Err(ClientError::BadReply(format!("{other:?}"))),
-        }
     }
 
     /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), and the
@@ -325,12 +295,17 @@ impl CairnClient {
         match self.exchange(req).await? {
             FileReply::Data { size, data, .. } => Ok((data, size)),
             FileReply::Meta(m) => match m.result {
-                Some(meta_reply::Result::Error(e)) => Err(ClientError::Refused {
-                    errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
-                    message: e.message,
-                }),
+                Some(meta_reply::Result::Error(e)) => Err(refused(e)),
                 other => Err(ClientError::BadReply(format!("{other:?}"))),
             },
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    /// The cluster's space for file bytes.
+    pub async fn capacity(&self) -> Result<Capacity, ClientError> {
+        match self.exchange(FileRequest::Capacity).await? {
+            FileReply::Capacity(c) => Ok(c),
             other => Err(ClientError::BadReply(format!("{other:?}"))),
         }
     }

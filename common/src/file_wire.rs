@@ -42,6 +42,17 @@ mod pb {
         pub length: u64,
     }
     #[derive(Clone, PartialEq, Message)]
+    pub struct Capacity {
+        #[prost(uint64, tag = "1")]
+        pub capacity_bytes: u64,
+        #[prost(uint64, tag = "2")]
+        pub free_bytes: u64,
+        #[prost(uint32, tag = "3")]
+        pub dataservers: u32,
+        #[prost(uint32, tag = "4")]
+        pub reachable: u32,
+    }
+    #[derive(Clone, PartialEq, Message)]
     pub struct FileData {
         #[prost(uint64, tag = "1")]
         pub size: u64,
@@ -66,6 +77,19 @@ pub enum FileRequest {
         offset: u64,
         length: u64,
     },
+    /// The cluster's space, as [`Capacity`].
+    Capacity,
+}
+
+/// Space for file bytes: the dataservers' sums scaled by the code's k / (k + m), so a
+/// file of `free_bytes` fits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// Dataservers configured, and those that answered.
+    pub dataservers: u32,
+    pub reachable: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +103,7 @@ pub enum FileReply {
         layout_version: u64,
         data: Bytes,
     },
+    Capacity(Capacity),
     Error {
         code: ErrorCode,
         message: String,
@@ -136,6 +161,7 @@ impl FileRequest {
                 };
                 (Kind::ReadFile, m.encode_to_vec(), Bytes::new())
             }
+            FileRequest::Capacity => (Kind::Capacity, Vec::new(), Bytes::new()),
         };
         Frame::new(kind, id, meta.into(), data)
     }
@@ -164,6 +190,10 @@ impl FileRequest {
                     length: m.length.min(READ_BYTES_MAX),
                 }
             }
+            Kind::Capacity => {
+                no_data(frame)?;
+                FileRequest::Capacity
+            }
             other => return Err(WireError::NotARequest(other)),
         })
     }
@@ -185,6 +215,15 @@ impl FileReply {
                     checksums: crate::checksum::block_checksums(data, FILE_BLOCK_BYTES),
                 };
                 (Kind::FileData, m.encode_to_vec(), data.clone())
+            }
+            FileReply::Capacity(c) => {
+                let m = pb::Capacity {
+                    capacity_bytes: c.capacity_bytes,
+                    free_bytes: c.free_bytes,
+                    dataservers: c.dataservers,
+                    reachable: c.reachable,
+                };
+                (Kind::CapacityReport, m.encode_to_vec(), Bytes::new())
             }
             FileReply::Error { code, message } => return Reply::error(*code, message.clone()).to_frame(id),
         };
@@ -210,6 +249,16 @@ impl FileReply {
                     layout_version: m.layout_version,
                     data: frame.data.clone(),
                 }
+            }
+            Kind::CapacityReport => {
+                no_data(frame)?;
+                let m: pb::Capacity = decode(frame)?;
+                FileReply::Capacity(Capacity {
+                    capacity_bytes: m.capacity_bytes,
+                    free_bytes: m.free_bytes,
+                    dataservers: m.dataservers,
+                    reachable: m.reachable,
+                })
             }
             Kind::Error => match Reply::from_frame(frame)? {
                 Reply::Error { code, message } => FileReply::Error { code, message },
@@ -244,6 +293,7 @@ mod tests {
                 offset: 1,
                 length: 10,
             },
+            FileRequest::Capacity,
         ] {
             assert_eq!(FileRequest::from_frame(&req.to_frame(id)).unwrap(), req);
         }
@@ -252,6 +302,13 @@ mod tests {
             layout_version: 2,
             data,
         };
+        assert_eq!(FileReply::from_frame(&reply.to_frame(id)).unwrap(), reply);
+        let reply = FileReply::Capacity(Capacity {
+            capacity_bytes: 10,
+            free_bytes: 5,
+            dataservers: 8,
+            reachable: 7,
+        });
         assert_eq!(FileReply::from_frame(&reply.to_frame(id)).unwrap(), reply);
     }
 

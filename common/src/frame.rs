@@ -50,6 +50,8 @@ pub enum Kind {
     WriteStripe = 21,
     /// File protocol: read a byte range of a file.
     ReadFile = 22,
+    /// File protocol: the cluster's usable capacity and free space.
+    Capacity = 23,
     PutShardDone = 101,
     ShardData = 102,
     DeleteShardDone = 103,
@@ -58,6 +60,7 @@ pub enum Kind {
     FileMetaReply = 120,
     StripeWritten = 121,
     FileData = 122,
+    CapacityReport = 123,
     Error = 199,
 }
 
@@ -72,6 +75,7 @@ impl Kind {
             20 => Kind::FileMeta,
             21 => Kind::WriteStripe,
             22 => Kind::ReadFile,
+            23 => Kind::Capacity,
             101 => Kind::PutShardDone,
             102 => Kind::ShardData,
             103 => Kind::DeleteShardDone,
@@ -80,6 +84,7 @@ impl Kind {
             120 => Kind::FileMetaReply,
             121 => Kind::StripeWritten,
             122 => Kind::FileData,
+            123 => Kind::CapacityReport,
             199 => Kind::Error,
             _ => return None,
         })

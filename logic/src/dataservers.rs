@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_common::config::DataserverEntry;
+use cairn_common::file_wire::Capacity;
 use cairn_common::ids::{HallId, IdError, NodeId};
 use cairn_common::placement::Candidate;
 use cairn_dataserver::client::{ClientError, DataserverClient};
 
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
+const STAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Member {
@@ -93,6 +95,27 @@ impl Dataservers {
             *m.client.lock().await = None;
         }
         self.suspects().insert(node, Instant::now());
+    }
+
+    /// The space of the dataservers that answer within `STAT_TIMEOUT`, as file bytes
+    /// under a code of `data_shards` + `parity_shards`.
+    pub async fn capacity(&self, data_shards: usize, parity_shards: usize) -> Capacity {
+        let stats = futures::future::join_all(self.members.keys().map(|id| async move {
+            let c = self.client(*id).await.ok()?;
+            tokio::time::timeout(STAT_TIMEOUT, c.stat()).await.ok()?.ok()
+        }))
+        .await;
+        let usable = |raw: u64| {
+            let total = (data_shards + parity_shards) as u128;
+            (u128::from(raw) * data_shards as u128 / total.max(1)) as u64
+        };
+        let reports: Vec<_> = stats.into_iter().flatten().collect();
+        Capacity {
+            capacity_bytes: usable(reports.iter().map(|r| r.capacity_bytes).sum()),
+            free_bytes: usable(reports.iter().map(|r| r.free_bytes).sum()),
+            dataservers: self.members.len() as u32,
+            reachable: reports.len() as u32,
+        }
     }
 
     /// `node` answered: it is healthy again.

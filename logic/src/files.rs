@@ -24,6 +24,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use cairn_common::config::ErasureConfig;
 use cairn_common::erasure::{ErasureCode, ErasureError};
+use cairn_common::file_wire::Capacity;
 use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::placement::{place, PlacementError};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
@@ -102,6 +103,13 @@ impl Files {
             warn!(session = session.session, "closing write session: {e}");
         }
         result
+    }
+
+    /// The cluster's space for file bytes.
+    pub async fn capacity(&self) -> Capacity {
+        self.ds
+            .capacity(self.code.data_shards(), self.code.parity_shards())
+            .await
     }
 
     /// The most file bytes one stripe holds.

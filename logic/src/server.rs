@@ -96,6 +96,7 @@ impl LogicNode {
                 Err(FileError::Meta(e)) => from_meta(e),
                 Err(e) => error(ErrorCode::Io, e.to_string()),
             },
+            FileRequest::Capacity => FileReply::Capacity(self.files.capacity().await),
         }
     }
 }

@@ -62,11 +62,11 @@ fn storage(e: OpError) -> String {
 fn apply_request(txn: &mut Txn<'_>, now: i64, bytes: &[u8], dedupe_max: u64) -> Result<MetaReply, String> {
     let req = match MetaRequest::decode(bytes) {
         Ok(r) => r,
-        Err(e) => return Ok(refused(refuse(Errno::Einval, format!("request does not decode: {e}")))),
+        Err(e) => return Ok(refuse(Errno::Einval, format!("request does not decode: {e}")).into_reply()),
     };
     let key = match idempotency_key(&req) {
         Ok(k) => k,
-        Err(e) => return Ok(refused(e)),
+        Err(e) => return Ok(e.into_reply()),
     };
     if let Some(rec) = txn.get(Cf::Dedupe, &key).map_err(|e| e.to_string())? {
         let rec = DedupeRecord::decode(rec.as_slice()).map_err(|e| e.to_string())?;
@@ -90,13 +90,6 @@ fn apply_request(txn: &mut Txn<'_>, now: i64, bytes: &[u8], dedupe_max: u64) -> 
     remember(txn, key, &reply, dedupe_max);
     txn.keep();
     Ok(reply)
-}
-
-fn refused(e: OpError) -> MetaReply {
-    match e {
-        OpError::Refused(e) => error_reply(e),
-        OpError::Storage(s) => error_reply(crate::errors::meta_error(Errno::Eio, s)),
-    }
 }
 
 fn run(a: &mut Apply<'_, '_>, op: Op) -> OpResult<MetaReply> {

@@ -32,6 +32,16 @@ pub fn error_reply(error: MetaError) -> MetaReply {
     }
 }
 
+impl OpError {
+    /// The answer a client gets: the refusal itself, or EIO for a storage failure.
+    pub fn into_reply(self) -> MetaReply {
+        match self {
+            OpError::Refused(e) => error_reply(e),
+            OpError::Storage(s) => error_reply(meta_error(Errno::Eio, s)),
+        }
+    }
+}
+
 impl From<rocksdb::Error> for OpError {
     fn from(e: rocksdb::Error) -> Self {
         OpError::Storage(e.to_string())

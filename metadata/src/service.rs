@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::apply::{idempotency_key, is_mutation};
 use crate::db::{read_u64, Cf, Db};
-use crate::errors::{error_reply, meta_error, OpError};
+use crate::errors::{error_reply, meta_error};
 use crate::network::{envelope, open_envelope};
 use crate::proposer::{write_error, Proposer};
 use crate::reads::read;
@@ -66,13 +66,6 @@ pub struct MetadataService {
 /// Shard references per streamed chunk.
 const SHARD_REFS_PER_CHUNK: usize = 1024;
 
-fn op_error_reply(e: OpError) -> MetaReply {
-    match e {
-        OpError::Refused(e) => error_reply(e),
-        OpError::Storage(s) => error_reply(meta_error(Errno::Eio, s)),
-    }
-}
-
 impl MetadataService {
     async fn call(&self, req: MetaRequest) -> MetaReply {
         let Some(op) = &req.op else {
@@ -80,7 +73,7 @@ impl MetadataService {
         };
         if is_mutation(op) {
             if let Err(e) = idempotency_key(&req) {
-                return op_error_reply(e);
+                return e.into_reply();
             }
             return match self.proposer.propose(req.encode_to_vec()).await {
                 Ok(bytes) => MetaReply::decode(bytes.as_slice())
@@ -95,7 +88,7 @@ impl MetadataService {
         let op = op.clone();
         match tokio::task::spawn_blocking(move || read(&db, &op)).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => op_error_reply(e),
+            Ok(Err(e)) => e.into_reply(),
             Err(e) => error_reply(meta_error(Errno::Eio, e.to_string())),
         }
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -141,7 +142,7 @@ impl FileCluster {
         Ok(path)
     }
 
-    pub fn client(&self) -> CairnClient {
+    pub fn client(&self) -> Arc<CairnClient> {
         CairnClient::new(
             self.logic.iter().map(|l| l.addr).collect(),
             self.erasure.clone(),

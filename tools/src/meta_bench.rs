@@ -13,6 +13,13 @@ use crate::run_parallel;
 const ROOT: u64 = 1;
 const CALL_DEADLINE: Duration = Duration::from_secs(60);
 
+/// The `q` quantile of `sorted` latencies, in milliseconds (0 when there are none).
+fn percentile_ms(sorted: &[Duration], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q) as usize)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 fn clients(addrs: &[String], n: usize) -> Vec<Arc<MetadataClient>> {
     (0..n)
         .map(|_| Arc::new(MetadataClient::new(addrs.to_vec(), CALL_DEADLINE)))
@@ -51,10 +58,7 @@ pub async fn load(addrs: &[String], n: usize, count: u64, creates_only: bool) ->
     let create_s = start.elapsed().as_secs_f64();
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let pct = |q| percentile_ms(&lat, q);
     let mut line = format!(
         "cairn meta clients={n} count={count} create_ops={:.0} create_p50_ms={:.2} create_p99_ms={:.2}",
         count as f64 / create_s,
@@ -115,10 +119,7 @@ pub fn rocksdb_sync(dir: &Path, count: u64) -> anyhow::Result<()> {
         lat.push(t.elapsed());
     }
     lat.sort();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * q) as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let pct = |q| percentile_ms(&lat, q);
     println!(
         "limit rocksdb synced_batches={count} batches_per_s={:.0} p50_ms={:.2} p99_ms={:.2}",
         count as f64 / start.elapsed().as_secs_f64(),

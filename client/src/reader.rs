@@ -1,0 +1,134 @@
+//! Read-ahead for one open file. Reads are served from a window fetched in one request
+//! (the logic node reads its stripes in parallel); a reader that moves on to the next
+//! window finds it already fetched, as the one after it starts to be. Windows start at
+//! one stripe and double while the reader stays sequential, up to the largest reply, so
+//! a random reader does not pay for bytes it will not read.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::file_wire::READ_BYTES_MAX;
+use tokio::task::JoinHandle;
+
+use crate::{CairnClient, ClientError};
+
+#[derive(Debug)]
+struct Window {
+    offset: u64,
+    data: Bytes,
+    /// The file's size when the window was read.
+    size: u64,
+}
+
+type Fetch = JoinHandle<Result<(Bytes, u64), ClientError>>;
+
+#[derive(Debug)]
+pub struct FileReader {
+    client: Arc<CairnClient>,
+    inode: u64,
+    current: Option<Window>,
+    /// The window being fetched ahead: its offset and task.
+    ahead: Option<(u64, Fetch)>,
+    window_bytes: u64,
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.ahead.take() {
+            task.abort();
+        }
+    }
+}
+
+impl CairnClient {
+    /// A reader of file `inode` with sequential read-ahead.
+    pub fn open_reader(self: &Arc<Self>, inode: u64) -> FileReader {
+        FileReader {
+            client: self.clone(),
+            inode,
+            current: None,
+            ahead: None,
+            window_bytes: self.stripe_bytes() as u64,
+        }
+    }
+}
+
+impl FileReader {
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Forgets what was read ahead (the file changed).
+    pub fn invalidate(&mut self) {
+        self.current = None;
+        if let Some((_, task)) = self.ahead.take() {
+            task.abort();
+        }
+    }
+
+    /// Up to `len` bytes from `offset`: fewer only at the end of the file.
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+        let mut out = BytesMut::new();
+        let end = offset.saturating_add(len);
+        let mut pos = offset;
+        while pos < end {
+            let w = self.window_at(pos).await?;
+            let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
+                // At or past the end of the file.
+                break;
+            };
+            let to = (end - w.offset).min(w.data.len() as u64);
+            let piece = w.data.slice(from as usize..to as usize);
+            if offset == pos && to == end - w.offset {
+                // The whole answer lies in one window: no copy.
+                return Ok(piece);
+            }
+            out.extend_from_slice(&piece);
+            pos = w.offset + to;
+        }
+        Ok(out.freeze())
+    }
+
+    /// The window holding `pos` (or the one that ends the file before it).
+    async fn window_at(&mut self, pos: u64) -> Result<&Window, ClientError> {
+        let held = |w: &Window| pos >= w.offset && (pos < w.offset + w.data.len() as u64 || pos >= w.size);
+        if !self.current.as_ref().is_some_and(held) {
+            let previous_end = self.current.as_ref().map(|w| w.offset + w.data.len() as u64);
+            let sequential = previous_end == Some(pos) || (previous_end.is_none() && pos == 0);
+            let window = match self.ahead.take() {
+                Some((at, task)) if at == pos => {
+                    let (data, size) = task
+                        .await
+                        .map_err(|e| ClientError::BadReply(format!("read-ahead task: {e}")))??;
+                    Window { offset: at, data, size }
+                }
+                other => {
+                    if let Some((_, task)) = other {
+                        task.abort();
+                    }
+                    let (data, size) = self.client.read_range(self.inode, pos, self.window_bytes).await?;
+                    Window {
+                        offset: pos,
+                        data,
+                        size,
+                    }
+                }
+            };
+            if sequential {
+                self.window_bytes = (self.window_bytes * 2).min(READ_BYTES_MAX);
+                let next = window.offset + window.data.len() as u64;
+                if next < window.size {
+                    let (client, inode, len) = (self.client.clone(), self.inode, self.window_bytes);
+                    let task = tokio::spawn(async move { client.read_range(inode, next, len).await });
+                    self.ahead = Some((next, task));
+                }
+            } else {
+                self.window_bytes = self.client.stripe_bytes() as u64;
+            }
+            self.current = Some(window);
+        }
+        self.current
+            .as_ref()
+            .ok_or_else(|| ClientError::BadReply("no window after a read".into()))
+    }
+}

@@ -1,0 +1,431 @@
+//! Streaming writes to one file, with bounded memory.
+//!
+//! The file is seen as slots of one stripe each (k × shard unit bytes, slot i at i × S).
+//! Written bytes gather in per-slot buffers; a full buffer is sent at once as a stripe
+//! (several in flight), so a sequential writer streams at the speed of the data path
+//! while holding at most `DIRTY_SLOTS_MAX + STRIPES_IN_FLIGHT` stripes. A write into part
+//! of a slot that already has committed bytes first loads them (read-modify-write of one
+//! stripe: shards are immutable). Nothing is visible to readers until [`FileWriter::commit`]
+//! publishes the new layout (compare-and-set on the version this writer started from),
+//! which is what `fsync` and `close` wait for: a crash at any point before leaves the
+//! previous content whole.
+//!
+//! The writer keeps a write session open (renewed as it is used), so an unlink while
+//! the file is open keeps its inode alive until the writer closes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cairn_common::file_wire::{FileReply, FileRequest};
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, Layout, OpenSession, RenewSession,
+    SessionReply, Stripe,
+};
+use cairn_metadata::layout::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::{CairnClient, ClientError, SESSION_TTL_MS};
+
+/// Partly written slots kept in memory; past this the lowest is sent as it is (its
+/// unwritten tail reads as zeros, and a later write there reloads it).
+const DIRTY_SLOTS_MAX: usize = 4;
+/// Stripes being stored at once by one writer.
+const STRIPES_IN_FLIGHT: usize = 4;
+
+#[derive(Debug)]
+pub struct FileWriter {
+    client: Arc<CairnClient>,
+    inode: u64,
+    session: u64,
+    renewed: Instant,
+    /// The committed state this writer builds on; its layout version is the commit's
+    /// compare-and-set.
+    attr: Attr,
+    base: Layout,
+    /// Whether `base` is cut in this client's slots; if not (inline bytes, or another
+    /// code), every slot is rewritten at commit.
+    base_aligned: bool,
+    /// Committed bytes below this offset are still the file's (a truncate lowers it).
+    valid_old: u64,
+    size: u64,
+    dirty: BTreeMap<u64, BytesMut>,
+    written: BTreeMap<u64, Stripe>,
+    in_flight: JoinSet<(u64, Result<Stripe, ClientError>)>,
+    in_flight_slots: HashSet<u64>,
+    /// Why a stripe could not be stored or a commit failed: its bytes are gone, so this
+    /// writer commits nothing more.
+    failed: Option<String>,
+}
+
+fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
+    ClientError::BadReply(format!("{r:?}"))
+}
+
+fn refused(errno: Errno, message: impl Into<String>) -> ClientError {
+    ClientError::Refused {
+        errno,
+        message: message.into(),
+    }
+}
+
+impl CairnClient {
+    /// Opens a write session on file `inode`; the writer starts from its current content.
+    pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
+        let session = self.open_session(inode).await?;
+        let mut w = FileWriter {
+            client: self.clone(),
+            inode,
+            session: session.session,
+            renewed: Instant::now(),
+            attr: Attr::default(),
+            base: Layout::default(),
+            base_aligned: true,
+            valid_old: 0,
+            size: 0,
+            dirty: BTreeMap::new(),
+            written: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            in_flight_slots: HashSet::new(),
+            failed: None,
+        };
+        w.rebase(session.attr.unwrap_or_default(), session.layout.unwrap_or_default());
+        Ok(w)
+    }
+
+    async fn open_session(&self, inode: u64) -> Result<SessionReply, ClientError> {
+        match self
+            .meta(Op::OpenSession(OpenSession {
+                inode,
+                ttl_ms: SESSION_TTL_MS,
+            }))
+            .await?
+        {
+            meta_reply::Result::Session(s) => Ok(s),
+            other => Err(bad_reply(other)),
+        }
+    }
+
+    /// Stores `data` (one stripe at most) as file bytes at `offset`; the record goes into
+    /// a layout to commit.
+    pub async fn write_stripe(&self, offset: u64, data: Bytes) -> Result<Stripe, ClientError> {
+        match self.exchange(FileRequest::WriteStripe { offset, data }).await? {
+            FileReply::Stripe(s) => Ok(s),
+            other => Err(bad_reply(other)),
+        }
+    }
+
+    /// Replace the content of file `inode` with `data`. Returns after the new layout is
+    /// committed: from then on every reader sees the new content, whole.
+    pub async fn write_file(self: &Arc<Self>, inode: u64, data: Bytes) -> Result<Attr, ClientError> {
+        let mut w = self.open_writer(inode).await?;
+        let result = async {
+            w.set_len(0).await?;
+            w.write(0, &data).await?;
+            w.commit().await
+        }
+        .await;
+        w.close().await;
+        result
+    }
+}
+
+impl FileWriter {
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// The file's size with this writer's changes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether there are changes not committed yet.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.written.is_empty()
+            || !self.in_flight_slots.is_empty()
+            || self.size != self.attr.size
+    }
+
+    fn slot_bytes(&self) -> u64 {
+        self.client.stripe_bytes() as u64
+    }
+
+    fn check_failed(&self) -> Result<(), ClientError> {
+        match &self.failed {
+            Some(why) => Err(refused(
+                Errno::Eio,
+                format!("an earlier write of this file failed: {why}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: ClientError) -> ClientError {
+        self.failed = Some(e.to_string());
+        e
+    }
+
+    /// Starts over from a committed state of the file.
+    fn rebase(&mut self, attr: Attr, layout: Layout) {
+        let s = self.slot_bytes();
+        let erasure = &self.client.erasure;
+        let same_code = layout.stripes.is_empty()
+            || (layout.data_shards == u32::from(erasure.data_shards)
+                && layout.parity_shards == u32::from(erasure.parity_shards)
+                && layout.shard_unit_bytes == erasure.shard_unit_bytes);
+        self.base_aligned = layout.inline_data.is_empty()
+            && same_code
+            && layout.stripes.iter().all(|st| st.offset % s == 0 && st.length <= s);
+        self.valid_old = attr.size;
+        self.size = attr.size;
+        self.attr = attr;
+        self.base = layout;
+        self.written.clear();
+    }
+
+    /// Keeps the write session alive; one that lapsed (a file held open and idle) is
+    /// replaced as long as nobody committed since.
+    async fn renew_if_due(&mut self) -> Result<(), ClientError> {
+        if self.renewed.elapsed() < Duration::from_millis(u64::from(SESSION_TTL_MS / 3)) {
+            return Ok(());
+        }
+        let renew = Op::RenewSession(RenewSession {
+            session: self.session,
+            ttl_ms: SESSION_TTL_MS,
+        });
+        match self.client.meta(renew).await {
+            Ok(_) => {}
+            Err(e) if e.errno() == Some(Errno::Estale) => {
+                let s = self.client.open_session(self.inode).await?;
+                self.session = s.session;
+                let version = s.attr.map_or(0, |a| a.layout_version);
+                if version != self.attr.layout_version {
+                    let e = refused(Errno::Estale, "the file was rewritten while this writer was idle");
+                    return Err(self.fail(e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` (extending the file if it ends past its size).
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.check_failed()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= FILE_BYTES_MAX)
+            .ok_or_else(|| refused(Errno::Efbig, format!("a write at {offset} ends past {FILE_BYTES_MAX}")))?;
+        self.renew_if_due().await?;
+        let s = self.slot_bytes();
+        let mut pos = offset;
+        while pos < end {
+            let slot = pos / s;
+            let slot_start = slot * s;
+            let (from, to) = ((pos - slot_start) as usize, (end - slot_start).min(s) as usize);
+            let mut buf = match self.dirty.remove(&slot) {
+                Some(b) => b,
+                None => {
+                    if self.written.contains_key(&slot) || self.in_flight_slots.contains(&slot) {
+                        // Its bytes went out as a stripe: publish it, then rewrite from it.
+                        self.commit().await?;
+                    }
+                    self.load_slot(slot, from, to).await?
+                }
+            };
+            if buf.len() < to {
+                buf.resize(to, 0);
+            }
+            let src = (pos - offset) as usize;
+            buf[from..to].copy_from_slice(&data[src..src + (to - from)]);
+            pos = slot_start + to as u64;
+            self.size = self.size.max(pos);
+            if buf.len() as u64 == s {
+                self.send(slot, buf.freeze()).await?;
+            } else {
+                self.dirty.insert(slot, buf);
+            }
+        }
+        while self.dirty.len() > DIRTY_SLOTS_MAX {
+            if let Some((slot, buf)) = self.dirty.pop_first() {
+                self.send(slot, buf.freeze()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The committed bytes of `slot` that are still the file's, when a write of
+    /// `from..to` in it does not cover them all (else an empty buffer).
+    async fn load_slot(&self, slot: u64, from: usize, to: usize) -> Result<BytesMut, ClientError> {
+        let slot_start = slot * self.slot_bytes();
+        let old = self.valid_old.saturating_sub(slot_start).min(self.slot_bytes()) as usize;
+        let mut buf = BytesMut::with_capacity(old.max(to));
+        if old == 0 || (from == 0 && to >= old) {
+            return Ok(buf);
+        }
+        while buf.len() < old {
+            let at = slot_start + buf.len() as u64;
+            let (data, _) = self.client.read_range(self.inode, at, (old - buf.len()) as u64).await?;
+            if data.is_empty() {
+                break;
+            }
+            buf.extend_from_slice(&data);
+        }
+        // Someone else shortened the file meanwhile: their commit will make ours fail.
+        buf.resize(old, 0);
+        Ok(buf)
+    }
+
+    async fn send(&mut self, slot: u64, data: Bytes) -> Result<(), ClientError> {
+        while self.in_flight.len() >= STRIPES_IN_FLIGHT {
+            self.reap_one().await?;
+        }
+        let client = self.client.clone();
+        let offset = slot * self.slot_bytes();
+        self.in_flight_slots.insert(slot);
+        self.in_flight
+            .spawn(async move { (slot, client.write_stripe(offset, data).await) });
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<(), ClientError> {
+        match self.in_flight.join_next().await {
+            None => Ok(()),
+            Some(Ok((slot, Ok(stripe)))) => {
+                self.in_flight_slots.remove(&slot);
+                self.written.insert(slot, stripe);
+                Ok(())
+            }
+            Some(Ok((_, Err(e)))) => Err(self.fail(e)),
+            Some(Err(e)) => Err(self.fail(ClientError::BadReply(format!("stripe write task: {e}")))),
+        }
+    }
+
+    async fn drain(&mut self) -> Result<(), ClientError> {
+        while !self.in_flight.is_empty() {
+            self.reap_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Truncates or extends the file to `size` (extended bytes read as zeros).
+    pub async fn set_len(&mut self, size: u64) -> Result<(), ClientError> {
+        self.check_failed()?;
+        if size > FILE_BYTES_MAX {
+            return Err(refused(Errno::Efbig, format!("size {size} beyond {FILE_BYTES_MAX}")));
+        }
+        if size < self.size {
+            // Stripes being stored are trimmed by their records: wait for them.
+            self.drain().await?;
+            let s = self.slot_bytes();
+            self.dirty.retain(|slot, _| slot * s < size);
+            if let Some((slot, buf)) = self.dirty.iter_mut().next_back() {
+                buf.truncate(buf.len().min((size - slot * s) as usize));
+            }
+            self.written.retain(|slot, _| slot * s < size);
+            for (slot, stripe) in self.written.iter_mut() {
+                stripe.length = stripe.length.min(size - slot * s);
+            }
+            self.valid_old = self.valid_old.min(size);
+            self.base = truncate_layout(&self.base, size);
+        }
+        self.size = size;
+        Ok(())
+    }
+
+    /// Publishes everything written so far (one layout commit through Raft); returns the
+    /// file's attributes once every reader sees the new content. This is `fsync`.
+    pub async fn commit(&mut self) -> Result<Attr, ClientError> {
+        self.check_failed()?;
+        if !self.is_dirty() {
+            return Ok(self.attr.clone());
+        }
+        self.renew_if_due().await?;
+        let layout = match self.build_layout().await {
+            Ok(l) => l,
+            Err(e) => return Err(self.fail(e)),
+        };
+        let commit = Op::CommitLayout(CommitLayout {
+            session: self.session,
+            inode: self.inode,
+            expected_version: self.attr.layout_version,
+            layout: Some(layout),
+            size: self.size,
+        });
+        match self.client.meta(commit).await {
+            Ok(meta_reply::Result::Layout(l)) => {
+                let attr = l.attr.unwrap_or_default();
+                self.rebase(attr.clone(), l.layout.unwrap_or_default());
+                Ok(attr)
+            }
+            Ok(other) => Err(self.fail(bad_reply(other))),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Stores every pending slot and returns the layout of the whole file. A file small
+    /// enough keeps its bytes inline in the metadata (no shard I/O at all).
+    async fn build_layout(&mut self) -> Result<Layout, ClientError> {
+        let s = self.slot_bytes();
+        if self.size <= INLINE_BYTES_MAX as u64 && self.written.is_empty() && self.in_flight.is_empty() {
+            let mut bytes = match self.dirty.remove(&0) {
+                Some(b) => b,
+                None => self.load_slot(0, 0, 0).await?,
+            };
+            bytes.resize(self.size as usize, 0);
+            return Ok(Layout {
+                inline_data: bytes.to_vec(),
+                ..Layout::default()
+            });
+        }
+        if !self.base_aligned {
+            // Slots not written here hold their bytes only in the old layout: move them.
+            for slot in 0..self.valid_old.div_ceil(s) {
+                if self.dirty.contains_key(&slot)
+                    || self.written.contains_key(&slot)
+                    || self.in_flight_slots.contains(&slot)
+                {
+                    continue;
+                }
+                let buf = self.load_slot(slot, 0, 0).await?;
+                self.send(slot, buf.freeze()).await?;
+            }
+        }
+        for (slot, buf) in std::mem::take(&mut self.dirty) {
+            self.send(slot, buf.freeze()).await?;
+        }
+        self.drain().await?;
+        let mut stripes: BTreeMap<u64, Stripe> = BTreeMap::new();
+        if self.base_aligned {
+            stripes.extend(self.base.stripes.iter().map(|st| (st.offset / s, st.clone())));
+        }
+        stripes.extend(self.written.iter().map(|(slot, st)| (*slot, st.clone())));
+        let erasure = &self.client.erasure;
+        Ok(Layout {
+            version: 0,
+            data_shards: erasure.data_shards.into(),
+            parity_shards: erasure.parity_shards.into(),
+            shard_unit_bytes: erasure.shard_unit_bytes,
+            stripes: stripes.into_values().collect(),
+            inline_data: Vec::new(),
+        })
+    }
+
+    /// Ends the write session (uncommitted changes are dropped: call `commit` first).
+    pub async fn close(mut self) {
+        self.in_flight.abort_all();
+        let close = Op::CloseSession(CloseSession { session: self.session });
+        if let Err(e) = self.client.meta(close).await {
+            // The lease expires on its own.
+            warn!(session = self.session, "closing write session: {e}");
+        }
+    }
+}

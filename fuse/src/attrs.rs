@@ -1,0 +1,64 @@
+//! Conversions between Cairn's namespace records and what the kernel expects.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_client::ClientError;
+use cairn_common::proto::metadata::{Attr, FileKind};
+use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
+
+/// Preferred I/O size reported to programs (`st_blksize`): one FUSE request.
+pub const BLOCK_BYTES: u32 = 1 << 20;
+
+/// The errno a failed request gives the caller: the namespace's own (they are POSIX
+/// numbers), EIO for anything else (no logic node answered, a stripe could not be read).
+pub fn errno(e: &ClientError) -> Errno {
+    match e.errno() {
+        Some(n) if (1..1000).contains(&(n as i32)) => Errno::from_i32(n as i32),
+        _ => Errno::EIO,
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH
+    }
+}
+
+pub fn ns(t: TimeOrNow) -> i64 {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+pub fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.inode),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: kind(a.kind()),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        flags: 0,
+        blksize: BLOCK_BYTES,
+    }
+}

@@ -1,0 +1,681 @@
+//! The FUSE mount: the kernel's file calls turned into namespace requests, streaming
+//! writes and read-ahead reads through the Rust client (and so through the logic nodes).
+//!
+//! Writes stream: each inode written through this mount has one [`FileWriter`], shared by
+//! the handles that write it, which sends full stripes as they fill (memory per writer is
+//! bounded, whatever the file's size). `flush` (every `close`), `fsync` and the last
+//! `release` commit it: they return only once the new content is durable and visible to
+//! every later `open` (close-to-open consistency). A read through this mount first
+//! publishes this mount's pending writes to the inode (read-your-writes).
+//!
+//! Caching: attributes and entries for one second; the kernel keeps a file's page cache
+//! across opens only while its layout version is unchanged.
+//!
+//! Unlink (or rename over) an inode this mount still has open holds a write session on
+//! it until its last handle closes, so it stays readable, as POSIX wants.
+
+mod attrs;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use cairn_client::{CairnClient, FileReader, FileWriter};
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, Attr, Create, GetAttr, Link, ReadDir, ReadLink, Rename, Rmdir, SetAttr, StatFs,
+    Symlink, Unlink,
+};
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use tracing::warn;
+
+use crate::attrs::{errno, file_attr, kind, ns, BLOCK_BYTES};
+
+const TTL: Duration = Duration::from_secs(1);
+/// The largest read and write request asked of the kernel.
+const REQUEST_BYTES_MAX: u32 = 1 << 20;
+/// Layout versions remembered for page caching; past this the memory is cleared.
+const OPENED_VERSIONS_MAX: usize = 100_000;
+const O_EXCL: i32 = 0o200;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    inode: u64,
+    reader: Mutex<FileReader>,
+    /// The count of this mount's commits to the inode that the reader has seen.
+    seen_commits: AtomicU64,
+    /// Whether this handle holds a use of the inode's shared writer.
+    writes: AtomicBool,
+}
+
+#[derive(Debug)]
+struct SharedWriter {
+    writer: Arc<Mutex<FileWriter>>,
+    /// The file's size with the writer's changes, for attribute replies.
+    size: Arc<AtomicU64>,
+    /// Open handles that wrote through it; it closes after the last.
+    users: usize,
+}
+
+type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
+
+#[derive(Debug, Default)]
+struct State {
+    files: HashMap<u64, Arc<OpenFile>>,
+    open_per_inode: HashMap<u64, usize>,
+    writers: HashMap<u64, SharedWriter>,
+    /// Write sessions held only to keep an unlinked, still open inode alive.
+    pins: HashMap<u64, FileWriter>,
+    /// This mount's commits per open inode (readers drop their read-ahead on a change).
+    commits: HashMap<u64, u64>,
+    opened_versions: HashMap<u64, u64>,
+    dirs: HashMap<u64, Listing>,
+}
+
+#[derive(Debug)]
+pub struct CairnFs {
+    client: Arc<CairnClient>,
+    runtime: tokio::runtime::Runtime,
+    state: Mutex<State>,
+    next_fh: AtomicU64,
+}
+
+fn name_bytes(name: &OsStr) -> Vec<u8> {
+    name.as_bytes().to_vec()
+}
+
+impl CairnFs {
+    pub fn new(client: Arc<CairnClient>) -> std::io::Result<CairnFs> {
+        Ok(CairnFs {
+            client,
+            runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+            state: Mutex::new(State::default()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn meta(&self, op: Op) -> Result<meta_reply::Result, Errno> {
+        self.runtime.block_on(self.client.meta(op)).map_err(|e| errno(&e))
+    }
+
+    /// Attributes as this mount sees them: a file being written has the writer's size.
+    fn patched(&self, mut a: Attr) -> Attr {
+        if let Some(w) = self.state().writers.get(&a.inode) {
+            a.size = w.size.load(Ordering::Acquire);
+        }
+        a
+    }
+
+    fn attr_of(&self, op: Op) -> Result<Attr, Errno> {
+        match self.meta(op)? {
+            meta_reply::Result::Attr(a) => Ok(self.patched(a)),
+            _ => Err(Errno::EIO),
+        }
+    }
+
+    fn getattr_fresh(&self, inode: u64) -> Result<Attr, Errno> {
+        self.attr_of(Op::Getattr(GetAttr { inode }))
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
+        self.state().files.get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn new_handle(&self, inode: u64) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut st = self.state();
+        let commits = st.commits.get(&inode).copied().unwrap_or(0);
+        st.files.insert(
+            fh,
+            Arc::new(OpenFile {
+                inode,
+                reader: Mutex::new(self.client.open_reader(inode)),
+                seen_commits: AtomicU64::new(commits),
+                writes: AtomicBool::new(false),
+            }),
+        );
+        *st.open_per_inode.entry(inode).or_default() += 1;
+        FileHandle(fh)
+    }
+
+    /// Whether the kernel may keep the inode's cached pages: its layout is the one it had
+    /// at its last open, and nothing of this mount is writing it.
+    fn keep_cache(&self, attr: &Attr) -> FopenFlags {
+        let mut st = self.state();
+        if st.opened_versions.len() >= OPENED_VERSIONS_MAX {
+            st.opened_versions.clear();
+        }
+        let before = st.opened_versions.insert(attr.inode, attr.layout_version);
+        if before == Some(attr.layout_version) && !st.writers.contains_key(&attr.inode) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
+    /// The inode's shared writer, opened on first use; the handle becomes one of its users.
+    fn writer(&self, file: &OpenFile) -> Result<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>), Errno> {
+        if let Some(w) = self.join_writer(file) {
+            return Ok(w);
+        }
+        let opened = self
+            .runtime
+            .block_on(self.client.open_writer(file.inode))
+            .map_err(|e| errno(&e))?;
+        let mut st = self.state();
+        if st.writers.contains_key(&file.inode) {
+            // Another thread opened one meanwhile: use that one.
+            drop(st);
+            self.runtime.spawn(opened.close());
+            return self.join_writer(file).ok_or(Errno::EIO);
+        }
+        let shared = SharedWriter {
+            size: Arc::new(AtomicU64::new(opened.size())),
+            writer: Arc::new(Mutex::new(opened)),
+            users: 1,
+        };
+        file.writes.store(true, Ordering::Release);
+        let out = (shared.writer.clone(), shared.size.clone());
+        st.writers.insert(file.inode, shared);
+        Ok(out)
+    }
+
+    fn join_writer(&self, file: &OpenFile) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
+        let mut st = self.state();
+        let w = st.writers.get_mut(&file.inode)?;
+        if !file.writes.swap(true, Ordering::AcqRel) {
+            w.users += 1;
+        }
+        Some((w.writer.clone(), w.size.clone()))
+    }
+
+    fn existing_writer(&self, inode: u64) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
+        let st = self.state();
+        st.writers.get(&inode).map(|w| (w.writer.clone(), w.size.clone()))
+    }
+
+    fn changed(&self, inode: u64) {
+        if let Some(n) = self.state().commits.get_mut(&inode) {
+            *n += 1;
+        }
+    }
+
+    /// Publishes what this mount wrote to `inode` and has not committed yet.
+    fn commit(&self, inode: u64) -> Result<(), Errno> {
+        let Some((writer, size)) = self.existing_writer(inode) else {
+            return Ok(());
+        };
+        let mut w = lock(&writer);
+        if !w.is_dirty() {
+            return Ok(());
+        }
+        let result = self.runtime.block_on(w.commit());
+        size.store(w.size(), Ordering::Release);
+        drop(w);
+        self.changed(inode);
+        result.map(|_| ()).map_err(|e| errno(&e))
+    }
+
+    /// Before `name` in `parent` goes away: if this mount has it open, hold a session on
+    /// it so that it stays readable until the last handle closes.
+    fn pin_if_open(&self, parent: u64, name: &[u8]) {
+        if self.state().open_per_inode.is_empty() {
+            return;
+        }
+        let Ok(attr) = self.runtime.block_on(self.client.lookup(parent, name)) else {
+            return;
+        };
+        {
+            let st = self.state();
+            if !st.open_per_inode.contains_key(&attr.inode) || st.pins.contains_key(&attr.inode) {
+                return;
+            }
+        }
+        match self.runtime.block_on(self.client.open_writer(attr.inode)) {
+            Ok(pin) => {
+                if let Some(extra) = self.state().pins.insert(attr.inode, pin) {
+                    self.runtime.spawn(extra.close());
+                }
+            }
+            Err(e) => warn!(inode = attr.inode, "holding an open file being unlinked: {e}"),
+        }
+    }
+
+    /// A handle is gone: commit and drop its use of the writer, and when the inode has
+    /// no handle left, its pin and bookkeeping.
+    fn release_handle(&self, fh: FileHandle) -> Result<(), Errno> {
+        let Some(file) = self.state().files.remove(&fh.0) else {
+            return Err(Errno::EBADF);
+        };
+        let mut result = Ok(());
+        if file.writes.load(Ordering::Acquire) {
+            result = self.commit(file.inode);
+            let closing = {
+                let mut st = self.state();
+                match st.writers.get_mut(&file.inode) {
+                    Some(w) if w.users <= 1 => st.writers.remove(&file.inode),
+                    Some(w) => {
+                        w.users -= 1;
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(w) = closing {
+                if let Ok(m) = Arc::try_unwrap(w.writer) {
+                    self.runtime
+                        .block_on(m.into_inner().unwrap_or_else(|p| p.into_inner()).close());
+                }
+            }
+        }
+        let pin = {
+            let mut st = self.state();
+            let left = st.open_per_inode.get_mut(&file.inode).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) {
+                st.open_per_inode.remove(&file.inode);
+                st.commits.remove(&file.inode);
+                st.pins.remove(&file.inode)
+            } else {
+                None
+            }
+        };
+        if let Some(pin) = pin {
+            self.runtime.block_on(pin.close());
+        }
+        result
+    }
+
+    fn list(&self, dir: u64) -> Result<Listing, Errno> {
+        let parent = self.getattr_fresh(dir)?.parent;
+        // Offsets: entry i has offset i + 1 (the kernel asks from the last one it got).
+        let mut entries = vec![
+            (dir, FileType::Directory, b".".to_vec()),
+            (parent.max(1), FileType::Directory, b"..".to_vec()),
+        ];
+        let mut after = Vec::new();
+        loop {
+            let page = match self.meta(Op::Readdir(ReadDir { dir, after, limit: 0 }))? {
+                meta_reply::Result::Entries(page) => page,
+                _ => return Err(Errno::EIO),
+            };
+            for e in &page.entries {
+                entries.push((e.inode, kind(e.kind()), e.name.clone()));
+            }
+            match page.entries.last() {
+                Some(last) if !page.done => after = last.name.clone(),
+                _ => return Ok(Arc::new(entries)),
+            }
+        }
+    }
+}
+
+fn done(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
+    match r {
+        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each setter answers the nearest value the kernel accepts when it refuses ours.
+        if let Err(nearest) = config.set_max_write(REQUEST_BYTES_MAX) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(REQUEST_BYTES_MAX) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = self.runtime.block_on(self.client.lookup(parent.0, name.as_bytes()));
+        entry(reply, r.map(|a| self.patched(a)).map_err(|e| errno(&e)));
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_fresh(ino.0) {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut size_through_metadata = size;
+        if let (Some(len), Some((writer, shared_size))) = (size, self.existing_writer(ino.0)) {
+            // This mount is writing the file: the truncate goes through its writer.
+            let mut w = lock(&writer);
+            let r = self.runtime.block_on(async {
+                w.set_len(len).await?;
+                w.commit().await
+            });
+            shared_size.store(w.size(), Ordering::Release);
+            drop(w);
+            if let Err(e) = r {
+                return reply.error(errno(&e));
+            }
+            size_through_metadata = None;
+        }
+        if size.is_some() {
+            self.changed(ino.0);
+        }
+        let set = SetAttr {
+            inode: ino.0,
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size: size_through_metadata,
+            atime_ns: atime.map(ns),
+            mtime_ns: mtime.map(ns),
+        };
+        let r = if set
+            == (SetAttr {
+                inode: ino.0,
+                ..SetAttr::default()
+            }) {
+            self.getattr_fresh(ino.0)
+        } else {
+            self.attr_of(Op::Setattr(set))
+        };
+        match r {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.meta(Op::Readlink(ReadLink { inode: ino.0 })) {
+            Ok(meta_reply::Result::LinkTarget(t)) => reply.data(&t),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let op = Op::Mkdir(cairn_common::proto::metadata::Mkdir {
+            parent: parent.0,
+            name: name_bytes(name),
+            mode: mode & !umask & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        entry(reply, self.attr_of(op));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.pin_if_open(parent.0, name.as_bytes());
+        let op = Op::Unlink(Unlink {
+            parent: parent.0,
+            name: name_bytes(name),
+        });
+        done(reply, self.meta(op).map(|_| ()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let op = Op::Rmdir(Rmdir {
+            parent: parent.0,
+            name: name_bytes(name),
+        });
+        done(reply, self.meta(op).map(|_| ()));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let op = Op::Symlink(Symlink {
+            parent: parent.0,
+            name: name_bytes(link_name),
+            target: target.as_os_str().as_bytes().to_vec(),
+            uid: req.uid(),
+            gid: req.gid(),
+        });
+        entry(reply, self.attr_of(op));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !flags.is_empty() {
+            // RENAME_NOREPLACE and RENAME_EXCHANGE are not offered.
+            return reply.error(Errno::EINVAL);
+        }
+        self.pin_if_open(newparent.0, newname.as_bytes());
+        let op = Op::Rename(Rename {
+            parent: parent.0,
+            name: name_bytes(name),
+            new_parent: newparent.0,
+            new_name: name_bytes(newname),
+        });
+        done(reply, self.meta(op).map(|_| ()));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let op = Op::Link(Link {
+            inode: ino.0,
+            new_parent: newparent.0,
+            new_name: name_bytes(newname),
+        });
+        entry(reply, self.attr_of(op));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.getattr_fresh(ino.0) {
+            Ok(a) => {
+                let flags = self.keep_cache(&a);
+                reply.opened(self.new_handle(ino.0), flags);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let op = Op::Create(Create {
+            parent: parent.0,
+            name: name_bytes(name),
+            mode: mode & !umask & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            exclusive: flags & O_EXCL != 0,
+        });
+        match self.attr_of(op) {
+            Ok(a) => {
+                let keep = self.keep_cache(&a);
+                let fh = self.new_handle(a.inode);
+                reply.created(&TTL, &file_attr(&a), Generation(0), fh, keep);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if let Err(e) = self.commit(file.inode) {
+            return reply.error(e);
+        }
+        let commits = self.state().commits.get(&file.inode).copied().unwrap_or(0);
+        let mut reader = lock(&file.reader);
+        if file.seen_commits.swap(commits, Ordering::AcqRel) != commits {
+            reader.invalidate();
+        }
+        match self.runtime.block_on(reader.read(offset, u64::from(size))) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let (writer, size) = match self.file(fh).and_then(|f| self.writer(&f)) {
+            Ok(w) => w,
+            Err(e) => return reply.error(e),
+        };
+        let mut w = lock(&writer);
+        let r = self.runtime.block_on(w.write(offset, data));
+        size.store(w.size(), Ordering::Release);
+        match r {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let r = self.file(fh).and_then(|f| {
+            if f.writes.load(Ordering::Acquire) {
+                self.commit(f.inode)
+            } else {
+                Ok(())
+            }
+        });
+        done(reply, r);
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        done(reply, self.commit(ino.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        done(reply, self.release_handle(fh));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.list(ino.0) {
+            Ok(listing) => {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.state().dirs.insert(fh, listing);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(listing) = self.state().dirs.get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (inode, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*inode), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.state().dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let names = match self.meta(Op::Statfs(StatFs {})) {
+            Ok(meta_reply::Result::Statfs(s)) => s,
+            Ok(_) => return reply.error(Errno::EIO),
+            Err(e) => return reply.error(e),
+        };
+        let space = match self.runtime.block_on(self.client.capacity()) {
+            Ok(c) => c,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let block = u64::from(BLOCK_BYTES);
+        let (total, free) = (space.capacity_bytes / block, space.free_bytes / block);
+        let files = names.files + names.directories;
+        reply.statfs(
+            total,
+            free,
+            free,
+            files.saturating_add(free),
+            free,
+            BLOCK_BYTES,
+            255,
+            BLOCK_BYTES,
+        );
+    }
+}

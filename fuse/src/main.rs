@@ -1,0 +1,70 @@
+//! `cairn-fuse`: mount a Cairn cluster at a path.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cairn_client::CairnClient;
+use cairn_common::config::Config;
+use cairn_fuse::CairnFs;
+use clap::Parser;
+use fuser::MountOption;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn-fuse", about = "Mount a Cairn cluster (FUSE)")]
+struct Cli {
+    /// The cluster's config (logic nodes and erasure code).
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    mountpoint: PathBuf,
+    /// Threads serving kernel requests.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) if !c.logic_nodes.is_empty() => c,
+        Ok(_) => {
+            eprintln!("cairn-fuse: the config lists no logic_nodes");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("cairn-fuse: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = CairnClient::new(
+        config.logic_nodes.iter().map(|l| l.addr).collect(),
+        config.erasure.clone(),
+        Duration::from_secs(60),
+    );
+    let fs = match CairnFs::new(client) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("cairn-fuse: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![MountOption::FSName("cairn".into()), MountOption::DefaultPermissions];
+    // Requests are served by several threads, each with its own /dev/fuse descriptor.
+    options.n_threads = Some(cli.threads.max(1));
+    options.clone_fd = true;
+    match fuser::mount(fs, &cli.mountpoint, &options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairn-fuse: mounting at {}: {e}", cli.mountpoint.display());
+            ExitCode::FAILURE
+        }
+    }
+}
