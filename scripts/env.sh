@@ -25,3 +25,15 @@ ensure_debian_packages build-essential clang libclang-dev pkg-config protobuf-co
 # The FUSE mount: /dev/fuse and fusermount3 (cairn-fuse mounts directly when root).
 ensure_debian_packages fuse3
 command -v cargo >/dev/null || { log "cargo not found: install a Rust toolchain (rustup) first"; exit 1; }
+
+# Python for the end-to-end tests that run real PyTorch (torch.save/torch.load through the
+# mount): one virtual environment shared by every clone, torch installed into it once.
+export CAIRN_VENV="${CAIRN_VENV:-$HOME/.cache/cairn/venv}"
+ensure_python_venv() {
+  ensure_debian_packages python3-venv python3-pip
+  [ -x "$CAIRN_VENV/bin/python" ] || python3 -m venv "$CAIRN_VENV"
+  if ! "$CAIRN_VENV/bin/python" -c 'import torch, numpy' >/dev/null 2>&1; then
+    log "installing torch and numpy into $CAIRN_VENV (several GB, once)"
+    "$CAIRN_VENV/bin/pip" install -q --no-cache-dir torch numpy
+  fi
+}

@@ -11,8 +11,9 @@
 //! Caching: attributes and entries for one second; the kernel keeps a file's page cache
 //! across opens only while its layout version is unchanged.
 //!
-//! Unlink (or rename over) an inode this mount still has open holds a write session on
-//! it until its last handle closes, so it stays readable, as POSIX wants.
+//! A writer lives until its inode's last handle here closes. Unlink (or rename over) an
+//! inode this mount still has open opens its writer if needed: the writer's write session
+//! keeps the inode alive, so it stays readable and writable, as POSIX wants.
 
 mod attrs;
 
@@ -55,17 +56,16 @@ struct OpenFile {
     reader: Mutex<FileReader>,
     /// The count of this mount's commits to the inode that the reader has seen.
     seen_commits: AtomicU64,
-    /// Whether this handle holds a use of the inode's shared writer.
+    /// Whether this handle wrote (its `flush` commits).
     writes: AtomicBool,
 }
 
+/// The writer of an inode, shared by its handles; it closes with the inode's last handle.
 #[derive(Debug)]
 struct SharedWriter {
     writer: Arc<Mutex<FileWriter>>,
     /// The file's size with the writer's changes, for attribute replies.
     size: Arc<AtomicU64>,
-    /// Open handles that wrote through it; it closes after the last.
-    users: usize,
 }
 
 type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
@@ -74,9 +74,8 @@ type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
 struct State {
     files: HashMap<u64, Arc<OpenFile>>,
     open_per_inode: HashMap<u64, usize>,
+    /// Writers of open inodes; a writer's session also keeps an unlinked inode alive.
     writers: HashMap<u64, SharedWriter>,
-    /// Write sessions held only to keep an unlinked, still open inode alive.
-    pins: HashMap<u64, FileWriter>,
     /// This mount's commits per open inode (readers drop their read-ahead on a change).
     commits: HashMap<u64, u64>,
     opened_versions: HashMap<u64, u64>,
@@ -168,40 +167,28 @@ impl CairnFs {
         }
     }
 
-    /// The inode's shared writer, opened on first use; the handle becomes one of its users.
-    fn writer(&self, file: &OpenFile) -> Result<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>), Errno> {
-        if let Some(w) = self.join_writer(file) {
+    /// The inode's shared writer, opened on first use.
+    fn writer(&self, inode: u64) -> Result<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>), Errno> {
+        if let Some(w) = self.existing_writer(inode) {
             return Ok(w);
         }
         let opened = self
             .runtime
-            .block_on(self.client.open_writer(file.inode))
+            .block_on(self.client.open_writer(inode))
             .map_err(|e| errno(&e))?;
         let mut st = self.state();
-        if st.writers.contains_key(&file.inode) {
+        if let Some(w) = st.writers.get(&inode) {
             // Another thread opened one meanwhile: use that one.
-            drop(st);
             self.runtime.spawn(opened.close());
-            return self.join_writer(file).ok_or(Errno::EIO);
+            return Ok((w.writer.clone(), w.size.clone()));
         }
         let shared = SharedWriter {
             size: Arc::new(AtomicU64::new(opened.size())),
             writer: Arc::new(Mutex::new(opened)),
-            users: 1,
         };
-        file.writes.store(true, Ordering::Release);
         let out = (shared.writer.clone(), shared.size.clone());
-        st.writers.insert(file.inode, shared);
+        st.writers.insert(inode, shared);
         Ok(out)
-    }
-
-    fn join_writer(&self, file: &OpenFile) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
-        let mut st = self.state();
-        let w = st.writers.get_mut(&file.inode)?;
-        if !file.writes.swap(true, Ordering::AcqRel) {
-            w.users += 1;
-        }
-        Some((w.writer.clone(), w.size.clone()))
     }
 
     fn existing_writer(&self, inode: u64) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
@@ -231,8 +218,9 @@ impl CairnFs {
         result.map(|_| ()).map_err(|e| errno(&e))
     }
 
-    /// Before `name` in `parent` goes away: if this mount has it open, hold a session on
-    /// it so that it stays readable until the last handle closes.
+    /// Before `name` in `parent` goes away: if this mount has it open, make sure its
+    /// writer (and so a write session) exists, so that it stays readable and writable
+    /// until its last handle closes.
     fn pin_if_open(&self, parent: u64, name: &[u8]) {
         if self.state().open_per_inode.is_empty() {
             return;
@@ -240,50 +228,26 @@ impl CairnFs {
         let Ok(attr) = self.runtime.block_on(self.client.lookup(parent, name)) else {
             return;
         };
-        {
-            let st = self.state();
-            if !st.open_per_inode.contains_key(&attr.inode) || st.pins.contains_key(&attr.inode) {
-                return;
-            }
+        if !self.state().open_per_inode.contains_key(&attr.inode) {
+            return;
         }
-        match self.runtime.block_on(self.client.open_writer(attr.inode)) {
-            Ok(pin) => {
-                if let Some(extra) = self.state().pins.insert(attr.inode, pin) {
-                    self.runtime.spawn(extra.close());
-                }
-            }
-            Err(e) => warn!(inode = attr.inode, "holding an open file being unlinked: {e}"),
+        if let Err(e) = self.writer(attr.inode) {
+            warn!(inode = attr.inode, "holding an open file being unlinked: {e:?}");
         }
     }
 
-    /// A handle is gone: commit and drop its use of the writer, and when the inode has
-    /// no handle left, its pin and bookkeeping.
+    /// A handle is gone: commit what it wrote; with the inode's last handle, close its
+    /// writer and forget it.
     fn release_handle(&self, fh: FileHandle) -> Result<(), Errno> {
         let Some(file) = self.state().files.remove(&fh.0) else {
             return Err(Errno::EBADF);
         };
-        let mut result = Ok(());
-        if file.writes.load(Ordering::Acquire) {
-            result = self.commit(file.inode);
-            let closing = {
-                let mut st = self.state();
-                match st.writers.get_mut(&file.inode) {
-                    Some(w) if w.users <= 1 => st.writers.remove(&file.inode),
-                    Some(w) => {
-                        w.users -= 1;
-                        None
-                    }
-                    None => None,
-                }
-            };
-            if let Some(w) = closing {
-                if let Ok(m) = Arc::try_unwrap(w.writer) {
-                    self.runtime
-                        .block_on(m.into_inner().unwrap_or_else(|p| p.into_inner()).close());
-                }
-            }
-        }
-        let pin = {
+        let result = if file.writes.load(Ordering::Acquire) {
+            self.commit(file.inode)
+        } else {
+            Ok(())
+        };
+        let closing = {
             let mut st = self.state();
             let left = st.open_per_inode.get_mut(&file.inode).map(|n| {
                 *n = n.saturating_sub(1);
@@ -292,13 +256,17 @@ impl CairnFs {
             if left == Some(0) {
                 st.open_per_inode.remove(&file.inode);
                 st.commits.remove(&file.inode);
-                st.pins.remove(&file.inode)
+                st.writers.remove(&file.inode)
             } else {
                 None
             }
         };
-        if let Some(pin) = pin {
-            self.runtime.block_on(pin.close());
+        if let Some(w) = closing {
+            // No handle is left, so no request holds the writer any more.
+            if let Ok(m) = Arc::try_unwrap(w.writer) {
+                self.runtime
+                    .block_on(m.into_inner().unwrap_or_else(|p| p.into_inner()).close());
+            }
         }
         result
     }
@@ -512,6 +480,9 @@ impl Filesystem for CairnFs {
                 let flags = self.keep_cache(&a);
                 reply.opened(self.new_handle(ino.0), flags);
             }
+            // The kernel's cached name led to an inode that is gone (renamed over, say):
+            // ESTALE makes it look the name up again.
+            Err(Errno::ENOENT) => reply.error(Errno::ESTALE),
             Err(e) => reply.error(e),
         }
     }
@@ -585,10 +556,15 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (writer, size) = match self.file(fh).and_then(|f| self.writer(&f)) {
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let (writer, size) = match self.writer(file.inode) {
             Ok(w) => w,
             Err(e) => return reply.error(e),
         };
+        file.writes.store(true, Ordering::Release);
         let mut w = lock(&writer);
         let r = self.runtime.block_on(w.write(offset, data));
         size.store(w.size(), Ordering::Release);

@@ -12,6 +12,7 @@ use cairn_dataserver::client::DataserverClient;
 
 pub mod cluster;
 pub mod metadata;
+pub mod mount;
 
 /// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that
 /// holds this test executable (`target/<profile>/deps/..`).

@@ -1,131 +1,334 @@
-//! A real FUSE mount of a real cluster: plain std::fs calls on the mount point. Files
-//! written and read back by checksum, directories, rename replacing a target, unlink,
-//! truncate, symlinks and hard links, close-to-open visibility.
+//! A real FUSE mount of a real cluster (3 voters, 8 dataservers in 4 halls, 2 logic
+//! nodes): plain file calls on the mount point, `tar`, `diff` and real PyTorch.
 
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use anyhow::{ensure, Context};
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
-use cairn_tests::Process;
+use cairn_tests::mount::Mount;
 
-/// The mount, unmounted (and its process killed) even when the test fails.
-struct Mount {
-    path: PathBuf,
-    process: Process,
+struct Mounted {
+    cluster: FileCluster,
+    _mount: Mount,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
 }
 
-impl Mount {
-    async fn start(cluster: &FileCluster, path: &Path) -> anyhow::Result<Mount> {
-        std::fs::create_dir_all(path)?;
-        let config = cluster.client_config()?;
-        let process = Process::start(
-            "cairn-fuse",
-            &[
-                "--config".as_ref(),
-                config.as_os_str(),
-                "--mountpoint".as_ref(),
-                path.as_os_str(),
-            ],
-            &cluster.dir.path().join("fuse.log"),
-        )?;
-        let mut mount = Mount {
-            path: path.to_owned(),
-            process,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Mounted once the mount point's device differs from its parent's.
-        while !is_mounted(path) {
-            if let Some(status) = mount.process.exited() {
-                anyhow::bail!(
-                    "cairn-fuse exited with {status}: {}",
-                    std::fs::read_to_string(cluster.dir.path().join("fuse.log")).unwrap_or_default()
-                );
-            }
-            anyhow::ensure!(Instant::now() < deadline, "not mounted after 30 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(mount)
-    }
+async fn mounted() -> anyhow::Result<Mounted> {
+    let cluster = FileCluster::start(2, small_stripes()).await?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("cairn");
+    let mount = Mount::start(&cluster.client_config()?, &dir, &cluster.dir.path().join("fuse.log")).await?;
+    Ok(Mounted {
+        cluster,
+        _mount: mount,
+        dir,
+        _tmp: tmp,
+    })
 }
 
-fn is_mounted(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*path.to_string_lossy()))
+fn crc(path: &Path) -> anyhow::Result<(usize, u32)> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((data.len(), crc32c::crc32c(&data)))
 }
 
-impl Drop for Mount {
-    fn drop(&mut self) {
-        self.process.kill9();
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
+/// Runs a command as user and group 65534 (nobody), returning whether it succeeded.
+fn as_nobody(script: &str) -> anyhow::Result<bool> {
+    Ok(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script])
+        .stderr(std::process::Stdio::null())
+        .status()?
+        .success())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn plain_files_through_a_fuse_mount() -> anyhow::Result<()> {
-    let cluster = FileCluster::start(2, small_stripes()).await?;
-    let mnt_dir = tempfile::tempdir()?;
-    let mnt = mnt_dir.path().join("cairn");
-    let _mount = Mount::start(&cluster, &mnt).await?;
-    let m = mnt.clone();
+async fn files_of_every_size_and_the_posix_programs_rely_on() -> anyhow::Result<()> {
+    let m = mounted().await?;
+    let root = m.dir.clone();
     // std::fs blocks: run the file calls off the async runtime.
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        std::fs::create_dir_all(m.join("data/deep"))?;
-        for (i, len) in [0usize, 1, 4095, 4096, 65_537, (1 << 20) - 1, (1 << 20) + 1, 5 << 20]
-            .into_iter()
-            .enumerate()
-        {
-            let p = m.join(format!("data/f{len}"));
+        std::fs::create_dir_all(root.join("data/deep"))?;
+        let sizes = [0usize, 1, 4095, 4096, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 100 << 20];
+        for (i, len) in sizes.into_iter().enumerate() {
+            let p = root.join(format!("data/f{len}"));
             let data = pattern(len, i as u8);
             std::fs::write(&p, &data)?;
-            let back = std::fs::read(&p)?;
-            assert_eq!(back.len(), len);
-            assert_eq!(crc32c::crc32c(&back), crc32c::crc32c(&data), "{len} bytes");
+            assert_eq!(crc(&p)?, (len, crc32c::crc32c(&data)), "{len} bytes");
             assert_eq!(std::fs::metadata(&p)?.len(), len as u64);
         }
-        let mut names: Vec<String> = std::fs::read_dir(m.join("data"))?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?;
-        names.sort();
-        assert_eq!(names.len(), 9, "{names:?}");
-        // Rename replaces the target atomically; the old name is gone.
-        std::fs::rename(m.join("data/f1"), m.join("data/f4095"))?;
-        assert_eq!(std::fs::read(m.join("data/f4095"))?.len(), 1);
-        assert!(!m.join("data/f1").exists());
-        // Truncate, append through an open file, hard link, symlink.
-        let f = std::fs::OpenOptions::new().write(true).open(m.join("data/f4096"))?;
+        assert_eq!(std::fs::read_dir(root.join("data"))?.count(), sizes.len() + 1);
+
+        // A partial overwrite in the middle of a multi-stripe file, through an open file.
+        let p = root.join(format!("data/f{}", (1 << 20) + 1));
+        let mut want = pattern((1 << 20) + 1, 6).to_vec();
+        {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&p)?;
+            f.seek(SeekFrom::Start(300_000))?;
+            f.write_all(&[b'x'; 1000])?;
+            f.seek(SeekFrom::Start(700_000))?;
+            f.write_all(&[b'y'; 300_000])?;
+        }
+        want[300_000..301_000].fill(b'x');
+        want[700_000..1_000_000].fill(b'y');
+        assert_eq!(crc(&p)?, (want.len(), crc32c::crc32c(&want)));
+
+        // A sparse file: what was never written reads as zeros.
+        let sparse = root.join("data/sparse");
+        {
+            let mut f = std::fs::File::create(&sparse)?;
+            f.seek(SeekFrom::Start(5 << 20))?;
+            f.write_all(b"end")?;
+        }
+        let back = std::fs::read(&sparse)?;
+        assert_eq!(back.len(), (5 << 20) + 3);
+        assert!(back[..5 << 20].iter().all(|b| *b == 0));
+        assert_eq!(&back[5 << 20..], b"end");
+
+        // Rename replaces its target; the old name is gone.
+        std::fs::rename(root.join("data/f1"), root.join("data/f4095"))?;
+        assert_eq!(std::fs::read(root.join("data/f4095"))?.len(), 1);
+        assert!(!root.join("data/f1").exists());
+
+        // Truncate, then append through an open file with fsync.
+        let f = std::fs::OpenOptions::new().write(true).open(root.join("data/f4096"))?;
         f.set_len(100)?;
         drop(f);
-        assert_eq!(std::fs::read(m.join("data/f4096"))?, pattern(4096, 3).slice(..100));
+        assert_eq!(std::fs::read(root.join("data/f4096"))?, pattern(4096, 3).slice(..100));
         {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().append(true).open(m.join("data/f4096"))?;
+            let mut f = std::fs::OpenOptions::new().append(true).open(root.join("data/f4096"))?;
             f.write_all(b"tail")?;
             f.sync_all()?;
         }
         let mut want = pattern(4096, 3).slice(..100).to_vec();
         want.extend_from_slice(b"tail");
-        assert_eq!(std::fs::read(m.join("data/f4096"))?, want);
-        std::fs::hard_link(m.join("data/f0"), m.join("data/deep/link"))?;
-        assert_eq!(std::fs::metadata(m.join("data/f0"))?.len(), 0);
-        std::os::unix::fs::symlink("../f65537", m.join("data/deep/sym"))?;
-        assert_eq!(std::fs::read_link(m.join("data/deep/sym"))?, PathBuf::from("../f65537"));
-        assert_eq!(std::fs::read(m.join("data/deep/sym"))?.len(), 65_537);
+        assert_eq!(std::fs::read(root.join("data/f4096"))?, want);
+
+        // Unlinked while open: still readable (and writable) through the open file.
+        let doomed = root.join("data/doomed");
+        std::fs::write(&doomed, pattern(300_000, 9))?;
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).open(&doomed)?;
+        std::fs::remove_file(&doomed)?;
+        assert!(!doomed.exists());
+        let mut back = Vec::new();
+        f.read_to_end(&mut back)?;
+        assert_eq!(back, pattern(300_000, 9));
+        f.write_all(b"more")?;
+        f.seek(SeekFrom::Start(300_000))?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail)?;
+        assert_eq!(tail, b"more");
+        drop(f);
+
+        // Hard links and symlinks.
+        std::fs::hard_link(root.join("data/f0"), root.join("data/deep/link"))?;
+        assert_eq!(std::fs::metadata(root.join("data/f0"))?.len(), 0);
+        std::os::unix::fs::symlink("../f4096", root.join("data/deep/sym"))?;
+        assert_eq!(
+            std::fs::read_link(root.join("data/deep/sym"))?,
+            PathBuf::from("../f4096")
+        );
+        assert_eq!(std::fs::read(root.join("data/deep/sym"))?, want);
+
+        // Permissions are checked against the caller.
+        let private = root.join("data/private");
+        std::fs::write(&private, b"secret")?;
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&root.join("data"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        let q = |p: &Path| p.to_string_lossy().into_owned();
+        assert!(!as_nobody(&format!("cat {} >/dev/null", q(&private)))?);
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644))?;
+        assert!(as_nobody(&format!("cat {} >/dev/null", q(&private)))?);
+        assert!(!as_nobody(&format!("echo x >> {}", q(&private)))?);
+        assert!(!as_nobody(&format!("touch {}/data/new", q(&root)))?);
+        assert_eq!(std::fs::read(&private)?, b"secret");
+
+        // statfs reports the dataservers' space.
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%b %a %S"])
+            .arg(&root)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v: Vec<u64> = text.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+        ensure!(v.len() == 3 && v[0] > 0 && v[1] > 0 && v[1] <= v[0], "statfs: {text}");
+
         // Unlink and rmdir; a non-empty directory is refused.
-        assert!(std::fs::remove_dir(m.join("data")).is_err());
-        std::fs::remove_file(m.join("data/deep/link"))?;
-        std::fs::remove_file(m.join("data/deep/sym"))?;
-        std::fs::remove_dir(m.join("data/deep"))?;
-        assert!(!m.join("data/deep").exists());
+        assert!(std::fs::remove_dir(root.join("data")).is_err());
+        std::fs::remove_file(root.join("data/deep/link"))?;
+        std::fs::remove_file(root.join("data/deep/sym"))?;
+        std::fs::remove_dir(root.join("data/deep"))?;
+        assert!(!root.join("data/deep").exists());
         Ok(())
     })
     .await??;
     // What went through the mount is what a client of the cluster sees.
-    let c = cluster.client();
+    let c = m.cluster.client();
     let data = c.lookup(1, b"data").await?;
-    let f = c.lookup(data.inode, format!("f{}", 5 << 20).as_bytes()).await?;
-    assert_eq!(c.read_file(f.inode).await?, pattern(5 << 20, 7));
+    let f = c.lookup(data.inode, format!("f{}", 100 << 20).as_bytes()).await?;
+    assert_eq!(c.read_file(f.inode).await?, pattern(100 << 20, 7));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_small_files_and_an_unpacked_source_tree() -> anyhow::Result<()> {
+    let m = mounted().await?;
+    let root = m.dir.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        const FILES: usize = 10_000;
+        std::fs::create_dir(root.join("many"))?;
+        let write = |t: usize| -> anyhow::Result<()> {
+            for i in (t..FILES).step_by(8) {
+                std::fs::write(root.join(format!("many/{i:05}")), pattern(100 + i % 3000, i as u8))?;
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8).map(|t| s.spawn(move || write(t))).collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked"))))
+        })?;
+        let mut names: Vec<String> = std::fs::read_dir(root.join("many"))?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        assert_eq!(names.len(), FILES);
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(name, &format!("{i:05}"));
+            let data = pattern(100 + i % 3000, i as u8);
+            assert_eq!(crc(&root.join("many").join(name))?, (data.len(), crc32c::crc32c(&data)));
+        }
+
+        // A source tree (this repository's) unpacked with tar, compared with diff -r.
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tarball = root.parent().context("mount has a parent")?.join("src.tar");
+        let dirs = ["common", "metadata", "dataserver"];
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&tarball)
+            .args(dirs)
+            .status()?
+            .success();
+        ensure!(ok, "tar -c failed");
+        std::fs::create_dir(root.join("src"))?;
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(root.join("src"))
+            .arg("-xf")
+            .arg(&tarball)
+            .status()?
+            .success();
+        ensure!(ok, "tar -x into the mount failed");
+        for d in dirs {
+            let out = Command::new("diff")
+                .arg("-r")
+                .arg(src.join(d))
+                .arg(root.join("src").join(d))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "diff -r {d}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_never_sees_a_half_renamed_file() -> anyhow::Result<()> {
+    let m = mounted().await?;
+    let root = m.dir.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        const LEN: usize = 600_000;
+        let target = root.join("current");
+        std::fs::write(&target, pattern(LEN, 0))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (target, stop) = (target.clone(), stop.clone());
+            std::thread::spawn(move || -> anyhow::Result<usize> {
+                let mut reads = 0;
+                while !stop.load(Ordering::Acquire) {
+                    let data = std::fs::read(&target)?;
+                    // Every version is pattern(LEN, seed), and its first byte is the seed.
+                    let seed = *data.first().context("empty read")?;
+                    ensure!(
+                        data == pattern(LEN, seed),
+                        "read {} bytes of a mixed or partial version",
+                        data.len()
+                    );
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        };
+        for seed in 1..=40u8 {
+            let tmp = root.join(format!("tmp{seed}"));
+            std::fs::write(&tmp, pattern(LEN, seed))?;
+            std::fs::rename(&tmp, &target)?;
+        }
+        stop.store(true, Ordering::Release);
+        let reads = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        ensure!(reads > 0, "the reader read nothing");
+        assert_eq!(std::fs::read(&target)?, pattern(LEN, 40));
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
+/// The Python of the cached virtual environment with torch (`scripts/test.sh` makes it).
+fn python() -> anyhow::Result<PathBuf> {
+    let venv = std::env::var_os("CAIRN_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn/venv")))
+        .context("neither CAIRN_VENV nor HOME is set")?;
+    let python = venv.join("bin/python");
+    ensure!(
+        python.exists(),
+        "{} not found: scripts/test.sh installs torch into that virtual environment",
+        python.display()
+    );
+    Ok(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torch_save_and_load_a_models_state_dict() -> anyhow::Result<()> {
+    let python = python()?;
+    let m = mounted().await?;
+    let script = r#"
+import sys, torch
+torch.manual_seed(0)
+model = torch.nn.Transformer(d_model=256, nhead=8, num_encoder_layers=3, num_decoder_layers=3,
+                             dim_feedforward=1024)
+state = model.state_dict()
+path = sys.argv[1] + "/ckpt/model.pt"
+import os; os.makedirs(os.path.dirname(path), exist_ok=True)
+torch.save(state, path)
+back = torch.load(path, weights_only=True)
+assert back.keys() == state.keys(), "keys differ"
+for k in state:
+    assert torch.equal(back[k], state[k]), k
+n = sum(t.numel() * t.element_size() for t in state.values())
+print(f"ok {len(state)} tensors {n} bytes {os.path.getsize(path)} on disk")
+"#;
+    let dir = m.dir.clone();
+    let out =
+        tokio::task::spawn_blocking(move || Command::new(&python).arg("-c").arg(script).arg(&dir).output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.starts_with("ok "),
+        "torch through the mount failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

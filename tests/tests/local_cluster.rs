@@ -1,11 +1,12 @@
 //! `cairnctl local up|down` and `cairnctl status`: a whole cluster of real processes on
-//! loopback, started idempotently, reported healthy, stopped.
+//! loopback, started idempotently, mounted, reported healthy, unmounted and stopped.
 
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use cairn_tests::bin_path;
+use cairn_tests::mount::is_mounted;
 
 fn cairnctl(args: &[&str]) -> Output {
     Command::new(bin_path("cairnctl"))
@@ -49,10 +50,21 @@ fn local_cluster_up_status_down() {
     assert_eq!(report["healthy"], true, "{report}");
     assert_eq!(report["nodes"].as_array().map(Vec::len), Some(4 + 8 + 2));
 
+    // It is mounted: a file written there reads back whole.
+    let mnt = dir.path().join("mnt");
+    assert!(is_mounted(&mnt));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 4093) as u8).collect();
+    std::fs::write(mnt.join("hello.bin"), &data).expect("write through the mount");
+    assert_eq!(std::fs::read(mnt.join("hello.bin")).expect("read back"), data);
+
     // Twice is fine: nothing new starts.
     let again = cairnctl(&["local", "up", "--dir", &d, "--base-port", &base]);
     assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stdout).contains("0 processes started"));
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        out.contains("0 processes started") && out.contains("mounted at"),
+        "{out}"
+    );
     // Another cluster on the same ports is refused with a clear error.
     let other = tempfile::tempdir().expect("temp dir");
     let clash = cairnctl(&[
@@ -68,7 +80,8 @@ fn local_cluster_up_status_down() {
 
     let down = cairnctl(&["local", "down", "--dir", &d]);
     assert!(down.status.success());
-    assert!(String::from_utf8_lossy(&down.stdout).contains("14 processes stopped"));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("15 processes stopped"));
+    assert!(!is_mounted(&mnt));
     let status = cairnctl(&["status", "--config", &config, "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert_eq!(report["healthy"], false);

@@ -2,8 +2,10 @@
 //! node a real process. Halls are simulated as groups of processes: by default four
 //! halls, each with one metadata voter and two dataservers, plus two logic nodes. The
 //! cluster lives in one directory: `cluster.toml` (every member, read by `status`), one
-//! config, data directory, log and pid file per process.
+//! config, data directory, log and pid file per process. `up` also mounts the cluster
+//! (`cairn-fuse`, by default at `<dir>/mnt`); `down` unmounts it first.
 
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +22,10 @@ use crate::connect_when_ready;
 /// How long `up` waits for the cluster to answer.
 const HEALTH_WAIT: Duration = Duration::from_secs(120);
 const STOP_WAIT: Duration = Duration::from_secs(10);
+const MOUNT_WAIT: Duration = Duration::from_secs(30);
+/// The mount's process name (`fuse.pid`, `fuse.log`) and the file naming its path.
+const FUSE: &str = "fuse";
+const MOUNT_FILE: &str = "mount.path";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -122,7 +128,9 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<()> {
+/// Starts the cluster in `dir` (processes already running are kept), waits until it is
+/// healthy and, with `mount`, mounts it there.
+pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (shared, nodes) = plan(dir, layout)?;
     let cluster_file = dir.join("cluster.toml");
@@ -153,25 +161,81 @@ pub async fn up(dir: &Path, layout: &Layout) -> anyhow::Result<()> {
         }
         let config = dir.join(format!("{}.toml", n.name));
         std::fs::write(&config, format!("{}\n{shared}", n.section))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{}.log", n.name)))?;
-        let child = Command::new(sibling_binary(n.binary)?)
-            .args(&n.args)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", n.name))?;
-        std::fs::write(dir.join(format!("{}.pid", n.name)), child.id().to_string())?;
+        let mut args: Vec<&OsStr> = n.args.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("--config"), config.as_os_str()]);
+        spawn(dir, &n.name, n.binary, &args)?;
         started += 1;
     }
     println!("{started} processes started, {} already running", nodes.len() - started);
     wait_healthy(&Config::load(&cluster_file)?).await?;
     println!("cluster healthy; configuration in {}", cluster_file.display());
+    if let Some(path) = mount {
+        mount_at(dir, &cluster_file, path).await?;
+    }
+    Ok(())
+}
+
+/// Starts `binary` with `args` in the background, its output appended to `<name>.log`
+/// and its pid in `<name>.pid`.
+fn spawn(dir: &Path, name: &str, binary: &str, args: &[&OsStr]) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))?;
+    let child = Command::new(sibling_binary(binary)?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string())?;
+    Ok(())
+}
+
+/// Whether `path` is a mount point now.
+fn is_mounted(path: &Path) -> bool {
+    let path = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*path))
+}
+
+/// Mounts the cluster at `path` with `cairn-fuse` (kept if this cluster's mount is there).
+async fn mount_at(dir: &Path, cluster_file: &Path, path: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let path = path.canonicalize()?;
+    if is_mounted(&path) {
+        if pid_of(dir, FUSE).is_some() {
+            println!("mounted at {}", path.display());
+            return Ok(());
+        }
+        bail!(
+            "{} is already a mount point of something else; choose another --mount",
+            path.display()
+        );
+    }
+    let args = [
+        OsStr::new("--config"),
+        cluster_file.as_os_str(),
+        OsStr::new("--mountpoint"),
+        path.as_os_str(),
+    ];
+    spawn(dir, FUSE, "cairn-fuse", &args)?;
+    std::fs::write(dir.join(MOUNT_FILE), path.as_os_str().as_encoded_bytes())?;
+    let deadline = Instant::now() + MOUNT_WAIT;
+    while !is_mounted(&path) {
+        if pid_of(dir, FUSE).is_none() || Instant::now() > deadline {
+            bail!(
+                "cairn-fuse did not mount {} (see {})",
+                path.display(),
+                dir.join(format!("{FUSE}.log")).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("mounted at {}", path.display());
     Ok(())
 }
 
@@ -197,6 +261,18 @@ async fn wait_healthy(c: &Config) -> anyhow::Result<()> {
 }
 
 pub fn down(dir: &Path) -> anyhow::Result<()> {
+    // The mount first: its process dying would leave a dead mount point behind.
+    if let Ok(path) = std::fs::read_to_string(dir.join(MOUNT_FILE)) {
+        let path = PathBuf::from(path);
+        if is_mounted(&path) {
+            let ok = Command::new("umount").arg(&path).status().is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("{} is busy: detached (lazy unmount)", path.display());
+                let _ = Command::new("umount").arg("-l").arg(&path).status();
+            }
+        }
+        std::fs::remove_file(dir.join(MOUNT_FILE))?;
+    }
     let mut pids = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();

@@ -90,6 +90,16 @@ enum Bench {
         #[arg(long)]
         addr: SocketAddr,
     },
+    /// Mount a local directory through a minimal pass-through FUSE file system (what FUSE
+    /// itself costs), until unmounted.
+    Passthrough {
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long)]
+        mountpoint: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
 }
 
 #[tokio::main]
@@ -122,6 +132,11 @@ async fn main() -> std::process::ExitCode {
         } => cairn_tools::meta_bench::load(&addrs, clients, count, creates_only).await,
         Bench::MetaReady { addrs, since_ns } => cairn_tools::meta_bench::ready(&addrs, since_ns, READY_WAIT).await,
         Bench::RocksdbSync { dir, count } => cairn_tools::meta_bench::rocksdb_sync(&dir, count),
+        Bench::Passthrough {
+            source,
+            mountpoint,
+            threads,
+        } => cairn_tools::passthrough::mount(&source, &mountpoint, threads),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -63,7 +63,8 @@ enum Top {
 
 #[derive(Subcommand)]
 enum LocalCommand {
-    /// Start the cluster (processes already running are kept) and wait until it is healthy.
+    /// Start the cluster (processes already running are kept), wait until it is healthy,
+    /// and mount it.
     Up {
         #[arg(long, default_value_os_t = default_local_dir())]
         dir: PathBuf,
@@ -76,8 +77,14 @@ enum LocalCommand {
         /// First of the consecutive loopback ports the nodes listen on.
         #[arg(long, default_value_t = 17200)]
         base_port: u16,
+        /// Where to mount the cluster (FUSE); default <dir>/mnt.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Do not mount the cluster.
+        #[arg(long, conflicts_with = "mount")]
+        no_mount: bool,
     },
-    /// Stop every process of the cluster (SIGTERM, then SIGKILL after 10 s).
+    /// Unmount, then stop every process of the cluster (SIGTERM, then SIGKILL after 10 s).
     Down {
         #[arg(long, default_value_os_t = default_local_dir())]
         dir: PathBuf,
@@ -156,6 +163,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dataservers_per_hall,
                     logic_nodes,
                     base_port,
+                    mount,
+                    no_mount,
                 },
         } => {
             let layout = cairn_tools::local::Layout {
@@ -164,7 +173,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 logic_nodes,
                 base_port,
             };
-            return cairn_tools::local::up(&dir, &layout).await;
+            let mount = (!no_mount).then(|| mount.unwrap_or_else(|| dir.join("mnt")));
+            return cairn_tools::local::up(&dir, &layout, mount.as_deref()).await;
         }
         Top::Local {
             command: LocalCommand::Down { dir },
