@@ -1,6 +1,7 @@
 //! Clients through logic node processes: files written and read back by checksum, a logic
 //! node killed with -9 in the middle of a large write (the client finishes on the other),
-//! and garbage sent to a logic node (typed errors, nothing committed, still serving).
+//! a dataserver killed with -9 while clients read (they go on, decoding), and garbage sent
+//! to a logic node (typed errors, nothing committed, still serving).
 
 use std::time::Duration;
 
@@ -66,6 +67,47 @@ async fn files_through_logic_nodes_survive_a_killed_logic_node() -> anyhow::Resu
         "content after the logic node died"
     );
     cluster.logic[0].start().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_go_on_while_a_dataserver_is_killed() -> anyhow::Result<()> {
+    let mut cluster = FileCluster::start(2, small_stripes()).await?;
+    let c = cluster.client();
+    let f = c.create(ROOT, b"big", 0o644).await?;
+    let data = pattern(24 << 20, 5);
+    c.write_file(f.inode, data.clone()).await?;
+    // Sequential readers (with read-ahead) go over the file again and again, checking
+    // every piece; a dataserver dies under them.
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, data) = (c.clone(), data.clone());
+            tokio::spawn(async move {
+                for _ in 0..4 {
+                    let mut r = c.open_reader(f.inode);
+                    let mut at = 0;
+                    while at < data.len() {
+                        let piece = r.read(at as u64, 1 << 20).await?;
+                        anyhow::ensure!(piece[..] == data[at..at + piece.len()], "bytes at {at} differ");
+                        anyhow::ensure!(!piece.is_empty(), "short read at {at}");
+                        at += piece.len();
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        readers.iter().all(|r| !r.is_finished()),
+        "the reads ended before the kill"
+    );
+    cluster.dataservers[0].kill9();
+    for r in readers {
+        r.await??;
+    }
+    // With the dataserver still dead, a whole read verifies.
+    assert_eq!(crc32c::crc32c(&c.read_file(f.inode).await?), crc32c::crc32c(&data));
     Ok(())
 }
 
