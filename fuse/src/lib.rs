@@ -262,10 +262,12 @@ impl CairnFs {
             }
         };
         if let Some(w) = closing {
-            // No handle is left, so no request holds the writer any more.
+            // No handle is left, so no request holds the writer any more. Its commit is
+            // done: ending the session need not delay `close` (a lost end just lets the
+            // lease run out).
             if let Ok(m) = Arc::try_unwrap(w.writer) {
                 self.runtime
-                    .block_on(m.into_inner().unwrap_or_else(|p| p.into_inner()).close());
+                    .spawn(m.into_inner().unwrap_or_else(|p| p.into_inner()).close());
             }
         }
         result
