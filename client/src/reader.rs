@@ -1,9 +1,11 @@
 //! Read-ahead for one open file. Reads are served from a window fetched in one request
-//! (the logic node reads its stripes in parallel); a reader that moves on to the next
-//! window finds it already fetched, as the one after it starts to be. Windows start at
-//! one stripe and double while the reader stays sequential, up to the largest reply, so
-//! a random reader does not pay for bytes it will not read.
+//! (the logic node reads its stripes in parallel); while a sequential reader consumes
+//! one window, the next `WINDOWS_AHEAD` are being fetched (over several connections, so
+//! from both logic nodes at once). Windows start at one stripe and double while the
+//! reader stays sequential, up to the largest reply, so a random reader does not pay for
+//! bytes it will not read.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -22,21 +24,22 @@ struct Window {
 
 type Fetch = JoinHandle<Result<(Bytes, u64), ClientError>>;
 
+/// Windows fetched ahead of a sequential reader.
+const WINDOWS_AHEAD: usize = 3;
+
 #[derive(Debug)]
 pub struct FileReader {
     client: Arc<CairnClient>,
     inode: u64,
     current: Option<Window>,
-    /// The window being fetched ahead: its offset and task.
-    ahead: Option<(u64, Fetch)>,
+    /// Windows being fetched ahead, in file order: offset, length asked and task.
+    ahead: VecDeque<(u64, u64, Fetch)>,
     window_bytes: u64,
 }
 
 impl Drop for FileReader {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.ahead.take() {
-            task.abort();
-        }
+        self.abort_ahead();
     }
 }
 
@@ -47,7 +50,7 @@ impl CairnClient {
             client: self.clone(),
             inode,
             current: None,
-            ahead: None,
+            ahead: VecDeque::new(),
             window_bytes: self.stripe_bytes() as u64,
         }
     }
@@ -61,7 +64,11 @@ impl FileReader {
     /// Forgets what was read ahead (the file changed).
     pub fn invalidate(&mut self) {
         self.current = None;
-        if let Some((_, task)) = self.ahead.take() {
+        self.abort_ahead();
+    }
+
+    fn abort_ahead(&mut self) {
+        for (_, _, task) in self.ahead.drain(..) {
             task.abort();
         }
     }
@@ -95,17 +102,18 @@ impl FileReader {
         if !self.current.as_ref().is_some_and(held) {
             let previous_end = self.current.as_ref().map(|w| w.offset + w.data.len() as u64);
             let sequential = previous_end == Some(pos) || (previous_end.is_none() && pos == 0);
-            let window = match self.ahead.take() {
-                Some((at, task)) if at == pos => {
+            let window = match self.ahead.pop_front() {
+                Some((at, _, task)) if at == pos => {
                     let (data, size) = task
                         .await
                         .map_err(|e| ClientError::BadReply(format!("read-ahead task: {e}")))??;
                     Window { offset: at, data, size }
                 }
                 other => {
-                    if let Some((_, task)) = other {
+                    if let Some((_, _, task)) = other {
                         task.abort();
                     }
+                    self.abort_ahead();
                     let (data, size) = self.client.read_range(self.inode, pos, self.window_bytes).await?;
                     Window {
                         offset: pos,
@@ -116,11 +124,15 @@ impl FileReader {
             };
             if sequential {
                 self.window_bytes = (self.window_bytes * 2).min(READ_BYTES_MAX);
-                let next = window.offset + window.data.len() as u64;
-                if next < window.size {
+                let mut next = match self.ahead.back() {
+                    Some((at, len, _)) => at + len,
+                    None => window.offset + window.data.len() as u64,
+                };
+                while self.ahead.len() < WINDOWS_AHEAD && next < window.size {
                     let (client, inode, len) = (self.client.clone(), self.inode, self.window_bytes);
                     let task = tokio::spawn(async move { client.read_range(inode, next, len).await });
-                    self.ahead = Some((next, task));
+                    self.ahead.push_back((next, len, task));
+                    next += len;
                 }
             } else {
                 self.window_bytes = self.client.stripe_bytes() as u64;
