@@ -26,12 +26,15 @@ type Fetch = JoinHandle<Result<(Bytes, u64), ClientError>>;
 
 /// Windows fetched ahead of a sequential reader.
 const WINDOWS_AHEAD: usize = 3;
+/// Windows kept after use, for requests that arrive late.
+const RECENT_WINDOWS: usize = 2;
 
 #[derive(Debug)]
 pub struct FileReader {
     client: Arc<CairnClient>,
     inode: u64,
-    current: Option<Window>,
+    /// The windows read last, oldest first.
+    recent: VecDeque<Window>,
     /// Windows being fetched ahead, in file order: offset, length asked and task.
     ahead: VecDeque<(u64, u64, Fetch)>,
     window_bytes: u64,
@@ -49,7 +52,7 @@ impl CairnClient {
         FileReader {
             client: self.clone(),
             inode,
-            current: None,
+            recent: VecDeque::new(),
             ahead: VecDeque::new(),
             window_bytes: self.stripe_bytes() as u64,
         }
@@ -63,7 +66,7 @@ impl FileReader {
 
     /// Forgets what was read ahead (the file changed).
     pub fn invalidate(&mut self) {
-        self.current = None;
+        self.recent.clear();
         self.abort_ahead();
     }
 
@@ -96,51 +99,66 @@ impl FileReader {
         Ok(out.freeze())
     }
 
-    /// The window holding `pos` (or the one that ends the file before it).
+    /// The window holding `pos` (or the one that ends the file before it). Requests may
+    /// arrive a little out of order (the kernel reads ahead from several threads), so the
+    /// last two windows are kept and a position inside any window being fetched ahead
+    /// counts as sequential.
     async fn window_at(&mut self, pos: u64) -> Result<&Window, ClientError> {
         let held = |w: &Window| pos >= w.offset && (pos < w.offset + w.data.len() as u64 || pos >= w.size);
-        if !self.current.as_ref().is_some_and(held) {
-            let previous_end = self.current.as_ref().map(|w| w.offset + w.data.len() as u64);
-            let sequential = previous_end == Some(pos) || (previous_end.is_none() && pos == 0);
-            let window = match self.ahead.pop_front() {
-                Some((at, _, task)) if at == pos => {
-                    let (data, size) = task
-                        .await
-                        .map_err(|e| ClientError::BadReply(format!("read-ahead task: {e}")))??;
-                    Window { offset: at, data, size }
-                }
-                other => {
-                    if let Some((_, _, task)) = other {
-                        task.abort();
-                    }
-                    self.abort_ahead();
-                    let (data, size) = self.client.read_range(self.inode, pos, self.window_bytes).await?;
-                    Window {
-                        offset: pos,
-                        data,
-                        size,
-                    }
-                }
-            };
-            if sequential {
-                self.window_bytes = (self.window_bytes * 2).min(READ_BYTES_MAX);
-                let mut next = match self.ahead.back() {
-                    Some((at, len, _)) => at + len,
-                    None => window.offset + window.data.len() as u64,
-                };
-                while self.ahead.len() < WINDOWS_AHEAD && next < window.size {
-                    let (client, inode, len) = (self.client.clone(), self.inode, self.window_bytes);
-                    let task = tokio::spawn(async move { client.read_range(inode, next, len).await });
-                    self.ahead.push_back((next, len, task));
-                    next += len;
-                }
-            } else {
-                self.window_bytes = self.client.stripe_bytes() as u64;
-            }
-            self.current = Some(window);
+        if let Some(i) = self.recent.iter().position(held) {
+            return Ok(&self.recent[i]);
         }
-        self.current
-            .as_ref()
+        let ahead_at = self.ahead.iter().position(|(at, len, _)| pos >= *at && pos < at + len);
+        let (window, sequential) = match ahead_at {
+            Some(i) => {
+                // The reader moved past the windows before it.
+                for (_, _, task) in self.ahead.drain(..i) {
+                    task.abort();
+                }
+                let (at, _, task) = self
+                    .ahead
+                    .pop_front()
+                    .ok_or_else(|| ClientError::BadReply("read-ahead window vanished".into()))?;
+                let (data, size) = task
+                    .await
+                    .map_err(|e| ClientError::BadReply(format!("read-ahead task: {e}")))??;
+                (Window { offset: at, data, size }, true)
+            }
+            None => {
+                let last_end = self.recent.back().map(|w| w.offset + w.data.len() as u64);
+                let sequential = last_end == Some(pos) || (last_end.is_none() && pos == 0);
+                self.abort_ahead();
+                if !sequential {
+                    self.window_bytes = self.client.stripe_bytes() as u64;
+                }
+                let (data, size) = self.client.read_range(self.inode, pos, self.window_bytes).await?;
+                let window = Window {
+                    offset: pos,
+                    data,
+                    size,
+                };
+                (window, sequential)
+            }
+        };
+        if sequential {
+            self.window_bytes = (self.window_bytes * 2).min(READ_BYTES_MAX);
+            let mut next = match self.ahead.back() {
+                Some((at, len, _)) => at + len,
+                None => window.offset + window.data.len() as u64,
+            };
+            while self.ahead.len() < WINDOWS_AHEAD && next < window.size {
+                let (client, inode, len) = (self.client.clone(), self.inode, self.window_bytes);
+                let task = tokio::spawn(async move { client.read_range(inode, next, len).await });
+                self.ahead.push_back((next, len, task));
+                next += len;
+            }
+        }
+        if self.recent.len() == RECENT_WINDOWS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(window);
+        self.recent
+            .back()
             .ok_or_else(|| ClientError::BadReply("no window after a read".into()))
     }
 }
