@@ -10,6 +10,7 @@ pub mod erasure;
 pub mod file_wire;
 pub mod frame;
 pub mod ids;
+pub mod logging;
 pub mod placement;
 pub mod proto;
 pub mod wire;

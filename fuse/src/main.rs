@@ -24,13 +24,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cairn_common::logging::init("info");
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(c) if !c.logic_nodes.is_empty() => c,

@@ -63,13 +63,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cairn_common::logging::init("info");
     let Command::Serve { config } = Cli::parse().command;
     let config = match Config::load(&config).and_then(|c| c.logic().map(|_| ()).map(|()| c)) {
         Ok(c) => c,

@@ -27,13 +27,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cairn_common::logging::init("info,openraft=warn");
     let cli = Cli::parse();
     let Command::Serve { config, bootstrap } = cli.command;
     let config = match Config::load(&config) {
