@@ -59,6 +59,9 @@ for name in fuse logic-1 logic-2 $(cd "$DATA/cluster" && ls dataserver-*.pid | s
   echo "rss $name peak_MiB=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")" | tee -a "$RESULTS"
 done
 "$BIN/cairnctl" local down --dir "$DATA/cluster"
+# Deleted files' shards stay on the dataservers until the orphan collector (not yet
+# built) removes them: drop the whole cluster rather than leave 6 GiB behind.
+rm -rf "$DATA/cluster"
 
 log "limits (after)"
 limits
