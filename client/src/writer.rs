@@ -346,7 +346,7 @@ impl FileWriter {
     pub async fn commit(&mut self) -> Result<Attr, ClientError> {
         self.check_failed()?;
         if !self.is_dirty() {
-            return Ok(self.attr.clone());
+            return Ok(self.attr);
         }
         self.renew_if_due().await?;
         let layout = match self.build_layout().await {
@@ -363,7 +363,7 @@ impl FileWriter {
         match self.client.meta(commit).await {
             Ok(meta_reply::Result::Layout(l)) => {
                 let attr = l.attr.unwrap_or_default();
-                self.rebase(attr.clone(), l.layout.unwrap_or_default());
+                self.rebase(attr, l.layout.unwrap_or_default());
                 Ok(attr)
             }
             Ok(other) => Err(self.fail(bad_reply(other))),

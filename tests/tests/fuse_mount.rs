@@ -138,7 +138,7 @@ async fn files_of_every_size_and_the_posix_programs_rely_on() -> anyhow::Result<
         let private = root.join("data/private");
         std::fs::write(&private, b"secret")?;
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::set_permissions(&root.join("data"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o755))?;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
         let q = |p: &Path| p.to_string_lossy().into_owned();
         assert!(!as_nobody(&format!("cat {} >/dev/null", q(&private)))?);
