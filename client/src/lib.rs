@@ -69,6 +69,11 @@ impl ClientError {
     }
 }
 
+/// An answer of a kind the request does not get.
+pub(crate) fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
+    ClientError::BadReply(format!("{r:?}"))
+}
+
 fn refused(e: MetaError) -> ClientError {
     ClientError::Refused {
         errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
@@ -236,14 +241,14 @@ impl CairnClient {
                 Some(r) => Ok(r),
                 None => Err(ClientError::BadReply("empty namespace reply".into())),
             },
-            other => Err(ClientError::BadReply(format!("{other:?}"))),
+            other => Err(bad_reply(other)),
         }
     }
 
     async fn attr(&self, op: Op) -> Result<Attr, ClientError> {
         match self.meta(op).await? {
             meta_reply::Result::Attr(a) => Ok(a),
-            other => Err(ClientError::BadReply(format!("{other:?}"))),
+            other => Err(bad_reply(other)),
         }
     }
 
@@ -296,9 +301,9 @@ impl CairnClient {
             FileReply::Data { size, data, .. } => Ok((data, size)),
             FileReply::Meta(m) => match m.result {
                 Some(meta_reply::Result::Error(e)) => Err(refused(e)),
-                other => Err(ClientError::BadReply(format!("{other:?}"))),
+                other => Err(bad_reply(other)),
             },
-            other => Err(ClientError::BadReply(format!("{other:?}"))),
+            other => Err(bad_reply(other)),
         }
     }
 
@@ -306,7 +311,7 @@ impl CairnClient {
     pub async fn capacity(&self) -> Result<Capacity, ClientError> {
         match self.exchange(FileRequest::Capacity).await? {
             FileReply::Capacity(c) => Ok(c),
-            other => Err(ClientError::BadReply(format!("{other:?}"))),
+            other => Err(bad_reply(other)),
         }
     }
 

@@ -60,10 +60,6 @@ impl CairnClient {
 }
 
 impl FileReader {
-    pub fn inode(&self) -> u64 {
-        self.inode
-    }
-
     /// Forgets what was read ahead (the file changed).
     pub fn invalidate(&mut self) {
         self.recent.clear();

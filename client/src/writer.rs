@@ -27,7 +27,7 @@ use cairn_metadata::layout::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::{CairnClient, ClientError, SESSION_TTL_MS};
+use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
 
 /// Partly written slots kept in memory; past this the lowest is sent as it is (its
 /// unwritten tail reads as zeros, and a later write there reloads it).
@@ -58,10 +58,6 @@ pub struct FileWriter {
     /// Why a stripe could not be stored or a commit failed: its bytes are gone, so this
     /// writer commits nothing more.
     failed: Option<String>,
-}
-
-fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
-    ClientError::BadReply(format!("{r:?}"))
 }
 
 fn refused(errno: Errno, message: impl Into<String>) -> ClientError {
@@ -133,10 +129,6 @@ impl CairnClient {
 }
 
 impl FileWriter {
-    pub fn inode(&self) -> u64 {
-        self.inode
-    }
-
     /// The file's size with this writer's changes.
     pub fn size(&self) -> u64 {
         self.size

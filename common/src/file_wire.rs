@@ -42,17 +42,6 @@ mod pb {
         pub length: u64,
     }
     #[derive(Clone, PartialEq, Message)]
-    pub struct Capacity {
-        #[prost(uint64, tag = "1")]
-        pub capacity_bytes: u64,
-        #[prost(uint64, tag = "2")]
-        pub free_bytes: u64,
-        #[prost(uint32, tag = "3")]
-        pub dataservers: u32,
-        #[prost(uint32, tag = "4")]
-        pub reachable: u32,
-    }
-    #[derive(Clone, PartialEq, Message)]
     pub struct FileData {
         #[prost(uint64, tag = "1")]
         pub size: u64,
@@ -82,13 +71,17 @@ pub enum FileRequest {
 }
 
 /// Space for file bytes: the dataservers' sums scaled by the code's k / (k + m), so a
-/// file of `free_bytes` fits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// file of `free_bytes` fits. Travels as it is (a protobuf message).
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
 pub struct Capacity {
+    #[prost(uint64, tag = "1")]
     pub capacity_bytes: u64,
+    #[prost(uint64, tag = "2")]
     pub free_bytes: u64,
     /// Dataservers configured, and those that answered.
+    #[prost(uint32, tag = "3")]
     pub dataservers: u32,
+    #[prost(uint32, tag = "4")]
     pub reachable: u32,
 }
 
@@ -216,15 +209,7 @@ impl FileReply {
                 };
                 (Kind::FileData, m.encode_to_vec(), data.clone())
             }
-            FileReply::Capacity(c) => {
-                let m = pb::Capacity {
-                    capacity_bytes: c.capacity_bytes,
-                    free_bytes: c.free_bytes,
-                    dataservers: c.dataservers,
-                    reachable: c.reachable,
-                };
-                (Kind::CapacityReport, m.encode_to_vec(), Bytes::new())
-            }
+            FileReply::Capacity(c) => (Kind::CapacityReport, c.encode_to_vec(), Bytes::new()),
             FileReply::Error { code, message } => return Reply::error(*code, message.clone()).to_frame(id),
         };
         Frame::new(kind, id, meta.into(), data)
@@ -252,13 +237,7 @@ impl FileReply {
             }
             Kind::CapacityReport => {
                 no_data(frame)?;
-                let m: pb::Capacity = decode(frame)?;
-                FileReply::Capacity(Capacity {
-                    capacity_bytes: m.capacity_bytes,
-                    free_bytes: m.free_bytes,
-                    dataservers: m.dataservers,
-                    reachable: m.reachable,
-                })
+                FileReply::Capacity(decode(frame)?)
             }
             Kind::Error => match Reply::from_frame(frame)? {
                 Reply::Error { code, message } => FileReply::Error { code, message },

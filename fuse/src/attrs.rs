@@ -6,8 +6,7 @@ use cairn_client::ClientError;
 use cairn_common::proto::metadata::{Attr, FileKind};
 use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
 
-/// Preferred I/O size reported to programs (`st_blksize`): one FUSE request.
-pub const BLOCK_BYTES: u32 = 1 << 20;
+use crate::session::REQUEST_BYTES_MAX;
 
 /// The errno a failed request gives the caller: the namespace's own (they are POSIX
 /// numbers), EIO for anything else (no logic node answered, a stripe could not be read).
@@ -59,6 +58,6 @@ pub fn file_attr(a: &Attr) -> FileAttr {
         gid: a.gid,
         rdev: 0,
         flags: 0,
-        blksize: BLOCK_BYTES,
+        blksize: REQUEST_BYTES_MAX,
     }
 }

@@ -16,6 +16,8 @@
 //! keeps the inode alive, so it stays readable and writable, as POSIX wants.
 
 mod attrs;
+pub mod passthrough;
+pub mod session;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -37,11 +39,10 @@ use fuser::{
 };
 use tracing::warn;
 
-use crate::attrs::{errno, file_attr, kind, ns, BLOCK_BYTES};
+use crate::attrs::{errno, file_attr, kind, ns};
+use crate::session::{done, REQUEST_BYTES_MAX};
 
 const TTL: Duration = Duration::from_secs(1);
-/// The largest read and write request asked of the kernel.
-const REQUEST_BYTES_MAX: u32 = 1 << 20;
 /// Layout versions remembered for page caching; past this the memory is cleared.
 const OPENED_VERSIONS_MAX: usize = 100_000;
 const O_EXCL: i32 = 0o200;
@@ -297,13 +298,6 @@ impl CairnFs {
     }
 }
 
-fn done(reply: ReplyEmpty, r: Result<(), Errno>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
 fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
@@ -313,13 +307,7 @@ fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
 
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each setter answers the nearest value the kernel accepts when it refuses ours.
-        if let Err(nearest) = config.set_max_write(REQUEST_BYTES_MAX) {
-            let _ = config.set_max_write(nearest);
-        }
-        if let Err(nearest) = config.set_max_readahead(REQUEST_BYTES_MAX) {
-            let _ = config.set_max_readahead(nearest);
-        }
+        session::request_sizes(config);
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -642,7 +630,7 @@ impl Filesystem for CairnFs {
             Ok(c) => c,
             Err(e) => return reply.error(errno(&e)),
         };
-        let block = u64::from(BLOCK_BYTES);
+        let block = u64::from(REQUEST_BYTES_MAX);
         let (total, free) = (space.capacity_bytes / block, space.free_bytes / block);
         let files = names.files + names.directories;
         reply.statfs(
@@ -651,9 +639,9 @@ impl Filesystem for CairnFs {
             free,
             files.saturating_add(free),
             free,
-            BLOCK_BYTES,
+            REQUEST_BYTES_MAX,
             255,
-            BLOCK_BYTES,
+            REQUEST_BYTES_MAX,
         );
     }
 }

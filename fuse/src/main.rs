@@ -49,14 +49,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut options = fuser::Config::default();
-    options.mount_options = vec![MountOption::FSName("cairn".into()), MountOption::DefaultPermissions];
+    let mut options = cairn_fuse::session::config(
+        vec![MountOption::FSName("cairn".into()), MountOption::DefaultPermissions],
+        cli.threads,
+    );
     // Every user of the machine (a training job rarely runs as root), with the kernel
     // checking mode bits against the caller (DefaultPermissions).
     options.acl = fuser::SessionACL::All;
-    // Requests are served by several threads, each with its own /dev/fuse descriptor.
-    options.n_threads = Some(cli.threads.max(1));
-    options.clone_fd = true;
     match fuser::mount(fs, &cli.mountpoint, &options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

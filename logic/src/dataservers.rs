@@ -100,9 +100,10 @@ impl Dataservers {
     /// The space of the dataservers that answer within `STAT_TIMEOUT`, as file bytes
     /// under a code of `data_shards` + `parity_shards`.
     pub async fn capacity(&self, data_shards: usize, parity_shards: usize) -> Capacity {
+        // The connect counts against the timeout too: a dead node must not hold statfs.
         let stats = futures::future::join_all(self.members.keys().map(|id| async move {
-            let c = self.client(*id).await.ok()?;
-            tokio::time::timeout(STAT_TIMEOUT, c.stat()).await.ok()?.ok()
+            let stat = async { self.client(*id).await.ok()?.stat().await.ok() };
+            tokio::time::timeout(STAT_TIMEOUT, stat).await.ok().flatten()
         }))
         .await;
         let usable = |raw: u64| {

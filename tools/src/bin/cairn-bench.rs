@@ -136,7 +136,7 @@ async fn main() -> std::process::ExitCode {
             source,
             mountpoint,
             threads,
-        } => cairn_tools::passthrough::mount(&source, &mountpoint, threads),
+        } => cairn_fuse::passthrough::mount(&source, &mountpoint, threads),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,8 +18,9 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::session::{self, done, REQUEST_BYTES_MAX};
+
 const TTL: Duration = Duration::from_secs(1);
-const REQUEST_BYTES: u32 = 1 << 20;
 
 #[derive(Debug, Default)]
 struct Tables {
@@ -65,7 +66,7 @@ fn attr(ino: u64, m: &std::fs::Metadata) -> FileAttr {
         gid: m.gid(),
         rdev: 0,
         flags: 0,
-        blksize: REQUEST_BYTES,
+        blksize: REQUEST_BYTES_MAX,
     }
 }
 
@@ -126,21 +127,9 @@ impl Passthrough {
     }
 }
 
-fn empty(reply: ReplyEmpty, r: Result<(), Errno>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
 impl Filesystem for Passthrough {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(n) = config.set_max_write(REQUEST_BYTES) {
-            let _ = config.set_max_write(n);
-        }
-        if let Err(n) = config.set_max_readahead(REQUEST_BYTES) {
-            let _ = config.set_max_readahead(n);
-        }
+        session::request_sizes(config);
         Ok(())
     }
 
@@ -212,7 +201,7 @@ impl Filesystem for Passthrough {
             self.forget_path(&p);
             Ok(())
         });
-        empty(reply, r);
+        done(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -221,7 +210,7 @@ impl Filesystem for Passthrough {
             self.forget_path(&p);
             Ok(())
         });
-        empty(reply, r);
+        done(reply, r);
     }
 
     fn rename(
@@ -241,7 +230,7 @@ impl Filesystem for Passthrough {
             self.forget_path(&to);
             Ok(())
         });
-        empty(reply, r);
+        done(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -334,7 +323,7 @@ impl Filesystem for Passthrough {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.file(fh).and_then(|f| f.sync_all().map_err(io)));
+        done(reply, self.file(fh).and_then(|f| f.sync_all().map_err(io)));
     }
 
     fn release(
@@ -402,10 +391,7 @@ impl Filesystem for Passthrough {
 
 /// Mounts `source` at `mountpoint` until unmounted.
 pub fn mount(source: &Path, mountpoint: &Path, threads: usize) -> anyhow::Result<()> {
-    let mut options = fuser::Config::default();
-    options.mount_options = vec![MountOption::FSName("passthrough".into())];
-    options.n_threads = Some(threads.max(1));
-    options.clone_fd = true;
+    let options = session::config(vec![MountOption::FSName("passthrough".into())], threads);
     fuser::mount(Passthrough::new(source), mountpoint, &options)?;
     Ok(())
 }
