@@ -16,11 +16,11 @@ use cairn_common::config::ErasureConfig;
 use cairn_common::file_wire::{Capacity, FileReply, FileRequest, READ_BYTES_MAX};
 use cairn_common::frame::{write_frame, FrameDecoder};
 use cairn_common::ids::RequestId;
+use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Create, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
+    meta_reply, meta_request::Op, Attr, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
 };
 use cairn_common::wire::ErrorCode;
-use cairn_metadata::apply::is_mutation;
 use futures::StreamExt;
 use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -28,9 +28,11 @@ use tokio::net::TcpStream;
 use tokio_util::codec::FramedRead;
 use tracing::warn;
 
+mod paths;
 mod reader;
 mod writer;
 
+pub use paths::components;
 pub use reader::FileReader;
 pub use writer::FileWriter;
 
@@ -264,15 +266,9 @@ impl CairnClient {
         self.attr(Op::Getattr(GetAttr { inode })).await
     }
 
+    /// Creates the file `name` in `parent`; refused if the name exists.
     pub async fn create(&self, parent: u64, name: &[u8], mode: u32) -> Result<Attr, ClientError> {
-        self.attr(Op::Create(Create {
-            parent,
-            name: name.to_vec(),
-            mode,
-            exclusive: true,
-            ..Create::default()
-        }))
-        .await
+        self.create_in(parent, name, mode, true).await
     }
 
     pub async fn mkdir(&self, parent: u64, name: &[u8], mode: u32) -> Result<Attr, ClientError> {

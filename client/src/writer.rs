@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::file_wire::{FileReply, FileRequest};
+use cairn_common::namespace::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, Layout, OpenSession, RenewSession,
     SessionReply, Stripe,
 };
-use cairn_metadata::layout::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use tokio::task::JoinSet;
 use tracing::warn;
 

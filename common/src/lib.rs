@@ -11,6 +11,7 @@ pub mod file_wire;
 pub mod frame;
 pub mod ids;
 pub mod logging;
+pub mod namespace;
 pub mod placement;
 pub mod proto;
 pub mod wire;

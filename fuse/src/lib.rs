@@ -29,8 +29,8 @@ use std::time::{Duration, SystemTime};
 
 use cairn_client::{CairnClient, FileReader, FileWriter};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Create, GetAttr, Link, ReadDir, ReadLink, Rename, Rmdir, SetAttr, StatFs,
-    Symlink, Unlink,
+    meta_reply, meta_request::Op, Attr, Create, GetAttr, Link, ReadLink, Rename, Rmdir, SetAttr, StatFs, Symlink,
+    Unlink,
 };
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
@@ -281,20 +281,12 @@ impl CairnFs {
             (dir, FileType::Directory, b".".to_vec()),
             (parent.max(1), FileType::Directory, b"..".to_vec()),
         ];
-        let mut after = Vec::new();
-        loop {
-            let page = match self.meta(Op::Readdir(ReadDir { dir, after, limit: 0 }))? {
-                meta_reply::Result::Entries(page) => page,
-                _ => return Err(Errno::EIO),
-            };
-            for e in &page.entries {
-                entries.push((e.inode, kind(e.kind()), e.name.clone()));
-            }
-            match page.entries.last() {
-                Some(last) if !page.done => after = last.name.clone(),
-                _ => return Ok(Arc::new(entries)),
-            }
-        }
+        let listing = self
+            .runtime
+            .block_on(self.client.list_dir(dir))
+            .map_err(|e| errno(&e))?;
+        entries.extend(listing.into_iter().map(|e| (e.inode, kind(e.kind()), e.name)));
+        Ok(Arc::new(entries))
     }
 }
 

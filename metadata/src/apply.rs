@@ -16,14 +16,6 @@ pub const CLIENT_ID_BYTES: usize = 16;
 /// Sessions ended by one expiry sweep; the rest wait for the next.
 const EXPIRED_PER_SWEEP_MAX: usize = 10_000;
 
-/// Whether `op` changes the namespace (and so goes through Raft).
-pub fn is_mutation(op: &Op) -> bool {
-    !matches!(
-        op,
-        Op::Lookup(_) | Op::Getattr(_) | Op::Readdir(_) | Op::Readlink(_) | Op::GetLayout(_) | Op::Statfs(_)
-    )
-}
-
 /// The idempotency key of a mutation, or why it has none.
 pub fn idempotency_key(req: &MetaRequest) -> OpResult<Vec<u8>> {
     if req.client_id.len() != CLIENT_ID_BYTES || req.request_id == 0 {

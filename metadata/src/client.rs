@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as GrpcClient;
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, DirEntry, Errno, GetAttr, Layout,
@@ -14,7 +15,7 @@ use cairn_common::proto::metadata::{
 };
 use tonic::transport::{Channel, Endpoint};
 
-use crate::apply::{is_mutation, CLIENT_ID_BYTES};
+use crate::apply::CLIENT_ID_BYTES;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);

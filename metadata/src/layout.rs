@@ -1,19 +1,15 @@
-//! Checks on the file layouts writers commit, and truncation of a layout.
+//! Checks on the file layouts writers commit.
 
 use std::collections::HashSet;
 
+use cairn_common::namespace::{FILE_BYTES_MAX, INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::proto::metadata::{Errno, Layout};
 
 use crate::errors::{refuse, OpResult};
 
-/// The largest file size accepted (far beyond any device; keeps offsets clear of overflow).
-pub const FILE_BYTES_MAX: u64 = 1 << 60;
-/// Small files keep their bytes in the metadata; above this they must use stripes.
-pub const INLINE_BYTES_MAX: usize = 64 * 1024;
 const DATA_SHARDS_MAX: u32 = 32;
 const PARITY_SHARDS_MAX: u32 = 16;
 const SHARD_UNIT_BYTES_MAX: u32 = 64 << 20;
-pub const STRIPE_ID_BYTES: usize = 16;
 
 pub fn check_size(size: u64) -> OpResult<()> {
     if size > FILE_BYTES_MAX {
@@ -90,20 +86,9 @@ pub fn check_layout(l: &Layout, size: u64) -> OpResult<()> {
     Ok(())
 }
 
-/// The layout of a file cut (or extended with zeros) to `size` bytes: stripes past the end
-/// are dropped, the one across it is shortened; shards are never rewritten.
-pub fn truncate_layout(old: &Layout, size: u64) -> Layout {
-    let mut new = old.clone();
-    new.inline_data.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    new.stripes.retain(|s| s.offset < size);
-    if let Some(last) = new.stripes.last_mut() {
-        last.length = last.length.min(size - last.offset);
-    }
-    new
-}
-
 #[cfg(test)]
 mod tests {
+    use cairn_common::namespace::truncate_layout;
     use cairn_common::proto::metadata::{ShardLocation, Stripe};
 
     use super::*;

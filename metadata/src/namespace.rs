@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
     meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir, OpenSession,
     Rename, SessionReply, SetAttr, Symlink,
@@ -12,7 +13,7 @@ use prost::Message;
 
 use crate::db::{u64_key, Cf};
 use crate::errors::{refuse, OpError, OpResult};
-use crate::layout::{check_layout, truncate_layout};
+use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
     dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord, SessionRecord,
@@ -20,7 +21,6 @@ use crate::records::{
 };
 use crate::txn::Txn;
 
-pub const ROOT: u64 = 1;
 pub const SESSION_TTL_MS_MIN: u32 = 100;
 pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
 

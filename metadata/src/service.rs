@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 
+use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
     admin_server::Admin, metadata_server::Metadata, raft_server::Raft as RaftRpc, AddLearnerRequest, AdminReply,
     ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus, RaftEnvelope, ShardRef, ShardRefsChunk,
@@ -18,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::apply::{idempotency_key, is_mutation};
+use crate::apply::idempotency_key;
 use crate::db::{read_u64, Cf, Db};
 use crate::errors::{error_reply, meta_error};
 use crate::network::{envelope, open_envelope};

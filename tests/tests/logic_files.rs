@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_common::config::DataserverEntry;
+use cairn_common::namespace::ROOT;
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
 use cairn_tests::cluster::{pattern, small_stripes};
 use cairn_tests::metadata::MetadataCluster;
 use cairn_tests::Dataserver;
-
-const ROOT: u64 = 1;
 
 const SIZES: [usize; 11] = [
     0,

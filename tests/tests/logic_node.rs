@@ -9,11 +9,10 @@ use bytes::Bytes;
 use cairn_common::file_wire::FileRequest;
 use cairn_common::frame::{FrameDecoder, Kind};
 use cairn_common::ids::RequestId;
+use cairn_common::namespace::ROOT;
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-
-const ROOT: u64 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_through_logic_nodes_survive_a_killed_logic_node() -> anyhow::Result<()> {

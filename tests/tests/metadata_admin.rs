@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{AddLearnerRequest, ChangeVotersRequest, Errno};
 use cairn_tests::metadata::MetadataCluster;
-
-const ROOT: u64 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn status_and_membership_changes() -> anyhow::Result<()> {

@@ -1,10 +1,9 @@
 //! A three-voter metadata group of real processes: namespace operations, their POSIX
 //! errors, paging, write sessions and layouts, following the leader.
 
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::{Errno, FileKind};
 use cairn_tests::metadata::MetadataCluster;
-
-const ROOT: u64 = 1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn namespace_operations_on_three_voters() -> anyhow::Result<()> {

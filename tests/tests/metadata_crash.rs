@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_common::namespace::ROOT;
 use cairn_tests::metadata::MetadataCluster;
 
-const ROOT: u64 = 1;
 const WORKERS: usize = 6;
 const FAST_FAILOVER: &str = "heartbeat_ms = 50\nelection_timeout_ms = 300";
 

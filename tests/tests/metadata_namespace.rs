@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
@@ -10,8 +11,6 @@ use cairn_common::proto::metadata::{
 };
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use cairn_tests::metadata::MetadataCluster;
-
-const ROOT: u64 = 1;
 
 fn errno<T: std::fmt::Debug>(r: Result<T, MetaClientError>) -> Errno {
     match r {

@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::raft_client::RaftClient;
 use cairn_common::proto::metadata::{meta_reply, RaftEnvelope, ReadDir};
 use cairn_metadata::db::Db;
 use cairn_metadata::reads::read;
 use cairn_tests::metadata::MetadataCluster;
-
-const ROOT: u64 = 1;
 
 fn names_in_root(db: &Db) -> Vec<Vec<u8>> {
     let mut names: Vec<Vec<u8>> = Vec::new();

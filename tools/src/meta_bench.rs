@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use cairn_common::namespace::ROOT;
 use cairn_metadata::client::MetadataClient;
 
 use crate::run_parallel;
 
-const ROOT: u64 = 1;
 const CALL_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `q` quantile of `sorted` latencies, in milliseconds (0 when there are none).

@@ -2,6 +2,7 @@
 //! leader), and a look at the namespace.
 
 use anyhow::{bail, Context};
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{
     AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, StatusRequest,
@@ -10,8 +11,6 @@ use cairn_metadata::client::MetadataClient;
 use clap::Subcommand;
 use std::time::Duration;
 use tonic::transport::Channel;
-
-const ROOT: u64 = 1;
 
 #[derive(Subcommand, Debug)]
 pub enum MdCommand {
