@@ -69,6 +69,15 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The POSIX error number to report: the namespace's own (its numbers are POSIX's),
+    /// EIO for anything else (no logic node answered, a stripe could not be read).
+    pub fn os_errno(&self) -> i32 {
+        match self.errno() {
+            Some(n) if (1..1000).contains(&(n as i32)) => n as i32,
+            _ => Errno::Eio as i32,
+        }
+    }
 }
 
 /// An answer of a kind the request does not get.

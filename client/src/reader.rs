@@ -75,6 +75,33 @@ impl FileReader {
     /// Up to `len` bytes from `offset`: fewer only at the end of the file.
     pub async fn read(&mut self, offset: u64, len: u64) -> Result<Bytes, ClientError> {
         let mut out = BytesMut::new();
+        let mut whole = None;
+        self.read_pieces(offset, len, |piece| {
+            if whole.is_none() && out.is_empty() && piece.len() as u64 == len {
+                // The whole answer lies in one window: no copy.
+                whole = Some(piece);
+            } else {
+                out.extend_from_slice(&piece);
+            }
+        })
+        .await?;
+        Ok(whole.unwrap_or_else(|| out.freeze()))
+    }
+
+    /// Fills `buf` from `offset` (straight from the windows, one copy); returns how many
+    /// bytes it holds: fewer than its length only at the end of the file.
+    pub async fn read_into(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let mut filled = 0;
+        self.read_pieces(offset, buf.len() as u64, |piece| {
+            buf[filled..filled + piece.len()].copy_from_slice(&piece);
+            filled += piece.len();
+        })
+        .await?;
+        Ok(filled)
+    }
+
+    /// Hands `sink` the bytes from `offset` to `offset + len` in order, window by window.
+    async fn read_pieces(&mut self, offset: u64, len: u64, mut sink: impl FnMut(Bytes)) -> Result<(), ClientError> {
         let end = offset.saturating_add(len);
         let mut pos = offset;
         while pos < end {
@@ -84,15 +111,10 @@ impl FileReader {
                 break;
             };
             let to = (end - w.offset).min(w.data.len() as u64);
-            let piece = w.data.slice(from as usize..to as usize);
-            if offset == pos && to == end - w.offset {
-                // The whole answer lies in one window: no copy.
-                return Ok(piece);
-            }
-            out.extend_from_slice(&piece);
+            sink(w.data.slice(from as usize..to as usize));
             pos = w.offset + to;
         }
-        Ok(out.freeze())
+        Ok(())
     }
 
     /// The window holding `pos` (or the one that ends the file before it). Requests may

@@ -8,13 +8,9 @@ use fuser::{Errno, FileAttr, FileType, INodeNo, TimeOrNow};
 
 use crate::session::REQUEST_BYTES_MAX;
 
-/// The errno a failed request gives the caller: the namespace's own (they are POSIX
-/// numbers), EIO for anything else (no logic node answered, a stripe could not be read).
+/// The errno a failed request gives the caller.
 pub fn errno(e: &ClientError) -> Errno {
-    match e.errno() {
-        Some(n) if (1..1000).contains(&(n as i32)) => Errno::from_i32(n as i32),
-        _ => Errno::EIO,
-    }
+    Errno::from_i32(e.os_errno())
 }
 
 fn time(ns: i64) -> SystemTime {
