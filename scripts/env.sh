@@ -37,3 +37,15 @@ ensure_python_venv() {
     "$CAIRN_VENV/bin/pip" install -q --no-cache-dir torch numpy
   fi
 }
+
+# The Python package (client/python): built as a wheel by maturin and installed into the
+# shared virtual environment, with pytest for its tests.
+ensure_python_package() {
+  ensure_python_venv
+  "$CAIRN_VENV/bin/python" -c 'import maturin, pytest' >/dev/null 2>&1 ||
+    "$CAIRN_VENV/bin/pip" install -q 'maturin>=1.8,<2' pytest
+  local wheels="$CARGO_TARGET_DIR/wheels"
+  rm -rf "$wheels"
+  "$CAIRN_VENV/bin/maturin" build --quiet --release --manifest-path "$CAIRN_ROOT/client/python/Cargo.toml" --out "$wheels"
+  "$CAIRN_VENV/bin/pip" install -q --force-reinstall --no-deps "$wheels"/cairn-*.whl
+}

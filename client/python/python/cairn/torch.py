@@ -73,6 +73,15 @@ class _Stored:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Written:
+    """What a rank tells the coordinator of one item: where it lies, and in which staging
+    directory (so `finish` needs no state that a later save may have changed)."""
+
+    stored: _Stored
+    staging: str
+
+
+@dataclasses.dataclass(frozen=True)
 class _RankPlan:
     """What the coordinator tells every rank: where to write and how to name files."""
 
@@ -159,6 +168,9 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
         self.save_id = ""
         self.is_coordinator = False
         self._staged: Any = None
+        # Staging directory -> (checkpoint path, save id), on the coordinator, so saves
+        # that overlap (async ones) each publish their own.
+        self._publish: dict[str, tuple[str, str]] = {}
         # Set while no staged state is waiting to be (or being) uploaded.
         self._upload_done = threading.Event()
         self._upload_done.set()
@@ -212,11 +224,6 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
 
-    def _staging_dir(self) -> str:
-        assert self.path is not None
-        parent, name = posixpath.split(self.path)
-        return posixpath.join(parent, f".{name}.staging-{self.save_id}")
-
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         """On the coordinator, before any rank writes: refuses to overwrite unless told
         to, removes stale staging directories of this path and makes a fresh one."""
@@ -228,8 +235,9 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
         for entry in self.client.listdir(parent):
             if entry.startswith(f".{name}.staging-") or entry.startswith(f".{name}.replaced-"):
                 self.client.rmtree(posixpath.join(parent, entry))
-        staging = self._staging_dir()
+        staging = posixpath.join(parent, f".{name}.staging-{self.save_id}")
         self.client.mkdir(staging)
+        self._publish[staging] = (self.path, self.save_id)
         return [dataclasses.replace(p, storage_data=_RankPlan(staging, f"__{i}_")) for i, p in enumerate(plans)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
@@ -265,7 +273,9 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
                         t = t.to("cpu")
                     view = _byte_view(t.contiguous())
                 length = f.write(view)
-                results.append(WriteResult(item.index, length, _Stored(name, offset, length)))
+                results.append(
+                    WriteResult(item.index, length, _Written(_Stored(name, offset, length), rank_plan.staging))
+                )
                 offset += length
         # Closed: committed, durable.
         return results
@@ -273,20 +283,24 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """On the coordinator once every rank's files are committed: writes the metadata
         and publishes the checkpoint with one rename."""
-        assert self.path is not None
-        metadata.storage_data = {r.index: r.storage_data for rank in results for r in rank}
-        metadata.storage_meta = self.storage_meta()
-        staging = self._staging_dir()
+        written = [r for rank in results for r in rank]
+        stagings = {r.storage_data.staging for r in written}
+        if len(stagings) > 1:
+            raise ValueError(f"one checkpoint written into several staging directories: {sorted(stagings)}")
+        staging = stagings.pop() if stagings else next(reversed(self._publish))
+        path, save_id = self._publish.pop(staging)
+        metadata.storage_data = {r.index: r.storage_data.stored for r in written}
+        metadata.storage_meta = StorageMeta(checkpoint_id=path, save_id=save_id)
         with self.client.open(posixpath.join(staging, METADATA_FILE), "wb") as f:
             pickle.dump(metadata, f)
-        if self.overwrite and self.client.exists(self.path):
-            parent, name = posixpath.split(self.path)
-            aside = posixpath.join(parent, f".{name}.replaced-{self.save_id}")
-            self.client.rename(self.path, aside)
-            self.client.rename(staging, self.path)
+        if self.overwrite and self.client.exists(path):
+            parent, name = posixpath.split(path)
+            aside = posixpath.join(parent, f".{name}.replaced-{save_id}")
+            self.client.rename(path, aside)
+            self.client.rename(staging, path)
             self.client.rmtree(aside)
         else:
-            self.client.rename(staging, self.path)
+            self.client.rename(staging, path)
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
