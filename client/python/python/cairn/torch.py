@@ -134,7 +134,31 @@ def _buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
     return [b for b in bins if b]
 
 
-class CairnStorageWriter(StorageWriter, AsyncStager):
+class _CairnStorage:
+    """What the writer and the reader share: the client, the checkpoint's path (given
+    at construction or as ``checkpoint_id``) and how many files move at once."""
+
+    def _set_up(self, path: str | os.PathLike[str] | None, client: Client | None, thread_count: int) -> None:
+        if thread_count < 1:
+            raise ValueError("thread_count must be at least 1")
+        self.client = client or default_client()
+        self.path = _path(path) if path is not None else None
+        self.thread_count = thread_count
+
+    def _take_path(self, checkpoint_id: str | os.PathLike[str] | None) -> None:
+        if checkpoint_id is not None:
+            self.path = _path(checkpoint_id)
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        return self.path
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return os.fspath(checkpoint_id).startswith(SCHEME)
+
+
+class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
     """Writes DCP checkpoints into a Cairn cluster; see the module's description.
 
     ``path`` may be given here or as ``checkpoint_id``; ``client`` defaults to
@@ -157,16 +181,11 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
         stage_timeout: float = 3600.0,
     ) -> None:
         super().__init__()
-        if thread_count < 1:
-            raise ValueError("thread_count must be at least 1")
-        self.client = client or default_client()
-        self.path = _path(path) if path is not None else None
-        self.thread_count = thread_count
+        self._set_up(path, client, thread_count)
         self.overwrite = overwrite
         self.staging_budget_bytes = staging_budget_bytes
         self.stage_timeout = stage_timeout
         self.save_id = ""
-        self.is_coordinator = False
         self._staged: Any = None
         # Staging directory -> (checkpoint path, save id), on the coordinator, so saves
         # that overlap (async ones) each publish their own.
@@ -210,8 +229,7 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
     # -- StorageWriter ----------------------------------------------------------------
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id is not None:
-            self.path = _path(checkpoint_id)
+        self._take_path(checkpoint_id)
         self.save_id = uuid.uuid4().hex
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -219,7 +237,6 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
             raise ValueError("CairnStorageWriter needs a checkpoint path (path= or checkpoint_id=)")
         if not kwargs.get("use_collectives", True):
             raise ValueError("CairnStorageWriter publishes through the coordinator; use_collectives=False is not offered")
-        self.is_coordinator = is_coordinator
 
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         return plan
@@ -305,16 +322,8 @@ class CairnStorageWriter(StorageWriter, AsyncStager):
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.path, save_id=self.save_id)
 
-    @property
-    def checkpoint_id(self) -> str | None:
-        return self.path
 
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return os.fspath(checkpoint_id).startswith(SCHEME)
-
-
-class CairnStorageReader(StorageReader):
+class CairnStorageReader(_CairnStorage, StorageReader):
     """Reads DCP checkpoints that ``CairnStorageWriter`` wrote; see the module's
     description. ``thread_count`` files are read at once."""
 
@@ -326,18 +335,13 @@ class CairnStorageReader(StorageReader):
         thread_count: int = 4,
     ) -> None:
         super().__init__()
-        if thread_count < 1:
-            raise ValueError("thread_count must be at least 1")
-        self.client = client or default_client()
-        self.path = _path(path) if path is not None else None
-        self.thread_count = thread_count
+        self._set_up(path, client, thread_count)
         self.load_id = ""
         self.metadata: Metadata | None = None
         self._planner_lock = threading.Lock()
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        if checkpoint_id is not None:
-            self.path = _path(checkpoint_id)
+        self._take_path(checkpoint_id)
         self.load_id = uuid.uuid4().hex
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
@@ -428,11 +432,3 @@ class CairnStorageReader(StorageReader):
                     target.copy_(chunk)
                 with self._planner_lock:
                     planner.commit_tensor(item, target)
-
-    @property
-    def checkpoint_id(self) -> str | None:
-        return self.path
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        return os.fspath(checkpoint_id).startswith(SCHEME)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Checkpoint benchmark, in one run (bench/ckpt.py holds the training-loop stand-in):
+#   1. the limits: disk (O_DIRECT and buffered sequential write/read), memcpy, loopback
+#      TCP (../shared/bench/limits.sh), before and after;
+#   2. a bare memcpy of the state into preallocated tensors;
+#   3. (a) torch.save + fsync to local disk, (b) dcp.save with FileSystemWriter to local
+#      disk, (c) dcp.async_save with FileSystemWriter to the Cairn FUSE mount,
+#      (d) dcp.async_save with cairn.torch.CairnStorageWriter (the Python package);
+#      each in its own process: stall and completion per checkpoint, restore (page cache
+#      dropped), peak RSS beside the state size.
+# Cairn: `cairnctl local up` (release build; 4 halls, 8 dataservers, 2 logic nodes, 4+2).
+# Run as root from the repository root:  bench/ckpt.sh     (env: GIB=2 EVERY=5 CHECKPOINTS=2)
+source "$(dirname "$0")/../scripts/env.sh"
+OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
+export BENCH_OUT="$OUT"
+DATA="$OUT/ckpt"
+SHARED="$CAIRN_ROOT/../shared/bench"
+GIB="${GIB:-2}" EVERY="${EVERY:-5}" CHECKPOINTS="${CHECKPOINTS:-2}"
+mkdir -p "$DATA"
+RESULTS="$OUT/ckpt-results.txt"
+: >"$RESULTS"
+
+ensure_python_package
+(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
+BIN="$CARGO_TARGET_DIR/release"
+cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+limits() { SECTIONS="disk mem net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|mem memcpy|net)" | tee -a "$RESULTS"; }
+bench() { "$CAIRN_VENV/bin/python" "$CAIRN_ROOT/bench/ckpt.py" "$@" --gib "$GIB" --every "$EVERY" --checkpoints "$CHECKPOINTS" | tee -a "$RESULTS"; }
+
+log "limits (before)"
+limits
+
+log "Cairn cluster"
+cleanup
+rm -rf "$DATA/cluster"
+"$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17500 --mount "$DATA/cairn-mnt"
+export CAIRN_CLUSTER="$DATA/cluster/cluster.toml"
+
+log "checkpoints of a ${GIB} GiB state"
+bench memcpy --dir "$DATA/none"
+bench torch-save --dir "$DATA/local"
+bench dcp-fs --dir "$DATA/local"
+bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt"
+bench cairn-async --dir /ckpt
+for name in fuse logic-1 logic-2 $(cd "$DATA/cluster" && ls dataserver-*.pid | sed 's/\.pid$//'); do
+  pid=$(cat "$DATA/cluster/$name.pid")
+  echo "rss $name peak_MiB=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")" | tee -a "$RESULTS"
+done
+cleanup
+# Shards of removed files stay until the orphan collector exists: drop the whole cluster.
+rm -rf "$DATA/cluster" "$DATA/local"
+
+log "limits (after)"
+limits
+log "results in $RESULTS"
