@@ -101,8 +101,6 @@ def main() -> None:
                 os.fsync(f.fileno())
         elif a.method == "dcp-fs":
             dcp.save(sd, storage_writer=dcp.FileSystemWriter(path, overwrite=True))
-        elif a.method == "dcp-fs-async":
-            pending = dcp.async_save(sd, checkpoint_id=path, storage_writer=writer)
         else:
             pending = dcp.async_save(sd, checkpoint_id=path, storage_writer=writer)
         stalls.append(time.perf_counter() - t0)

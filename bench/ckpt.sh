@@ -11,6 +11,7 @@
 # Cairn: `cairnctl local up` (release build; 4 halls, 8 dataservers, 2 logic nodes, 4+2).
 # Run as root from the repository root:  bench/ckpt.sh     (env: GIB=2 EVERY=5 CHECKPOINTS=2)
 source "$(dirname "$0")/../scripts/env.sh"
+source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 export BENCH_OUT="$OUT"
 DATA="$OUT/ckpt"
@@ -43,10 +44,7 @@ bench torch-save --dir "$DATA/local"
 bench dcp-fs --dir "$DATA/local"
 bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt"
 bench cairn-async --dir /ckpt
-for name in fuse logic-1 logic-2 $(cd "$DATA/cluster" && ls dataserver-*.pid | sed 's/\.pid$//'); do
-  pid=$(cat "$DATA/cluster/$name.pid")
-  echo "rss $name peak_MiB=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")" | tee -a "$RESULTS"
-done
+cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
 cleanup
 # Shards of removed files stay until the orphan collector exists: drop the whole cluster.
 rm -rf "$DATA/cluster" "$DATA/local"

@@ -11,6 +11,7 @@
 #      logic node and each dataserver over the run.
 # Run as root from the repository root:  bench/fs.sh      (env: SIZE=4G, SKIP_GLUSTER=1)
 source "$(dirname "$0")/../scripts/env.sh"
+source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 export BENCH_OUT="$OUT"
 DATA="$OUT/fs"
@@ -54,10 +55,7 @@ log "Cairn"
 rm -rf "$DATA/cluster"
 "$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17400 --mount "$DATA/cairn-mnt"
 fstest "$DATA/cairn-mnt" cairn
-for name in fuse logic-1 logic-2 $(cd "$DATA/cluster" && ls dataserver-*.pid | sed 's/\.pid$//'); do
-  pid=$(cat "$DATA/cluster/$name.pid")
-  echo "rss $name peak_MiB=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")" | tee -a "$RESULTS"
-done
+cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
 "$BIN/cairnctl" local down --dir "$DATA/cluster"
 # Deleted files' shards stay on the dataservers until the orphan collector (not yet
 # built) removes them: drop the whole cluster rather than leave 6 GiB behind.

@@ -63,6 +63,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A refusal (nothing changed) with its POSIX reason.
+    pub fn refused(errno: Errno, message: impl Into<String>) -> ClientError {
+        ClientError::Refused {
+            errno,
+            message: message.into(),
+        }
+    }
+
     pub fn errno(&self) -> Option<Errno> {
         match self {
             ClientError::Refused { errno, .. } => Some(*errno),
@@ -86,10 +94,7 @@ pub(crate) fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
 }
 
 fn refused(e: MetaError) -> ClientError {
-    ClientError::Refused {
-        errno: Errno::try_from(e.errno).unwrap_or(Errno::Unspecified),
-        message: e.message,
-    }
+    ClientError::refused(Errno::try_from(e.errno).unwrap_or(Errno::Unspecified), e.message)
 }
 
 type Connection = (FramedRead<OwnedReadHalf, FrameDecoder>, OwnedWriteHalf);

@@ -10,14 +10,13 @@ use cairn_common::proto::metadata::{
 
 use crate::{bad_reply, CairnClient, ClientError};
 
-fn refused(errno: Errno, message: String) -> ClientError {
-    ClientError::Refused { errno, message }
-}
-
 /// The components of `path` after lexical normalization.
 pub fn components(path: &str) -> Result<Vec<&str>, ClientError> {
     if path.contains('\0') {
-        return Err(refused(Errno::Einval, format!("path {path:?} holds a NUL byte")));
+        return Err(ClientError::refused(
+            Errno::Einval,
+            format!("path {path:?} holds a NUL byte"),
+        ));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
@@ -36,57 +35,54 @@ impl CairnClient {
     /// The attributes of what `path` names.
     pub async fn resolve(&self, path: &str) -> Result<Attr, ClientError> {
         let parts = components(path)?;
-        self.walk(&parts).await
-    }
-
-    async fn walk(&self, parts: &[&str]) -> Result<Attr, ClientError> {
-        let mut attr = self.getattr(ROOT).await?;
-        for part in parts {
-            if attr.kind() != FileKind::Directory {
-                return Err(refused(Errno::Enotdir, format!("{part:?} is under a non-directory")));
-            }
-            attr = self.lookup(attr.inode, part.as_bytes()).await?;
+        match parts.split_last() {
+            None => self.getattr(ROOT).await,
+            Some((name, dirs)) => self.lookup(self.walk(dirs).await?, name.as_bytes()).await,
         }
-        Ok(attr)
     }
 
-    /// The directory holding what `path` names, and its last component.
-    pub async fn resolve_parent<'p>(&self, path: &'p str) -> Result<(Attr, &'p str), ClientError> {
+    /// The inode of the directory `parts` names, by lookups from the root (the metadata
+    /// group refuses a lookup under a non-directory with ENOTDIR).
+    async fn walk(&self, parts: &[&str]) -> Result<u64, ClientError> {
+        let mut inode = ROOT;
+        for part in parts {
+            inode = self.lookup(inode, part.as_bytes()).await?.inode;
+        }
+        Ok(inode)
+    }
+
+    /// The inode of the directory holding what `path` names, and its last component.
+    pub async fn resolve_parent<'p>(&self, path: &'p str) -> Result<(u64, &'p str), ClientError> {
         let parts = components(path)?;
         let Some((name, dirs)) = parts.split_last() else {
-            return Err(refused(Errno::Einval, format!("path {path:?} names the root")));
-        };
-        let dir = self.walk(dirs).await?;
-        if dir.kind() != FileKind::Directory {
-            return Err(refused(
-                Errno::Enotdir,
-                format!("the parent of {path:?} is not a directory"),
+            return Err(ClientError::refused(
+                Errno::Einval,
+                format!("path {path:?} names the root"),
             ));
-        }
-        Ok((dir, name))
+        };
+        Ok((self.walk(dirs).await?, name))
     }
 
     /// Makes the directory `path` and any missing parents (`mkdir -p`); another client
-    /// making the same directory at once is no error.
-    pub async fn make_dirs(&self, path: &str, mode: u32) -> Result<Attr, ClientError> {
-        let mut dir = self.getattr(ROOT).await?;
+    /// making the same directory at once is no error. Returns its inode.
+    pub async fn make_dirs(&self, path: &str, mode: u32) -> Result<u64, ClientError> {
+        let mut dir = ROOT;
         for part in components(path)? {
-            dir = match self.lookup(dir.inode, part.as_bytes()).await {
+            let attr = match self.lookup(dir, part.as_bytes()).await {
                 Ok(a) => a,
-                Err(e) if e.errno() == Some(Errno::Enoent) => {
-                    match self.mkdir(dir.inode, part.as_bytes(), mode).await {
-                        Err(e) if e.errno() == Some(Errno::Eexist) => self.lookup(dir.inode, part.as_bytes()).await?,
-                        other => other?,
-                    }
-                }
+                Err(e) if e.errno() == Some(Errno::Enoent) => match self.mkdir(dir, part.as_bytes(), mode).await {
+                    Err(e) if e.errno() == Some(Errno::Eexist) => self.lookup(dir, part.as_bytes()).await?,
+                    other => other?,
+                },
                 Err(e) => return Err(e),
             };
-            if dir.kind() != FileKind::Directory {
-                return Err(refused(
+            if attr.kind() != FileKind::Directory {
+                return Err(ClientError::refused(
                     Errno::Enotdir,
                     format!("{part:?} in {path:?} is not a directory"),
                 ));
             }
+            dir = attr.inode;
         }
         Ok(dir)
     }
@@ -126,9 +122,9 @@ impl CairnClient {
         let (src, name) = self.resolve_parent(from).await?;
         let (dst, new_name) = self.resolve_parent(to).await?;
         self.meta(Op::Rename(Rename {
-            parent: src.inode,
+            parent: src,
             name: name.as_bytes().to_vec(),
-            new_parent: dst.inode,
+            new_parent: dst,
             new_name: new_name.as_bytes().to_vec(),
         }))
         .await
@@ -139,7 +135,7 @@ impl CairnClient {
     pub async fn unlink_path(&self, path: &str) -> Result<(), ClientError> {
         let (dir, name) = self.resolve_parent(path).await?;
         self.meta(Op::Unlink(Unlink {
-            parent: dir.inode,
+            parent: dir,
             name: name.as_bytes().to_vec(),
         }))
         .await
@@ -150,7 +146,7 @@ impl CairnClient {
     pub async fn rmdir_path(&self, path: &str) -> Result<(), ClientError> {
         let (dir, name) = self.resolve_parent(path).await?;
         self.meta(Op::Rmdir(Rmdir {
-            parent: dir.inode,
+            parent: dir,
             name: name.as_bytes().to_vec(),
         }))
         .await

@@ -60,13 +60,6 @@ pub struct FileWriter {
     failed: Option<String>,
 }
 
-fn refused(errno: Errno, message: impl Into<String>) -> ClientError {
-    ClientError::Refused {
-        errno,
-        message: message.into(),
-    }
-}
-
 impl CairnClient {
     /// Opens a write session on file `inode`; the writer starts from its current content.
     pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
@@ -148,7 +141,7 @@ impl FileWriter {
 
     fn check_failed(&self) -> Result<(), ClientError> {
         match &self.failed {
-            Some(why) => Err(refused(
+            Some(why) => Err(ClientError::refused(
                 Errno::Eio,
                 format!("an earlier write of this file failed: {why}"),
             )),
@@ -196,7 +189,7 @@ impl FileWriter {
                 self.session = s.session;
                 let version = s.attr.map_or(0, |a| a.layout_version);
                 if version != self.attr.layout_version {
-                    let e = refused(Errno::Estale, "the file was rewritten while this writer was idle");
+                    let e = ClientError::refused(Errno::Estale, "the file was rewritten while this writer was idle");
                     return Err(self.fail(e));
                 }
             }
@@ -215,7 +208,9 @@ impl FileWriter {
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|e| *e <= FILE_BYTES_MAX)
-            .ok_or_else(|| refused(Errno::Efbig, format!("a write at {offset} ends past {FILE_BYTES_MAX}")))?;
+            .ok_or_else(|| {
+                ClientError::refused(Errno::Efbig, format!("a write at {offset} ends past {FILE_BYTES_MAX}"))
+            })?;
         self.renew_if_due().await?;
         let s = self.slot_bytes();
         let mut pos = offset;
@@ -312,7 +307,10 @@ impl FileWriter {
     pub async fn set_len(&mut self, size: u64) -> Result<(), ClientError> {
         self.check_failed()?;
         if size > FILE_BYTES_MAX {
-            return Err(refused(Errno::Efbig, format!("size {size} beyond {FILE_BYTES_MAX}")));
+            return Err(ClientError::refused(
+                Errno::Efbig,
+                format!("size {size} beyond {FILE_BYTES_MAX}"),
+            ));
         }
         if size < self.size {
             // Stripes being stored are trimmed by their records: wait for them.

@@ -359,7 +359,9 @@ fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) ->
 }
 
 impl ErasureConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Refuses a code that cannot be used: shard counts out of range, block and shard
+    /// sizes that do not divide or do not fit a frame.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         in_range("erasure.data_shards", self.data_shards, 1, 32)?;
         in_range("erasure.parity_shards", self.parity_shards, 1, 16)?;
         ErasureCode::new(self.data_shards.into(), self.parity_shards.into())

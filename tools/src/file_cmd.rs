@@ -38,7 +38,7 @@ pub async fn run(config: &Path, command: FileCommand) -> anyhow::Result<()> {
                 bail!("{path:?} names no file");
             };
             let dir = client.make_dirs(&dirs.join("/"), 0o755).await?;
-            let inode = client.create_in(dir.inode, name.as_bytes(), 0o644, false).await?.inode;
+            let inode = client.create_in(dir, name.as_bytes(), 0o644, false).await?.inode;
             let attr = client.write_file(inode, Bytes::from(data)).await?;
             println!(
                 "stored {path}: {} bytes, layout version {}",

@@ -29,17 +29,15 @@ const S_IFLNK: u32 = 0o120_000;
 /// subclass (`FileNotFoundError`, `FileExistsError`, ...); `TimeoutError` when no logic
 /// node answered in time.
 fn py_err(e: ClientError) -> PyErr {
-    match e {
-        ClientError::Unavailable { .. } => PyTimeoutError::new_err(e.to_string()),
-        e => PyOSError::new_err((e.os_errno(), e.to_string())),
-    }
+    py_err_at(e, None)
 }
 
-/// `py_err` naming the path the call was about (`OSError.filename`).
-fn py_err_at(e: ClientError, path: &str) -> PyErr {
-    match e {
-        ClientError::Unavailable { .. } => PyTimeoutError::new_err(e.to_string()),
-        e => PyOSError::new_err((e.os_errno(), e.to_string(), path.to_owned())),
+/// `py_err`, naming the path the call was about (`OSError.filename`) when there is one.
+fn py_err_at(e: ClientError, path: Option<&str>) -> PyErr {
+    match (e, path) {
+        (e @ ClientError::Unavailable { .. }, _) => PyTimeoutError::new_err(e.to_string()),
+        (e, Some(path)) => PyOSError::new_err((e.os_errno(), e.to_string(), path.to_owned())),
+        (e, None) => PyOSError::new_err((e.os_errno(), e.to_string())),
     }
 }
 
@@ -156,7 +154,7 @@ impl Client {
         f: impl Future<Output = Result<T, ClientError>> + Send,
     ) -> PyResult<T> {
         py.detach(|| self.shared.runtime.block_on(f))
-            .map_err(|e| py_err_at(e, path))
+            .map_err(|e| py_err_at(e, Some(path)))
     }
 
     fn client(&self) -> &Arc<CairnClient> {
@@ -190,11 +188,7 @@ impl Client {
             shard_unit_bytes,
             ..ErasureConfig::default()
         };
-        if let Err(e) =
-            cairn_common::erasure::ErasureCode::new(erasure.data_shards.into(), erasure.parity_shards.into())
-        {
-            return Err(PyValueError::new_err(format!("erasure code: {e}")));
-        }
+        erasure.validate().map_err(|e| PyValueError::new_err(e.to_string()))?;
         Client::start(addrs, erasure, timeout)
     }
 
@@ -219,14 +213,8 @@ impl Client {
     fn listdir(&self, py: Python<'_>, path: &str) -> PyResult<Vec<String>> {
         let client = self.client();
         let entries = self.run(py, path, async {
-            let dir = client.resolve(path).await?;
-            if dir.kind() != FileKind::Directory {
-                return Err(ClientError::Refused {
-                    errno: Errno::Enotdir,
-                    message: format!("{path:?} is not a directory"),
-                });
-            }
-            client.list_dir(dir.inode).await
+            // The metadata group refuses to list a non-directory (ENOTDIR).
+            client.list_dir(client.resolve(path).await?.inode).await
         })?;
         Ok(entries
             .into_iter()
@@ -239,7 +227,7 @@ impl Client {
         let client = self.client();
         self.run(py, path, async {
             let (dir, name) = client.resolve_parent(path).await?;
-            client.mkdir(dir.inode, name.as_bytes(), mode).await.map(drop)
+            client.mkdir(dir, name.as_bytes(), mode).await.map(drop)
         })
     }
 
@@ -284,15 +272,12 @@ impl Client {
         let (attr, writer) = self.run(py, path, async {
             let (dir, name) = client.resolve_parent(path).await?;
             let attr = if create {
-                client.create_in(dir.inode, name.as_bytes(), mode, exclusive).await?
+                client.create_in(dir, name.as_bytes(), mode, exclusive).await?
             } else {
-                client.lookup(dir.inode, name.as_bytes()).await?
+                client.lookup(dir, name.as_bytes()).await?
             };
             if attr.kind() == FileKind::Directory {
-                return Err(ClientError::Refused {
-                    errno: Errno::Eisdir,
-                    message: format!("{path:?} is a directory"),
-                });
+                return Err(ClientError::refused(Errno::Eisdir, format!("{path:?} is a directory")));
             }
             let writer = match write {
                 true => {

@@ -114,13 +114,25 @@ def _tensor_bytes(state_dict: Any) -> int:
     return 0
 
 
+def _tensor_layout(state_dict: Any) -> Any:
+    """The structure of a state: keys, and each tensor's shape, dtype and device. Staging
+    buffers made for one layout serve every state of the same layout."""
+    if isinstance(state_dict, torch.Tensor):
+        return (tuple(state_dict.shape), state_dict.dtype, state_dict.device.type)
+    if isinstance(state_dict, dict):
+        return tuple((k, _tensor_layout(v)) for k, v in state_dict.items())
+    if isinstance(state_dict, (list, tuple)):
+        return tuple(_tensor_layout(v) for v in state_dict)
+    return type(state_dict).__name__
+
+
 def _item_bytes(item: WriteItem) -> int:
     if item.tensor_data is None:
         return item.bytes_io_data.nbytes if item.bytes_io_data is not None else 0
     size = 1
     for s in item.tensor_data.size:
         size *= s
-    return size * torch.empty((), dtype=item.tensor_data.properties.dtype).element_size()
+    return size * item.tensor_data.properties.dtype.itemsize
 
 
 def _buckets(items: list[WriteItem], n: int) -> list[list[WriteItem]]:
@@ -187,6 +199,7 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
         self.stage_timeout = stage_timeout
         self.save_id = ""
         self._staged: Any = None
+        self._staged_layout: Any = None
         # Staging directory -> (checkpoint path, save id), on the coordinator, so saves
         # that overlap (async ones) each publish their own.
         self._publish: dict[str, tuple[str, str]] = {}
@@ -207,14 +220,11 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
             )
         if not self._upload_done.wait(self.stage_timeout):
             raise TimeoutError(f"the previous checkpoint is still uploading after {self.stage_timeout} s")
-        if self._staged is None or _tensor_bytes(self._staged) != nbytes:
+        layout = _tensor_layout(state_dict)
+        if self._staged is None or self._staged_layout != layout:
             self._staged = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
-        try:
-            staged = _copy_state_dict(state_dict, self._staged)
-        except (RuntimeError, ValueError, KeyError):
-            # The state's shape changed since the buffers were made: make them again.
-            self._staged = _create_cpu_state_dict(state_dict, pin_memory=torch.cuda.is_available())
-            staged = _copy_state_dict(state_dict, self._staged)
+            self._staged_layout = layout
+        staged = _copy_state_dict(state_dict, self._staged)
         self._upload_done.clear()
         return staged
 
