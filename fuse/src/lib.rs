@@ -17,6 +17,7 @@
 
 mod attrs;
 pub mod passthrough;
+mod removals;
 pub mod session;
 
 use std::collections::HashMap;
@@ -40,6 +41,7 @@ use fuser::{
 use tracing::warn;
 
 use crate::attrs::{errno, file_attr, kind, ns};
+use crate::removals::Removals;
 use crate::session::{done, REQUEST_BYTES_MAX};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -88,6 +90,7 @@ pub struct CairnFs {
     client: Arc<CairnClient>,
     runtime: tokio::runtime::Runtime,
     state: Mutex<State>,
+    removals: Removals,
     next_fh: AtomicU64,
 }
 
@@ -101,6 +104,7 @@ impl CairnFs {
             client,
             runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
             state: Mutex::new(State::default()),
+            removals: Removals::default(),
             next_fh: AtomicU64::new(1),
         })
     }
@@ -221,7 +225,7 @@ impl CairnFs {
 
     /// Before `name` in `parent` goes away: if this mount has it open, make sure its
     /// writer (and so a write session) exists, so that it stays readable and writable
-    /// until its last handle closes.
+    /// until its last handle closes. Call it holding the removal's ticket.
     fn pin_if_open(&self, parent: u64, name: &[u8]) {
         if self.state().open_per_inode.is_empty() {
             return;
@@ -396,6 +400,7 @@ impl Filesystem for CairnFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _removal = self.removals.begin();
         self.pin_if_open(parent.0, name.as_bytes());
         let op = Op::Unlink(Unlink {
             parent: parent.0,
@@ -437,6 +442,7 @@ impl Filesystem for CairnFs {
             // RENAME_NOREPLACE and RENAME_EXCHANGE are not offered.
             return reply.error(Errno::EINVAL);
         }
+        let _removal = self.removals.begin();
         self.pin_if_open(newparent.0, newname.as_bytes());
         let op = Op::Rename(Rename {
             parent: parent.0,
@@ -457,15 +463,23 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The handle is registered before the inode is checked, so a removal racing this
+        // open either sees the handle (and keeps the inode alive) or is waited for.
+        let fh = self.new_handle(ino.0);
+        self.removals.wait_for_earlier();
         match self.getattr_fresh(ino.0) {
             Ok(a) => {
                 let flags = self.keep_cache(&a);
-                reply.opened(self.new_handle(ino.0), flags);
+                reply.opened(fh, flags);
             }
-            // The kernel's cached name led to an inode that is gone (renamed over, say):
-            // ESTALE makes it look the name up again.
-            Err(Errno::ENOENT) => reply.error(Errno::ESTALE),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                if let Err(release) = self.release_handle(fh) {
+                    warn!(inode = ino.0, "dropping a failed open's handle: {release:?}");
+                }
+                // The kernel's cached name led to an inode that is gone (renamed over,
+                // say): ESTALE makes it look the name up again.
+                reply.error(if e == Errno::ENOENT { Errno::ESTALE } else { e });
+            }
         }
     }
 
