@@ -40,7 +40,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One request's answer, a stripe write included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub(crate) const SESSION_TTL_MS: u32 = 120_000;
 /// Connections to the logic nodes, and so requests in flight at once.
 const CONNECTIONS: usize = 8;

@@ -20,7 +20,7 @@ use crate::apply::CLIENT_ID_BYTES;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
 const MESSAGE_BYTES_MAX: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]

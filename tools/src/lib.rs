@@ -11,6 +11,8 @@ pub mod file_cmd;
 pub mod local;
 pub mod meta_bench;
 pub mod metadata_admin;
+pub mod outage;
+pub mod workload;
 
 /// Connects to a dataserver, retrying until it answers `stat` or `wait` has passed.
 pub async fn connect_when_ready(addr: std::net::SocketAddr, wait: Duration) -> anyhow::Result<DataserverClient> {

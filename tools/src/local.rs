@@ -3,7 +3,9 @@
 //! halls, each with one metadata voter and two dataservers, plus two logic nodes. The
 //! cluster lives in one directory: `cluster.toml` (every member, read by `status`), one
 //! config, data directory, log and pid file per process. `up` also mounts the cluster
-//! (`cairn-fuse`, by default at `<dir>/mnt`); `down` unmounts it first.
+//! (`cairn-fuse`, by default at `<dir>/mnt`); `down` unmounts it first. `kill-hall`
+//! cuts a hall's power (SIGKILL to each of its processes) and `start-hall` brings it
+//! back; `up` after a full power loss starts everything again.
 
 use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
@@ -40,6 +42,8 @@ pub struct Layout {
 struct Node {
     /// "metadata-1", "dataserver-3", "logic-1": names its files in the directory.
     name: String,
+    /// The hall it runs in, 1-based.
+    hall: u32,
     binary: &'static str,
     args: Vec<String>,
     addr: SocketAddr,
@@ -65,6 +69,7 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
         shared += &format!("[[metadata_nodes]]\nnode_id = {h}\nhall = \"hall-{h}\"\naddr = \"{addr}\"\n");
         nodes.push(Node {
             name: format!("metadata-{h}"),
+            hall: h,
             binary: "cairn-metadata",
             args: vec!["serve".into(), "--bootstrap".into()],
             addr,
@@ -81,6 +86,7 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
             shared += &format!("[[dataservers]]\nnode_id = {id}\nhall = \"hall-{h}\"\naddr = \"{addr}\"\n");
             nodes.push(Node {
                 name: format!("dataserver-{id}"),
+                hall: h,
                 binary: "cairn-dataserver",
                 args: vec!["serve".into()],
                 addr,
@@ -93,9 +99,12 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
     }
     for i in 1..=l.logic_nodes {
         let addr = next()?;
-        shared += &format!("[[logic_nodes]]\naddr = \"{addr}\"\n");
+        // Logic nodes go round the halls, so losing a hall takes some of them too.
+        let h = (i - 1) % l.halls + 1;
+        shared += &format!("[[logic_nodes]]\naddr = \"{addr}\"\nhall = \"hall-{h}\"\n");
         nodes.push(Node {
             name: format!("logic-{i}"),
+            hall: h,
             binary: "cairn-logic",
             args: vec!["serve".into()],
             addr,
@@ -105,7 +114,16 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
     Ok((shared, nodes))
 }
 
-/// The running process recorded in `<name>.pid`, if it still runs.
+/// Where `cairnctl local` keeps its cluster unless told otherwise.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/cairn/local")
+}
+
+/// The running process recorded in `<name>.pid`, if it still runs (a zombie, killed
+/// and not yet reaped, does not).
 fn pid_of(dir: &Path, name: &str) -> Option<Pid> {
     let raw: i32 = std::fs::read_to_string(dir.join(format!("{name}.pid")))
         .ok()?
@@ -113,7 +131,104 @@ fn pid_of(dir: &Path, name: &str) -> Option<Pid> {
         .parse()
         .ok()?;
     let pid = Pid::from_raw(raw)?;
-    test_kill_process(pid).is_ok().then_some(pid)
+    test_kill_process(pid).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{raw}/stat")).ok()?;
+    // The state is the field after the command name, which ends with the last ')'.
+    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+    (state != 'Z' && state != 'X').then_some(pid)
+}
+
+/// Starts those of `nodes` that are not running; returns how many it started.
+fn start(dir: &Path, shared: &str, nodes: &[Node]) -> anyhow::Result<usize> {
+    let mut started = 0;
+    for n in nodes {
+        if pid_of(dir, &n.name).is_some() {
+            continue;
+        }
+        let config = dir.join(format!("{}.toml", n.name));
+        std::fs::write(&config, format!("{}\n{shared}", n.section))?;
+        let mut args: Vec<&OsStr> = n.args.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("--config"), config.as_os_str()]);
+        spawn(dir, &n.name, n.binary, &args)?;
+        started += 1;
+    }
+    Ok(started)
+}
+
+/// The layout of the cluster recorded in `dir`, and its plan (which `up` wrote).
+fn recorded(dir: &Path) -> anyhow::Result<(Config, String, Vec<Node>)> {
+    let cluster_file = dir.join("cluster.toml");
+    let text = std::fs::read_to_string(&cluster_file)
+        .with_context(|| format!("no local cluster in {}: run `cairnctl local up` first", dir.display()))?;
+    let c = Config::parse(&text).with_context(|| format!("reading {}", cluster_file.display()))?;
+    let halls = c.metadata_nodes.len() as u32;
+    let layout = Layout {
+        halls,
+        dataservers_per_hall: c.dataservers.len() as u32 / halls.max(1),
+        logic_nodes: c.logic_nodes.len() as u32,
+        base_port: c.metadata_nodes.first().map_or(0, |n| n.addr.port()),
+    };
+    let (shared, nodes) = plan(dir, &layout)?;
+    if shared != text {
+        bail!("{} was not written by this cairnctl", cluster_file.display());
+    }
+    Ok((c, shared, nodes))
+}
+
+/// The processes of the local cluster in `dir`: name and hall (1-based).
+pub fn members(dir: &Path) -> anyhow::Result<Vec<(String, u32)>> {
+    Ok(recorded(dir)?.2.into_iter().map(|n| (n.name, n.hall)).collect())
+}
+
+/// The names of `hall`'s processes.
+pub fn hall_members(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
+    let all = members(dir)?;
+    let halls = all.iter().map(|m| m.1).max().unwrap_or(0);
+    if hall == 0 || hall > halls {
+        bail!("no hall {hall}: the cluster has halls 1 to {halls}");
+    }
+    Ok(all.into_iter().filter(|m| m.1 == hall).map(|m| m.0).collect())
+}
+
+/// SIGKILLs those of `names` that run, as a power cut would; returns the ones killed.
+pub fn kill(dir: &Path, names: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut killed = Vec::new();
+    for name in names {
+        if let Some(pid) = pid_of(dir, name) {
+            kill_process(pid, Signal::KILL).with_context(|| format!("killing {name}"))?;
+            killed.push(name.clone());
+        }
+    }
+    Ok(killed)
+}
+
+/// Starts those of `names` (every process with `None`) that do not run, without waiting
+/// for them; returns how many it started.
+pub fn start_stopped(dir: &Path, names: Option<&[String]>) -> anyhow::Result<usize> {
+    let (_, shared, nodes) = recorded(dir)?;
+    let chosen: Vec<Node> = nodes
+        .into_iter()
+        .filter(|n| names.is_none_or(|names| names.contains(&n.name)))
+        .collect();
+    start(dir, &shared, &chosen)
+}
+
+/// Waits until every node of the cluster in `dir` answers.
+pub async fn wait_healthy_in(dir: &Path) -> anyhow::Result<()> {
+    wait_healthy(&recorded(dir)?.0).await
+}
+
+/// SIGKILLs every process of `hall`; returns their names.
+pub fn kill_hall(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
+    kill(dir, &hall_members(dir, hall)?)
+}
+
+/// Starts the processes of `hall` that are not running and waits until the cluster is
+/// healthy again.
+pub async fn start_hall(dir: &Path, hall: u32) -> anyhow::Result<usize> {
+    let started = start_stopped(dir, Some(&hall_members(dir, hall)?))?;
+    wait_healthy_in(dir).await?;
+    Ok(started)
 }
 
 fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -154,18 +269,7 @@ pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Re
         }
     }
     std::fs::write(&cluster_file, &shared)?;
-    let mut started = 0;
-    for n in &nodes {
-        if pid_of(dir, &n.name).is_some() {
-            continue;
-        }
-        let config = dir.join(format!("{}.toml", n.name));
-        std::fs::write(&config, format!("{}\n{shared}", n.section))?;
-        let mut args: Vec<&OsStr> = n.args.iter().map(OsStr::new).collect();
-        args.extend([OsStr::new("--config"), config.as_os_str()]);
-        spawn(dir, &n.name, n.binary, &args)?;
-        started += 1;
-    }
+    let started = start(dir, &shared, &nodes)?;
     println!("{started} processes started, {} already running", nodes.len() - started);
     wait_healthy(&Config::load(&cluster_file)?).await?;
     println!("cluster healthy; configuration in {}", cluster_file.display());
@@ -366,7 +470,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         rows.push(NodeRow {
             kind: "logic",
             id: (i + 1).to_string(),
-            hall: "-".into(),
+            hall: l.hall.clone().unwrap_or_else(|| "-".into()),
             addr: l.addr.to_string(),
             healthy: up,
             detail: if up { "listening".into() } else { "unreachable".into() },

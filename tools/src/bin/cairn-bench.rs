@@ -100,6 +100,35 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         threads: usize,
     },
+    /// Stage an outage on a local cluster (`cairnctl local up`) under a checksummed
+    /// read/write workload; print failed I/Os, the longest gap and the time to full
+    /// redundancy as one JSON line. Fails if an I/O failed or a byte was lost.
+    Outage {
+        #[arg(long, value_enum)]
+        scenario: cairn_tools::outage::Scenario,
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
+        dir: PathBuf,
+        /// Seconds of workload before the outage, of outage, and after recovery.
+        #[arg(long, default_value_t = 5)]
+        before_secs: u64,
+        #[arg(long, default_value_t = 10)]
+        down_secs: u64,
+        #[arg(long, default_value_t = 5)]
+        after_secs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Kill and restart random processes of a local cluster, one hall at a time at most,
+    /// under a checksummed read/write workload; then verify every acknowledged byte.
+    /// Prints one JSON line; fails if an I/O failed or a byte was lost.
+    Chaos {
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 180)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[tokio::main]
@@ -137,6 +166,38 @@ async fn main() -> std::process::ExitCode {
             mountpoint,
             threads,
         } => cairn_fuse::passthrough::mount(&source, &mountpoint, threads),
+        Bench::Outage {
+            scenario,
+            dir,
+            before_secs,
+            down_secs,
+            after_secs,
+            seed,
+        } => {
+            let timing = cairn_tools::outage::Timing {
+                before: Duration::from_secs(before_secs),
+                down: Duration::from_secs(down_secs),
+                after: Duration::from_secs(after_secs),
+            };
+            match cairn_tools::outage::run(&dir, scenario, &timing, seed).await {
+                Ok(r) => judged(&r, &r.workload),
+                Err(e) => Err(e),
+            }
+        }
+        Bench::Chaos { dir, seconds, seed } => match cairn_tools::outage::chaos(&dir, seconds, seed).await {
+            Ok(r) => {
+                eprintln!(
+                    "chaos: {} kills, {} I/Os, {} failed, {} bytes in {} files verified",
+                    r.kills,
+                    r.workload.writes_ok + r.workload.reads_ok,
+                    r.workload.failed_ios,
+                    r.workload.bytes_verified,
+                    r.workload.files_verified
+                );
+                judged(&r, &r.workload)
+            }
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -145,6 +206,21 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `report` as one JSON line; an error if the workload saw a failed I/O or lost
+/// an acknowledged byte.
+fn judged(report: &impl serde::Serialize, w: &cairn_tools::workload::Report) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(report)?);
+    if w.failed_ios > 0 || w.verify_failures > 0 {
+        bail!(
+            "{} failed I/Os, {} acknowledged files lost or wrong: {:?}",
+            w.failed_ios,
+            w.verify_failures,
+            w.failures
+        );
+    }
+    Ok(())
 }
 
 async fn shards(

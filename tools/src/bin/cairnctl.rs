@@ -89,13 +89,24 @@ enum LocalCommand {
         #[arg(long, default_value_os_t = default_local_dir())]
         dir: PathBuf,
     },
+    /// Cut the power of a hall: SIGKILL every process that runs in it.
+    KillHall {
+        /// The hall's number (1 for hall-1).
+        hall: u32,
+        #[arg(long, default_value_os_t = default_local_dir())]
+        dir: PathBuf,
+    },
+    /// Bring a hall back: start its processes and wait until the cluster is healthy.
+    StartHall {
+        /// The hall's number (1 for hall-1).
+        hall: u32,
+        #[arg(long, default_value_os_t = default_local_dir())]
+        dir: PathBuf,
+    },
 }
 
 fn default_local_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"))
-        .join(".cache/cairn/local")
+    cairn_tools::local::default_dir()
 }
 
 #[derive(Subcommand)]
@@ -179,6 +190,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Local {
             command: LocalCommand::Down { dir },
         } => return cairn_tools::local::down(&dir),
+        Top::Local {
+            command: LocalCommand::KillHall { hall, dir },
+        } => {
+            let killed = cairn_tools::local::kill_hall(&dir, hall)?;
+            println!("hall-{hall} is dark: killed {}", killed.join(", "));
+            return Ok(());
+        }
+        Top::Local {
+            command: LocalCommand::StartHall { hall, dir },
+        } => {
+            let started = cairn_tools::local::start_hall(&dir, hall).await?;
+            println!("hall-{hall} is back: {started} processes started, cluster healthy");
+            return Ok(());
+        }
     };
     let client = connect_when_ready(addr, Duration::from_secs(wait_secs)).await?;
     match command {

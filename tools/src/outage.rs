@@ -1,0 +1,179 @@
+//! Outages staged on a local cluster under a running [`Workload`], measured as a training
+//! job feels them: failed I/Os, the longest gap between successful I/Os, and how long
+//! until the cluster is whole again. `cairn-bench outage` and `cairn-bench chaos` run
+//! them; the tests in `tests/` and `bench/outage.sh` call those.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cairn_client::CairnClient;
+use cairn_common::config::Config;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::local;
+use crate::workload::{Report, Workload, WorkloadConfig};
+
+/// How long a client request may retry before it counts as a failed I/O.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
+/// GPUs idled by a storage gap, for the report's cost line.
+const GPUS: f64 = 100_000.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// SIGKILL every process of the hall holding the metadata leader; bring it back.
+    HallLoss,
+    /// SIGKILL every process of the cluster; start them all again.
+    PowerLoss,
+    /// SIGKILL one logic node; start it again.
+    LogicCrash,
+}
+
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Workload before the outage.
+    pub before: Duration,
+    /// How long the failed part stays down.
+    pub down: Duration,
+    /// Workload after the cluster is whole again.
+    pub after: Duration,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutageReport {
+    pub scenario: Scenario,
+    pub killed: Vec<String>,
+    /// From the kill until the cluster is whole: every node back and every stripe with
+    /// all its shards reachable.
+    pub full_redundancy_s: f64,
+    /// Power loss: from the restarted processes' start to the first read served, and to
+    /// every node answering.
+    pub first_read_after_start_s: Option<f64>,
+    pub full_service_after_start_s: Option<f64>,
+    /// The workload's longest gap times 100,000 GPUs, in GPU-minutes.
+    pub gpu_minutes_per_100k: f64,
+    pub workload: Report,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChaosReport {
+    pub kills: u64,
+    pub killed: Vec<String>,
+    pub workload: Report,
+}
+
+pub fn client_of(dir: &Path) -> anyhow::Result<Arc<CairnClient>> {
+    let c = Config::load(&dir.join("cluster.toml")).context("the local cluster's config")?;
+    Ok(CairnClient::new(
+        c.logic_nodes.iter().map(|l| l.addr).collect(),
+        c.erasure,
+        CLIENT_DEADLINE,
+    ))
+}
+
+pub fn workload_config(dir: &str, seed: u64) -> WorkloadConfig {
+    WorkloadConfig {
+        dir: dir.into(),
+        writers: 4,
+        readers: 4,
+        file_bytes_max: 4 << 20,
+        seed,
+    }
+}
+
+/// The hall of the metadata group's leader (1 if none answers).
+async fn leader_hall(dir: &Path) -> anyhow::Result<u32> {
+    let c = Config::load(&dir.join("cluster.toml"))?;
+    for (i, n) in c.metadata_nodes.iter().enumerate() {
+        if let Ok(s) = crate::metadata_admin::status(&n.addr.to_string()).await {
+            if s.role == "leader" {
+                return Ok(i as u32 + 1);
+            }
+        }
+    }
+    Ok(1)
+}
+
+/// Reads `inode` with a fresh client until a read succeeds; returns when it did.
+async fn first_read(dir: &Path, inode: u64) -> anyhow::Result<Instant> {
+    let client = client_of(dir)?;
+    client.read_file(inode).await.context("first read after the restart")?;
+    Ok(Instant::now())
+}
+
+pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyhow::Result<OutageReport> {
+    let client = client_of(dir)?;
+    let probe = {
+        let inode = client.make_dirs("/outage-probe", 0o755).await?;
+        let attr = client.create_in(inode, b"probe", 0o644, false).await?;
+        client
+            .write_file(attr.inode, bytes::Bytes::from_static(b"probe"))
+            .await?;
+        attr.inode
+    };
+    let w = Workload::start(client, workload_config(&format!("/outage-{seed}"), seed)).await?;
+    tokio::time::sleep(t.before).await;
+    let victims = match scenario {
+        Scenario::HallLoss => local::hall_members(dir, leader_hall(dir).await?)?,
+        Scenario::PowerLoss => local::members(dir)?.into_iter().map(|m| m.0).collect(),
+        Scenario::LogicCrash => vec!["logic-1".to_owned()],
+    };
+    let killed_at = Instant::now();
+    let killed = local::kill(dir, &victims)?;
+    tokio::time::sleep(t.down).await;
+    let started_at = Instant::now();
+    local::start_stopped(dir, Some(&victims))?;
+    let first = match scenario {
+        Scenario::PowerLoss => Some(first_read(dir, probe).await?),
+        _ => None,
+    };
+    local::wait_healthy_in(dir).await?;
+    let whole_at = Instant::now();
+    tokio::time::sleep(t.after).await;
+    let workload = w.finish().await;
+    Ok(OutageReport {
+        scenario,
+        killed,
+        full_redundancy_s: whole_at.duration_since(killed_at).as_secs_f64(),
+        first_read_after_start_s: first.map(|f| f.duration_since(started_at).as_secs_f64()),
+        full_service_after_start_s: first.map(|_| whole_at.duration_since(started_at).as_secs_f64()),
+        gpu_minutes_per_100k: workload.longest_gap_s * GPUS / 60.0,
+        workload,
+    })
+}
+
+/// For `seconds`: SIGKILL a random set of one hall's processes, keep them down 1 to 5 s,
+/// start them again and wait until the cluster is healthy, pause 1 to 3 s; so at most
+/// one hall is ever down.
+pub async fn chaos(dir: &Path, seconds: u64, seed: u64) -> anyhow::Result<ChaosReport> {
+    let client = client_of(dir)?;
+    let halls = local::members(dir)?.iter().map(|m| m.1).max().unwrap_or(0);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w = Workload::start(client, workload_config(&format!("/chaos-{seed}"), seed)).await?;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut killed = Vec::new();
+    while Instant::now() < end {
+        let hall = rng.random_range(1..=halls);
+        let members = local::hall_members(dir, hall)?;
+        let victims: Vec<String> = members.iter().filter(|_| rng.random_bool(0.5)).cloned().collect();
+        let victims = if victims.is_empty() {
+            vec![members[rng.random_range(0..members.len())].clone()]
+        } else {
+            victims
+        };
+        killed.extend(local::kill(dir, &victims)?);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
+        local::start_stopped(dir, Some(&victims))?;
+        local::wait_healthy_in(dir).await?;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+    }
+    Ok(ChaosReport {
+        kills: killed.len() as u64,
+        killed,
+        workload: w.finish().await,
+    })
+}
