@@ -56,18 +56,21 @@ impl Dataservers {
     /// Placement candidates; a recently failed one reports no free space, so placement
     /// passes it over while others can take the shards.
     pub fn candidates(&self) -> Vec<Candidate> {
-        let suspects = self.suspects();
         self.members
             .iter()
             .map(|(id, m)| Candidate {
                 node: *id,
                 hall: m.hall.clone(),
-                free_bytes: match suspects.get(id) {
-                    Some(since) if since.elapsed() < SUSPECT_FOR => 0,
-                    _ => 1,
-                },
+                free_bytes: u64::from(!self.is_suspect(*id)),
             })
             .collect()
+    }
+
+    /// Whether `node` failed within the last `SUSPECT_FOR`.
+    pub fn is_suspect(&self, node: NodeId) -> bool {
+        self.suspects()
+            .get(&node)
+            .is_some_and(|since| since.elapsed() < SUSPECT_FOR)
     }
 
     pub fn hall(&self, node: NodeId) -> Option<&HallId> {

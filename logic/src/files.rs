@@ -336,19 +336,18 @@ impl Files {
         let id = StripeId(u128::from_be_bytes(id_bytes));
         let (k, total) = (code.data_shards(), code.total_shards());
         let mut shards: Vec<Option<Bytes>> = vec![None; total];
-        let by_index = |range: std::ops::Range<usize>| -> Vec<&ShardLocation> {
-            s.shards
-                .iter()
-                .filter(|l| range.contains(&(l.index as usize)))
-                .collect()
-        };
-        // Data shards first; parity only for what is missing.
-        for wanted in [by_index(0..k), by_index(k..total)] {
+        // k shards first: data shards (no decoding needed), with parity in place of those
+        // on dataservers that failed lately (a dark hall costs no second round trip);
+        // the rest only for what is missing.
+        let mut order: Vec<&ShardLocation> = s.shards.iter().filter(|l| (l.index as usize) < total).collect();
+        order.sort_by_key(|l| (self.ds.is_suspect(NodeId(l.dataserver)), l.index as usize >= k, l.index));
+        let (first, rest) = order.split_at(k.min(order.len()));
+        for wanted in [first.to_vec(), rest.to_vec()] {
             let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l))).await;
             for (loc, bytes) in wanted.iter().zip(fetched) {
                 shards[loc.index as usize] = bytes;
             }
-            if shards[..k].iter().all(Option::is_some) {
+            if shards.iter().flatten().count() >= k {
                 break;
             }
         }

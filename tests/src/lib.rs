@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use cairn_dataserver::client::DataserverClient;
 
 pub mod cluster;
+pub mod local;
 pub mod metadata;
 pub mod mount;
 

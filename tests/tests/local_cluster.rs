@@ -1,30 +1,10 @@
 //! `cairnctl local up|down` and `cairnctl status`: a whole cluster of real processes on
 //! loopback, started idempotently, mounted, reported healthy, unmounted and stopped.
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use cairn_tests::bin_path;
+use cairn_tests::local::{cairnctl, free_ports, PROCESSES};
 use cairn_tests::mount::is_mounted;
-
-fn cairnctl(args: &[&str]) -> Output {
-    Command::new(bin_path("cairnctl"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cairnctl {args:?}: {e}"))
-}
-
-/// `n` consecutive free loopback ports.
-fn free_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 30_000;
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
-}
 
 /// Stops the cluster even when the test fails.
 struct Down<'a>(&'a Path);
@@ -39,7 +19,7 @@ impl Drop for Down<'_> {
 fn local_cluster_up_status_down() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path().display().to_string();
-    let base = free_ports(14).to_string();
+    let base = free_ports(PROCESSES).to_string();
     let _down = Down(dir.path());
     let up = cairnctl(&["local", "up", "--dir", &d, "--base-port", &base]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
@@ -80,7 +60,8 @@ fn local_cluster_up_status_down() {
 
     let down = cairnctl(&["local", "down", "--dir", &d]);
     assert!(down.status.success());
-    assert!(String::from_utf8_lossy(&down.stdout).contains("15 processes stopped"));
+    let stopped = String::from_utf8_lossy(&down.stdout);
+    assert!(stopped.contains("15 processes stopped"), "{stopped}");
     assert!(!is_mounted(&mnt));
     let status = cairnctl(&["status", "--config", &config, "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");

@@ -122,20 +122,29 @@ pub fn default_dir() -> PathBuf {
         .join(".cache/cairn/local")
 }
 
-/// The running process recorded in `<name>.pid`, if it still runs (a zombie, killed
-/// and not yet reaped, does not).
+/// The running process recorded in `<name>.pid`, if it still runs.
 fn pid_of(dir: &Path, name: &str) -> Option<Pid> {
     let raw: i32 = std::fs::read_to_string(dir.join(format!("{name}.pid")))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    let pid = Pid::from_raw(raw)?;
-    test_kill_process(pid).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{raw}/stat")).ok()?;
+    Pid::from_raw(raw).filter(|pid| running(*pid))
+}
+
+/// Whether `pid` runs: a zombie (dead, not yet reaped by whoever adopted it) does not.
+fn running(pid: Pid) -> bool {
+    if test_kill_process(pid).is_err() {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())) else {
+        return false;
+    };
     // The state is the field after the command name, which ends with the last ')'.
-    let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-    (state != 'Z' && state != 'X').then_some(pid)
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
 }
 
 /// Starts those of `nodes` that are not running; returns how many it started.
@@ -365,6 +374,16 @@ async fn wait_healthy(c: &Config) -> anyhow::Result<()> {
 }
 
 pub fn down(dir: &Path) -> anyhow::Result<()> {
+    // Every process running now, the mount's included (unmounting ends it).
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(node) = name.strip_suffix(".pid") {
+            if let Some(pid) = pid_of(dir, node) {
+                pids.push((node.to_owned(), pid));
+            }
+        }
+    }
     // The mount first: its process dying would leave a dead mount point behind.
     if let Ok(path) = std::fs::read_to_string(dir.join(MOUNT_FILE)) {
         let path = PathBuf::from(path);
@@ -377,20 +396,13 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         }
         std::fs::remove_file(dir.join(MOUNT_FILE))?;
     }
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(node) = name.strip_suffix(".pid") {
-            if let Some(pid) = pid_of(dir, node) {
-                let _ = kill_process(pid, Signal::TERM);
-                pids.push((node.to_owned(), pid));
-            }
-            std::fs::remove_file(dir.join(&name))?;
-        }
+    for (node, pid) in &pids {
+        let _ = kill_process(*pid, Signal::TERM);
+        std::fs::remove_file(dir.join(format!("{node}.pid")))?;
     }
     let deadline = Instant::now() + STOP_WAIT;
     for (node, pid) in &pids {
-        while test_kill_process(*pid).is_ok() {
+        while running(*pid) {
             if Instant::now() > deadline {
                 let _ = kill_process(*pid, Signal::KILL);
                 eprintln!("{node} did not stop in {STOP_WAIT:?}: killed");

@@ -1,0 +1,74 @@
+//! A cluster started by `cairnctl local up` in a temporary directory on free ports, and
+//! stopped (`cairnctl local down`) when dropped, even when a test fails.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::bin_path;
+
+/// Processes of the default local cluster: 4 voters, 8 dataservers, 2 logic nodes.
+pub const PROCESSES: u16 = 14;
+
+pub fn cairnctl(args: &[&str]) -> Output {
+    Command::new(bin_path("cairnctl"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cairnctl {args:?}: {e}"))
+}
+
+/// `n` consecutive free loopback ports.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 30_000;
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub dir: tempfile::TempDir,
+    pub base_port: u16,
+}
+
+impl LocalCluster {
+    /// `cairnctl local up` of the default cluster, without a mount.
+    pub fn up() -> anyhow::Result<LocalCluster> {
+        let cluster = LocalCluster {
+            dir: tempfile::tempdir()?,
+            base_port: free_ports(PROCESSES),
+        };
+        let up = cairnctl(&[
+            "local",
+            "up",
+            "--no-mount",
+            "--dir",
+            &cluster.dir_arg(),
+            "--base-port",
+            &cluster.base_port.to_string(),
+        ]);
+        anyhow::ensure!(
+            up.status.success(),
+            "cairnctl local up: {}",
+            String::from_utf8_lossy(&up.stderr)
+        );
+        Ok(cluster)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn dir_arg(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        let _ = cairnctl(&["local", "down", "--dir", &self.dir_arg()]);
+    }
+}
