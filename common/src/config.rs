@@ -134,6 +134,13 @@ pub struct DataserverConfig {
     /// Background scrub read rate; 0 turns background scrub off.
     #[serde(default = "defaults::scrub_bytes_per_sec")]
     pub scrub_bytes_per_sec: u64,
+    /// Shards no committed layout references are deleted once older than this: it must
+    /// outlast the longest a writer keeps stored stripes before committing them.
+    #[serde(default = "defaults::orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
+    /// How often the orphan collector runs; 0 turns it off.
+    #[serde(default = "defaults::orphan_pass_secs")]
+    pub orphan_pass_secs: u64,
 }
 
 /// A metadata node: one member of the Raft group.
@@ -203,6 +210,12 @@ mod defaults {
     }
     pub fn uring_entries() -> u32 {
         256
+    }
+    pub fn orphan_grace_secs() -> u64 {
+        6 * 3600
+    }
+    pub fn orphan_pass_secs() -> u64 {
+        600
     }
     pub fn scrub_bytes_per_sec() -> u64 {
         32 * super::MIB

@@ -63,6 +63,10 @@ pub struct ShardRecord {
     pub block_bytes: u32,
     #[prost(fixed32, repeated, tag = "4")]
     pub checksums: Vec<u32>,
+    /// When the shard was stored, in Unix milliseconds (for the orphan collector's grace
+    /// period). Added in a later build: records written before it read as 0, as old.
+    #[prost(uint64, tag = "5")]
+    pub created_ms: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -246,6 +250,7 @@ mod tests {
             len,
             block_bytes: 4096,
             checksums: vec![7; len.div_ceil(4096) as usize],
+            created_ms: 1,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - `disk`, `uring`, `aligned`: the disk interface, its io_uring engine and fallback
 //! - `server`, `client`: the TCP service and a client of it
 //! - `scrub`: background and on-demand verification of data at rest
+//! - `orphans`: background deletion of shards no committed layout references
 //! - `node`: start-up of a whole dataserver from its configuration
 
 pub mod aligned;
@@ -13,6 +14,7 @@ pub mod disk;
 pub mod index;
 pub mod metrics;
 pub mod node;
+pub mod orphans;
 pub mod scrub;
 pub mod server;
 pub mod store;

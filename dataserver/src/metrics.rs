@@ -14,6 +14,8 @@ pub struct Metrics {
     pub corrupt_blocks: IntCounterVec,
     pub scrubbed_bytes: IntCounter,
     pub scrubbed_shards: IntCounter,
+    /// Unreferenced shards deleted by the orphan collector.
+    pub orphans_deleted: IntCounter,
     pub connections: IntGauge,
 }
 
@@ -40,17 +42,20 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("{e}")),
             scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub")
                 .unwrap_or_else(|e| unreachable!("{e}")),
+            orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             connections: IntGauge::new("connections", "Open client connections")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
             Box::new(m.requests.clone()),
             Box::new(m.bytes_written.clone()),
             Box::new(m.bytes_read.clone()),
             Box::new(m.corrupt_blocks.clone()),
             Box::new(m.scrubbed_bytes.clone()),
             Box::new(m.scrubbed_shards.clone()),
+            Box::new(m.orphans_deleted.clone()),
             Box::new(m.connections.clone()),
         ];
         for c in collectors {

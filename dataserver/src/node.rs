@@ -1,8 +1,9 @@
 //! Start-up of a dataserver from its configuration: data directory, disk engine, store,
-//! listener, background scrub.
+//! listener, background scrub and orphan collection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disk;
 use crate::metrics::Metrics;
+use crate::orphans::{self, OrphanConfig};
 use crate::scrub;
 use crate::server::{Server, ServerConfig};
 use crate::store::{ShardStore, StoreLimits};
@@ -24,6 +26,7 @@ pub struct Node {
     pub listener: TcpListener,
     pub addr: SocketAddr,
     scrub_bytes_per_sec: u64,
+    orphans: Option<OrphanConfig>,
 }
 
 impl Node {
@@ -53,12 +56,21 @@ impl Node {
                 payload_bytes_max: config.payload_bytes_max(),
             },
         );
+        // The collector needs the metadata group; a dataserver configured without one
+        // (a test of the store alone) keeps every shard.
+        let orphans = (ds.orphan_pass_secs > 0 && !config.metadata_nodes.is_empty()).then(|| OrphanConfig {
+            node: ds.node_id,
+            metadata: config.metadata_nodes.iter().map(|n| n.addr).collect(),
+            grace: Duration::from_secs(ds.orphan_grace_secs),
+            every: Duration::from_secs(ds.orphan_pass_secs),
+        });
         Ok(Node {
             store,
             server,
             listener,
             addr,
             scrub_bytes_per_sec: ds.scrub_bytes_per_sec,
+            orphans,
         })
     }
 
@@ -66,9 +78,12 @@ impl Node {
     pub async fn run(self, shutdown: CancellationToken) {
         let scrubber = (self.scrub_bytes_per_sec > 0)
             .then(|| scrub::spawn_background(self.store.clone(), self.scrub_bytes_per_sec, shutdown.clone()));
+        let collector = self
+            .orphans
+            .map(|c| orphans::spawn_background(self.store.clone(), c, shutdown.clone()));
         self.server.serve(self.listener, shutdown).await;
-        if let Some(s) = scrubber {
-            let _ = s.await;
+        for task in scrubber.into_iter().chain(collector) {
+            let _ = task.await;
         }
     }
 }

@@ -196,6 +196,13 @@ impl Workdir {
     }
 }
 
+/// The wall clock in Unix milliseconds (0 if it reads before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn remove_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
@@ -353,6 +360,7 @@ impl ShardStore {
             len,
             block_bytes,
             checksums,
+            created_ms: now_ms(),
         };
         let existing = self
             .blocking(move |s| s.index.get(id).map_err(StoreError::from))
@@ -573,9 +581,23 @@ impl ShardStore {
 
     /// Up to `limit` shards (id, length) after `after`, and whether more follow.
     pub async fn list(&self, after: Option<ShardId>, limit: usize) -> Result<(Vec<(ShardId, u64)>, bool)> {
+        self.list_by(after, limit, |r| r.len).await
+    }
+
+    /// Like [`ShardStore::list`], with when each shard was stored (Unix milliseconds).
+    pub async fn list_created(&self, after: Option<ShardId>, limit: usize) -> Result<(Vec<(ShardId, u64)>, bool)> {
+        self.list_by(after, limit, |r| r.created_ms).await
+    }
+
+    async fn list_by(
+        &self,
+        after: Option<ShardId>,
+        limit: usize,
+        field: fn(&ShardRecord) -> u64,
+    ) -> Result<(Vec<(ShardId, u64)>, bool)> {
         self.blocking(move |s| {
             let (page, more) = s.index.list(after, limit)?;
-            Ok((page.into_iter().map(|(id, r)| (id, r.len)).collect(), more))
+            Ok((page.into_iter().map(|(id, r)| (id, field(&r))).collect(), more))
         })
         .await
     }
@@ -900,6 +922,7 @@ mod tests {
                 len: 5000,
                 block_bytes: BS,
                 checksums: block_checksums(&d, BS),
+                created_ms: now_ms(),
             };
             inner.index.commit_put(committed, &rec, 8192).unwrap();
             std::fs::write(inner.staging.file(committed), AlignedBuf::padded_copy(&d).as_slice()).unwrap();

@@ -75,6 +75,16 @@ pub struct FileCluster {
 
 impl FileCluster {
     pub async fn start(logic_nodes: usize, erasure: ErasureConfig) -> anyhow::Result<FileCluster> {
+        FileCluster::start_with(logic_nodes, erasure, "").await
+    }
+
+    /// Like [`FileCluster::start`], with `dataserver_extra` lines in each dataserver's
+    /// `[dataserver]` section.
+    pub async fn start_with(
+        logic_nodes: usize,
+        erasure: ErasureConfig,
+        dataserver_extra: &str,
+    ) -> anyhow::Result<FileCluster> {
         let dir = tempfile::tempdir()?;
         let meta = MetadataCluster::start(3, "").await?;
         let mut dataservers = Vec::new();
@@ -87,9 +97,12 @@ impl FileCluster {
                 n.addr
             ));
         }
+        let metadata_members = members.clone();
         for i in 0..8u32 {
             let hall = format!("hall-{}", i / 2);
-            let ds = Dataserver::start_in(i + 1, &hall, "scrub_bytes_per_sec = 0").await?;
+            // The metadata group's members last: a table ends the [dataserver] section.
+            let extra = format!("scrub_bytes_per_sec = 0\n{dataserver_extra}\n{metadata_members}");
+            let ds = Dataserver::start_in(i + 1, &hall, &extra).await?;
             members.push_str(&format!(
                 "[[dataservers]]\nnode_id = {}\nhall = \"{hall}\"\naddr = \"{}\"\n",
                 i + 1,

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cairn_common::proto::metadata::admin_client::AdminClient;
-use cairn_common::proto::metadata::{NodeStatus, StatusRequest};
+use cairn_common::proto::metadata::metadata_client::MetadataClient as MetadataGrpc;
+use cairn_common::proto::metadata::{NodeStatus, ShardRefsRequest, StatusRequest};
 use cairn_metadata::client::MetadataClient;
 
 use crate::{free_port, Process};
@@ -130,6 +131,21 @@ impl MetadataCluster {
             }
         }
         None
+    }
+
+    /// Every shard of `dataserver` that a committed layout references: (stripe id, index),
+    /// as the leader answers the orphan collector.
+    pub async fn shard_refs(&self, dataserver: u32) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
+        let Some(leader) = self.leader().await else {
+            bail!("no leader");
+        };
+        let mut g = MetadataGrpc::connect(format!("http://{}", self.nodes[leader].addr)).await?;
+        let mut stream = g.shard_refs(ShardRefsRequest { dataserver }).await?.into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            out.extend(chunk.refs.into_iter().map(|r| (r.stripe_id, r.index)));
+        }
+        Ok(out)
     }
 
     pub fn logs(&self) -> String {

@@ -7,7 +7,7 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
-    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, SetAttr, ShardLocation, ShardRefsRequest, Stripe,
+    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, SetAttr, ShardLocation, Stripe,
 };
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use cairn_tests::metadata::MetadataCluster;
@@ -169,14 +169,7 @@ fn layout(stripe_byte: u8, servers: &[u32], length: u64) -> Layout {
 }
 
 async fn shard_refs(cluster: &MetadataCluster, dataserver: u32) -> anyhow::Result<Vec<Vec<u8>>> {
-    let leader = cluster.leader().await.expect("a leader");
-    let mut g = Grpc::connect(format!("http://{}", cluster.nodes[leader].addr)).await?;
-    let mut stream = g.shard_refs(ShardRefsRequest { dataserver }).await?.into_inner();
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        out.extend(chunk.refs.into_iter().map(|r| r.stripe_id));
-    }
-    Ok(out)
+    Ok(cluster.shard_refs(dataserver).await?.into_iter().map(|r| r.0).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

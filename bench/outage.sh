@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU-minutes report: what each outage costs a training job that reads and writes
+# continuously. For each scenario, a fresh local cluster (`cairnctl local up`, release
+# build: 4 halls, 8 dataservers, 2 logic nodes, 4+2) runs `cairn-bench outage`: 4 writers
+# and 4 readers through the Rust client, every acknowledged file checked by crc32c at the
+# end; the outage is staged after BEFORE seconds, lasts DOWN seconds, and the workload
+# runs AFTER seconds more once the cluster is whole.
+#   hall-loss    SIGKILL every process of the hall holding the metadata leader
+#   power-loss   SIGKILL every process; start them all again
+#   logic-crash  SIGKILL one logic node; start it again
+# Printed per scenario: failed I/Os, the longest gap between successful I/Os, that gap
+# times 100,000 GPUs, the time until every node is back, and for power loss the time from
+# the processes' start to the first read and to full service.
+# Run from the repository root:  bench/outage.sh     (env: BEFORE=10 DOWN=20 AFTER=10)
+source "$(dirname "$0")/../scripts/env.sh"
+OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
+DATA="$OUT/outage"
+BEFORE="${BEFORE:-10}" DOWN="${DOWN:-20}" AFTER="${AFTER:-10}"
+mkdir -p "$DATA"
+RESULTS="$OUT/outage-results.txt"
+: >"$RESULTS"
+
+(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
+BIN="$CARGO_TARGET_DIR/release"
+cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+summary() {
+  python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read()); w = r["workload"]
+def f(v): return "-" if v is None else "%.2f" % v
+print("outage %s failed_ios=%d ios=%d longest_gap_s=%.2f gpu_minutes_per_100k=%.0f whole_after_s=%.2f first_read_after_start_s=%s full_service_after_start_s=%s files_verified=%d bytes_verified=%d killed=%s" % (
+    r["scenario"], w["failed_ios"], w["writes_ok"] + w["reads_ok"], w["longest_gap_s"], r["gpu_minutes_per_100k"],
+    r["full_redundancy_s"], f(r["first_read_after_start_s"]), f(r["full_service_after_start_s"]),
+    w["files_verified"], w["bytes_verified"], ",".join(r["killed"])))'
+}
+
+for scenario in hall-loss power-loss logic-crash; do
+  log "$scenario"
+  cleanup
+  rm -rf "$DATA/cluster"
+  "$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17600 --no-mount >/dev/null
+  down="$DOWN"
+  [ "$scenario" = hall-loss ] || down=5
+  "$BIN/cairn-bench" outage --scenario "$scenario" --dir "$DATA/cluster" \
+    --before-secs "$BEFORE" --down-secs "$down" --after-secs "$AFTER" | tee "$DATA/$scenario.json" | summary | tee -a "$RESULTS"
+done
+cleanup
+rm -rf "$DATA/cluster"
