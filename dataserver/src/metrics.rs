@@ -14,6 +14,8 @@ pub struct Metrics {
     pub corrupt_blocks: IntCounterVec,
     pub scrubbed_bytes: IntCounter,
     pub scrubbed_shards: IntCounter,
+    /// Corrupt shards replaced by a verified copy (a logic node's repair).
+    pub repaired_shards: IntCounter,
     /// Unreferenced shards deleted by the orphan collector.
     pub orphans_deleted: IntCounter,
     pub connections: IntGauge,
@@ -42,19 +44,22 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("{e}")),
             scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub")
                 .unwrap_or_else(|e| unreachable!("{e}")),
+            repaired_shards: IntCounter::new("repaired_shards_total", "Corrupt shards replaced by a verified copy")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             connections: IntGauge::new("connections", "Open client connections")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 8] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
             Box::new(m.requests.clone()),
             Box::new(m.bytes_written.clone()),
             Box::new(m.bytes_read.clone()),
             Box::new(m.corrupt_blocks.clone()),
             Box::new(m.scrubbed_bytes.clone()),
             Box::new(m.scrubbed_shards.clone()),
+            Box::new(m.repaired_shards.clone()),
             Box::new(m.orphans_deleted.clone()),
             Box::new(m.connections.clone()),
         ];

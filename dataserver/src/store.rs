@@ -348,8 +348,10 @@ impl ShardStore {
             })?
     }
 
-    /// Stores a shard. Returns false when an identical shard was already stored (a
-    /// retried put); refuses different bytes under an existing id.
+    /// Stores a shard. Returns false when an identical shard was already stored and still
+    /// verifies (a retried put); refuses different bytes under an existing id. A put of
+    /// the same shard over a stored copy that no longer verifies replaces that copy: this
+    /// is how a logic node repairs a corrupt shard it rebuilt from the others.
     pub async fn put(&self, id: ShardId, block_bytes: u32, checksums: Vec<u32>, data: Bytes) -> Result<bool> {
         self.check_put(id, block_bytes, &checksums, &data)?;
         let _guard = self.busy(id)?;
@@ -368,11 +370,23 @@ impl ShardStore {
         if let Some(old) = existing {
             let same =
                 (old.len, old.block_bytes, &old.checksums) == (record.len, record.block_bytes, &record.checksums);
-            return if same {
-                Ok(false)
-            } else {
-                Err(StoreError::AlreadyExists(id))
-            };
+            if !same {
+                return Err(StoreError::AlreadyExists(id));
+            }
+            if self.scrub(id).await?.corrupt_blocks.is_empty() {
+                return Ok(false);
+            }
+            let buf = AlignedBuf::padded_copy(&data);
+            let staged = self.inner.staging.file(id);
+            self.stage(&staged, buf).await?;
+            // The record stays as it is. After a crash start-up moves the staged file into
+            // place (it has a record): whole if staging finished, else as corrupt as the
+            // copy it replaces, which checksums catch as before.
+            self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
+                .await?;
+            info!(shard = %id, "corrupt shard replaced by a verified copy");
+            self.inner.metrics.repaired_shards.inc();
+            return Ok(true);
         }
         self.check_space(disk_bytes)?;
         let buf = AlignedBuf::padded_copy(&data);
@@ -401,6 +415,16 @@ impl ShardStore {
         record: ShardRecord,
         disk_bytes: u64,
     ) -> Result<()> {
+        self.stage(staged, buf).await?;
+        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
+            .await?;
+        self.inner.shard_count.fetch_add(1, Ordering::Relaxed);
+        self.inner.used_bytes.fetch_add(disk_bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes `buf` to the staged file `staged`, durably, its directory entry included.
+    async fn stage(&self, staged: &Path, buf: AlignedBuf) -> Result<()> {
         let path = staged.to_owned();
         let file = self
             .blocking(move |s| open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path)))
@@ -413,12 +437,7 @@ impl ShardStore {
             disk.sync(self.inner.staging.handle.clone())
         );
         data.map_err(io_err("write shard", staged))?;
-        entry.map_err(io_err("sync directory of", staged))?;
-        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
-            .await?;
-        self.inner.shard_count.fetch_add(1, Ordering::Relaxed);
-        self.inner.used_bytes.fetch_add(disk_bytes, Ordering::Relaxed);
-        Ok(())
+        entry.map_err(io_err("sync directory of", staged))
     }
 
     fn check_put(&self, id: ShardId, block_bytes: u32, checksums: &[u32], data: &[u8]) -> Result<()> {
@@ -897,6 +916,16 @@ mod tests {
         let m = store.metrics();
         assert!(m.corrupt_blocks.with_label_values(&["scrub"]).get() >= 4);
         assert!(m.corrupt_blocks.with_label_values(&["read"]).get() >= 3);
+
+        // A put of the same shard repairs it: a verified copy replaces the damaged one.
+        assert!(put(&store, id, &d).await.unwrap(), "the repair was not stored");
+        assert_eq!(get(&store, id, 0, None).await.unwrap().1, d);
+        assert!(store.scrub(id).await.unwrap().corrupt_blocks.is_empty());
+        assert_eq!(m.repaired_shards.get(), 1);
+        assert_eq!(store.usage().unwrap().shard_count, 1);
+        // Once whole, the same put is a retry again: nothing is written.
+        assert!(!put(&store, id, &d).await.unwrap());
+        assert_eq!(m.repaired_shards.get(), 1);
     }
 
     #[tokio::test]

@@ -16,7 +16,8 @@
 //! Read: the k data shards of each stripe are fetched in parallel and checked (block
 //! checksums by the dataserver client, the whole-shard crc32c against the layout); only
 //! when one is missing, unreachable or corrupt are parity shards fetched and the stripe
-//! decoded.
+//! decoded. A corrupt shard (a block failing its checksum) never reaches the reader; it
+//! is rebuilt from the decoded stripe and written back over the damaged copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,10 +30,11 @@ use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
+use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use thiserror::Error;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::dataservers::Dataservers;
 
@@ -55,6 +57,15 @@ pub enum FileError {
     Stripe { offset: u64, reason: String },
     #[error("bad layout from the metadata group: {0}")]
     Layout(String),
+}
+
+/// What one shard read gave.
+enum Fetched {
+    Whole(Bytes),
+    /// It failed a checksum: the shard needs repair.
+    Corrupt,
+    /// Its dataserver did not answer.
+    Unavailable,
 }
 
 #[derive(Debug, Clone)]
@@ -291,17 +302,19 @@ impl Files {
         Ok((attr, out.freeze()))
     }
 
-    async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation) -> Option<Bytes> {
+    async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation) -> Fetched {
         let node = NodeId(loc.dataserver);
-        let shard = ShardId::new(id, u8::try_from(loc.index).ok()?);
+        let Ok(index) = u8::try_from(loc.index) else {
+            return Fetched::Unavailable;
+        };
         let got = match self.ds.client(node).await {
-            Ok(c) => c.get(shard, 0, None).await,
+            Ok(c) => c.get(ShardId::new(id, index), 0, None).await,
             Err(e) => Err(e),
         };
         match got {
             Ok(bytes) if crc32c::crc32c(&bytes) == loc.crc32c => {
                 self.ds.answered(node);
-                Some(bytes)
+                Fetched::Whole(bytes)
             }
             Ok(_) => {
                 warn!(
@@ -309,7 +322,16 @@ impl Files {
                     index = loc.index,
                     "shard does not match its layout checksum"
                 );
-                None
+                Fetched::Corrupt
+            }
+            // The dataserver found a block failing its checksum: the node itself is fine.
+            Err(e) if e.code() == Some(ErrorCode::Corrupt) => {
+                warn!(
+                    stripe = stripe.offset,
+                    index = loc.index,
+                    "corrupt shard on {node}: {e}"
+                );
+                Fetched::Corrupt
             }
             Err(e) => {
                 warn!(
@@ -318,7 +340,37 @@ impl Files {
                     "reading shard from {node}: {e}"
                 );
                 self.ds.failed(node).await;
-                None
+                Fetched::Unavailable
+            }
+        }
+    }
+
+    /// Rewrites the `corrupt` shards of stripe `id` from its decoded bytes `full` (all k
+    /// data shards, padding included) onto the dataservers that hold them, which replace
+    /// their damaged copies. A rebuilt shard is written only if it matches the layout's
+    /// checksum.
+    async fn repair(self, code: ErasureCode, id: StripeId, full: Bytes, corrupt: Vec<ShardLocation>) {
+        let shard_len = full.len() / code.data_shards().max(1);
+        let shards = match code.encode(&full, shard_len) {
+            Ok(s) => s,
+            Err(e) => return warn!(stripe = %id.0, "re-encoding a stripe to repair it: {e}"),
+        };
+        for loc in corrupt {
+            let Some(bytes) = shards.get(loc.index as usize) else {
+                continue;
+            };
+            if crc32c::crc32c(bytes) != loc.crc32c {
+                warn!(stripe = %id.0, index = loc.index, "a rebuilt shard does not match its layout: not written");
+                continue;
+            }
+            match self
+                .put_shard(id, loc.index as usize, bytes.clone(), NodeId(loc.dataserver))
+                .await
+            {
+                Ok(()) => {
+                    info!(stripe = %id.0, index = loc.index, dataserver = loc.dataserver, "corrupt shard repaired")
+                }
+                Err(e) => warn!(stripe = %id.0, index = loc.index, "repairing a corrupt shard: {e}"),
             }
         }
     }
@@ -336,6 +388,7 @@ impl Files {
         let id = StripeId(u128::from_be_bytes(id_bytes));
         let (k, total) = (code.data_shards(), code.total_shards());
         let mut shards: Vec<Option<Bytes>> = vec![None; total];
+        let mut corrupt = Vec::new();
         // k shards first: data shards (no decoding needed), with parity in place of those
         // on dataservers that failed lately (a dark hall costs no second round trip);
         // the rest only for what is missing.
@@ -344,8 +397,12 @@ impl Files {
         let (first, rest) = order.split_at(k.min(order.len()));
         for wanted in [first.to_vec(), rest.to_vec()] {
             let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l))).await;
-            for (loc, bytes) in wanted.iter().zip(fetched) {
-                shards[loc.index as usize] = bytes;
+            for (loc, got) in wanted.iter().zip(fetched) {
+                match got {
+                    Fetched::Whole(bytes) => shards[loc.index as usize] = Some(bytes),
+                    Fetched::Corrupt => corrupt.push(**loc),
+                    Fetched::Unavailable => {}
+                }
             }
             if shards.iter().flatten().count() >= k {
                 break;
@@ -363,7 +420,11 @@ impl Files {
         for d in data {
             out.extend_from_slice(&d);
         }
-        out.truncate(usize::try_from(s.length).unwrap_or(usize::MAX));
-        Ok(out.freeze())
+        let full = out.freeze();
+        if !corrupt.is_empty() {
+            // The reader does not wait for the repair.
+            tokio::spawn(self.clone().repair(*code, id, full.clone(), corrupt));
+        }
+        Ok(full.slice(..full.len().min(usize::try_from(s.length).unwrap_or(usize::MAX))))
     }
 }

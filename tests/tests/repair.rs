@@ -1,0 +1,77 @@
+//! A corrupt block never reaches a reader, and a reader's stripe repairs it: bytes are
+//! flipped in a stored shard file; the read decodes from the other shards, and the
+//! damaged shard is rewritten on its dataserver, where it verifies again.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use cairn_common::ids::{ShardId, StripeId};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout};
+use cairn_dataserver::client::DataserverClient;
+use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
+
+/// The file named `name` under `dir`, searched recursively.
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name().to_string_lossy() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()> {
+    let cluster = FileCluster::start(1, small_stripes()).await?;
+    let client = cluster.client();
+    let dir = client.make_dirs("/repair", 0o755).await?;
+    let f = client.create_in(dir, b"data", 0o644, true).await?;
+    let data = pattern(1_000_000, 3);
+    client.write_file(f.inode, data.clone()).await?;
+
+    let layout = match cluster
+        .meta
+        .client()
+        .call(Op::GetLayout(GetLayout { inode: f.inode }))
+        .await?
+    {
+        meta_reply::Result::Layout(l) => l.layout.context("a layout")?,
+        other => anyhow::bail!("GetLayout answered {other:?}"),
+    };
+    let stripe = &layout.stripes[0];
+    let loc = stripe.shards.iter().find(|l| l.index == 1).context("data shard 1")?;
+    let id = ShardId::new(
+        StripeId(u128::from_be_bytes(stripe.stripe_id.as_slice().try_into()?)),
+        1,
+    );
+    let ds = &cluster.dataservers[loc.dataserver as usize - 1];
+    let path = find(&ds.data_dir(), &id.to_string()).context("the shard's file")?;
+    let mut bytes = std::fs::read(&path)?;
+    bytes[5000] ^= 0x5a;
+    std::fs::write(&path, bytes)?;
+    let dsc = DataserverClient::connect(ds.addr).await?;
+    ensure!(dsc.get(id, 0, None).await.is_err(), "the damage went unnoticed");
+
+    // The reader gets the right bytes, decoded from the other shards.
+    ensure!(
+        client.read_file(f.inode).await? == data,
+        "a corrupt block reached the reader"
+    );
+    // And the damaged shard is rewritten: it verifies on its dataserver again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match dsc.get(id, 0, None).await {
+            Ok(shard) if crc32c::crc32c(&shard) == loc.crc32c => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => anyhow::bail!("shard not repaired after 20 s: {:?}", other.map(|b| b.len())),
+        }
+    }
+    ensure!(client.read_file(f.inode).await? == data);
+    Ok(())
+}
