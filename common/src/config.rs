@@ -134,6 +134,9 @@ pub struct DataserverConfig {
     /// Background scrub read rate; 0 turns background scrub off.
     #[serde(default = "defaults::scrub_bytes_per_sec")]
     pub scrub_bytes_per_sec: u64,
+    /// Background scrub passes start at most this often.
+    #[serde(default = "defaults::scrub_interval_secs")]
+    pub scrub_interval_secs: u64,
     /// Shards no committed layout references are deleted once older than this: it must
     /// outlast the longest a writer keeps stored stripes before committing them.
     #[serde(default = "defaults::orphan_grace_secs")]
@@ -210,6 +213,9 @@ mod defaults {
     }
     pub fn uring_entries() -> u32 {
         256
+    }
+    pub fn scrub_interval_secs() -> u64 {
+        30
     }
     pub fn orphan_grace_secs() -> u64 {
         6 * 3600

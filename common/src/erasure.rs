@@ -95,6 +95,18 @@ impl ErasureCode {
         Ok(shards)
     }
 
+    /// Every shard of a stripe, rebuilt from any k of them (`None` for a missing one):
+    /// what a repair writes in place of a lost or corrupt shard.
+    pub fn reconstruct(&self, shards: &[Option<Bytes>]) -> Result<Vec<Bytes>, ErasureError> {
+        let shard_len = shards.iter().flatten().map(Bytes::len).next().unwrap_or(0);
+        let data = self.decode(shards, shard_len * self.data_shards)?;
+        let mut full = BytesMut::with_capacity(shard_len * self.data_shards);
+        for d in data {
+            full.extend_from_slice(&d);
+        }
+        self.encode(&full.freeze(), shard_len)
+    }
+
     /// Rebuilds the stripe's `data_len` bytes from any k of its k+m shards (`None` for
     /// a missing one). Returns the data shards' bytes in order, trimmed to `data_len`;
     /// when every data shard is present nothing is decoded or copied.
@@ -176,6 +188,10 @@ mod tests {
                 have[idx.index(k + m)] = None;
             }
             prop_assert_eq!(joined(&code.decode(&have, len).unwrap()), data.to_vec());
+            // And every shard, parity included, comes back as it was encoded.
+            if have.iter().any(Option::is_some) {
+                prop_assert_eq!(code.reconstruct(&have).unwrap(), code.encode(&data, 8192).unwrap());
+            }
         }
     }
 

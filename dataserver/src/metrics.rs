@@ -14,8 +14,9 @@ pub struct Metrics {
     pub corrupt_blocks: IntCounterVec,
     pub scrubbed_bytes: IntCounter,
     pub scrubbed_shards: IntCounter,
-    /// Corrupt shards replaced by a verified copy (a logic node's repair).
-    pub repaired_shards: IntCounter,
+    /// Corrupt shards replaced by a verified copy, by who rebuilt it: "put" (a logic node
+    /// that decoded around it on a read) or "scrub" (this node, after scrub found it).
+    pub repaired_shards: IntCounterVec,
     /// Unreferenced shards deleted by the orphan collector.
     pub orphans_deleted: IntCounter,
     pub connections: IntGauge,
@@ -44,8 +45,11 @@ impl Metrics {
                 .unwrap_or_else(|e| unreachable!("{e}")),
             scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub")
                 .unwrap_or_else(|e| unreachable!("{e}")),
-            repaired_shards: IntCounter::new("repaired_shards_total", "Corrupt shards replaced by a verified copy")
-                .unwrap_or_else(|e| unreachable!("{e}")),
+            repaired_shards: IntCounterVec::new(
+                Opts::new("repaired_shards_total", "Corrupt shards replaced by a verified copy"),
+                &["by"],
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
             orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             connections: IntGauge::new("connections", "Open client connections")

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::disk;
 use crate::metrics::Metrics;
 use crate::orphans::{self, OrphanConfig};
-use crate::scrub;
+use crate::repair::RepairConfig;
+use crate::scrub::{self, ScrubConfig};
 use crate::server::{Server, ServerConfig};
 use crate::store::{ShardStore, StoreLimits};
 
@@ -25,7 +26,7 @@ pub struct Node {
     pub server: Arc<Server>,
     pub listener: TcpListener,
     pub addr: SocketAddr,
-    scrub_bytes_per_sec: u64,
+    scrub: ScrubConfig,
     orphans: Option<OrphanConfig>,
 }
 
@@ -56,11 +57,22 @@ impl Node {
                 payload_bytes_max: config.payload_bytes_max(),
             },
         );
-        // The collector needs the metadata group; a dataserver configured without one
-        // (a test of the store alone) keeps every shard.
+        // Repair and the collector need the metadata group; a dataserver configured
+        // without one (a test of the store alone) only counts corrupt shards and keeps
+        // every shard.
+        let metadata: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
+        let scrub = ScrubConfig {
+            bytes_per_sec: ds.scrub_bytes_per_sec,
+            every: Duration::from_secs(ds.scrub_interval_secs),
+            repair: (!metadata.is_empty()).then(|| RepairConfig {
+                node: ds.node_id,
+                metadata: metadata.clone(),
+                peers: config.dataservers.iter().map(|d| (d.node_id, d.addr)).collect(),
+            }),
+        };
         let orphans = (ds.orphan_pass_secs > 0 && !config.metadata_nodes.is_empty()).then(|| OrphanConfig {
             node: ds.node_id,
-            metadata: config.metadata_nodes.iter().map(|n| n.addr).collect(),
+            metadata,
             grace: Duration::from_secs(ds.orphan_grace_secs),
             every: Duration::from_secs(ds.orphan_pass_secs),
         });
@@ -69,15 +81,15 @@ impl Node {
             server,
             listener,
             addr,
-            scrub_bytes_per_sec: ds.scrub_bytes_per_sec,
+            scrub,
             orphans,
         })
     }
 
     /// Serves until `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
-        let scrubber = (self.scrub_bytes_per_sec > 0)
-            .then(|| scrub::spawn_background(self.store.clone(), self.scrub_bytes_per_sec, shutdown.clone()));
+        let scrubber = (self.scrub.bytes_per_sec > 0)
+            .then(|| scrub::spawn_background(self.store.clone(), self.scrub, shutdown.clone()));
         let collector = self
             .orphans
             .map(|c| orphans::spawn_background(self.store.clone(), c, shutdown.clone()));

@@ -18,10 +18,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cairn_common::ids::{ShardId, StripeId};
-use cairn_common::namespace::STRIPE_ID_BYTES;
-use cairn_common::proto::metadata::metadata_client::MetadataClient;
-use cairn_common::proto::metadata::ShardRefsRequest;
+use cairn_common::ids::ShardId;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -29,9 +26,6 @@ use crate::store::{now_ms, ShardStore, StoreError};
 
 /// Shards fetched from the index per step of a pass.
 const PAGE_SHARDS: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The reference stream of a node with many shards takes a while; this bounds a stuck one.
-const REFS_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Debug)]
 pub struct OrphanConfig {
@@ -54,44 +48,6 @@ pub enum OrphanError {
     Store(#[from] StoreError),
     #[error("no metadata leader answered for the shard references: {0}")]
     Metadata(String),
-}
-
-/// Every shard of `node` that a committed layout references, from the first metadata
-/// node that answers as leader.
-async fn referenced(metadata: &[SocketAddr], node: u32) -> Result<HashSet<ShardId>, String> {
-    let mut last = "no metadata nodes configured".to_owned();
-    for addr in metadata {
-        let attempt = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(CONNECT_TIMEOUT);
-            let mut client = MetadataClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
-            let mut stream = client
-                .shard_refs(ShardRefsRequest { dataserver: node })
-                .await
-                .map_err(|e| e.message().to_owned())?
-                .into_inner();
-            let mut refs = HashSet::new();
-            while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_owned())? {
-                for r in chunk.refs {
-                    let id: [u8; STRIPE_ID_BYTES] = r
-                        .stripe_id
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| "a reference with a malformed stripe id".to_owned())?;
-                    let index = u8::try_from(r.index).map_err(|_| "a reference with a shard index past 255")?;
-                    refs.insert(ShardId::new(StripeId(u128::from_be_bytes(id)), index));
-                }
-            }
-            Ok::<_, String>(refs)
-        };
-        match tokio::time::timeout(REFS_TIMEOUT, attempt).await {
-            Ok(Ok(refs)) => return Ok(refs),
-            Ok(Err(e)) => last = format!("{addr}: {e}"),
-            Err(_) => last = format!("{addr}: no answer in {REFS_TIMEOUT:?}"),
-        }
-    }
-    Err(last)
 }
 
 /// One pass: deletes the shards stored before `grace` ago that no committed layout
@@ -119,9 +75,12 @@ pub async fn collect(store: &ShardStore, config: &OrphanConfig) -> Result<Orphan
     if old.is_empty() {
         return Ok(report);
     }
-    let refs = referenced(&config.metadata, config.node)
+    let refs: HashSet<ShardId> = crate::metadata::shard_refs(&config.metadata, config.node)
         .await
-        .map_err(OrphanError::Metadata)?;
+        .map_err(OrphanError::Metadata)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     for id in old.into_iter().filter(|id| !refs.contains(id)) {
         match store.delete(id).await {
             Ok(true) => {
@@ -170,6 +129,7 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::store::StoreLimits;
+    use cairn_common::ids::StripeId;
 
     async fn store_with_shards(dir: &std::path::Path, n: u8) -> (ShardStore, Vec<ShardId>) {
         let choice = crate::disk::choose(dir, IoMode::Posix, 32).await.expect("disk");

@@ -8,12 +8,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::repair::{repair_corrupt, RepairConfig};
 use crate::store::{ShardStore, StoreError};
 
 /// Shards fetched from the index per step of a pass.
 const PAGE_SHARDS: usize = 256;
-/// Background passes start at most this often, so an empty store is not spun over.
-const PASS_INTERVAL_MIN: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubReport {
@@ -66,26 +65,45 @@ pub async fn scrub_pass(
     }
 }
 
-/// Scrubs forever in the background until `cancel` fires.
+/// How a dataserver scrubs in the background.
+#[derive(Clone, Debug)]
+pub struct ScrubConfig {
+    pub bytes_per_sec: u64,
+    /// Passes start at most this often, so a small store is not spun over.
+    pub every: Duration,
+    /// Where to rebuild corrupt shards from; without it they are only counted.
+    pub repair: Option<RepairConfig>,
+}
+
+/// Scrubs forever in the background until `cancel` fires, repairing what it finds.
 pub fn spawn_background(
     store: ShardStore,
-    bytes_per_sec: u64,
+    config: ScrubConfig,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let started = Instant::now();
-            match scrub_pass(&store, bytes_per_sec, &cancel).await {
-                Ok(r) => info!(
-                    shards = r.shards,
-                    bytes = r.bytes,
-                    corrupt_shards = r.corrupt.len(),
-                    "scrub pass finished"
-                ),
+            match scrub_pass(&store, config.bytes_per_sec, &cancel).await {
+                Ok(r) => {
+                    info!(
+                        shards = r.shards,
+                        bytes = r.bytes,
+                        corrupt_shards = r.corrupt.len(),
+                        "scrub pass finished"
+                    );
+                    if let (Some(repair), false) = (&config.repair, r.corrupt.is_empty()) {
+                        let ids: Vec<ShardId> = r.corrupt.iter().map(|(id, _)| *id).collect();
+                        match repair_corrupt(&store, repair, &ids).await {
+                            Ok(n) => info!(repaired = n, corrupt = ids.len(), "scrub repair finished"),
+                            Err(e) => tracing::warn!("scrub repair skipped: {e}"),
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "scrub pass failed"),
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(started + PASS_INTERVAL_MIN) => {}
+                _ = tokio::time::sleep_until(started + config.every) => {}
                 _ = cancel.cancelled() => return,
             }
         }

@@ -373,20 +373,7 @@ impl ShardStore {
             if !same {
                 return Err(StoreError::AlreadyExists(id));
             }
-            if self.scrub(id).await?.corrupt_blocks.is_empty() {
-                return Ok(false);
-            }
-            let buf = AlignedBuf::padded_copy(&data);
-            let staged = self.inner.staging.file(id);
-            self.stage(&staged, buf).await?;
-            // The record stays as it is. After a crash start-up moves the staged file into
-            // place (it has a record): whole if staging finished, else as corrupt as the
-            // copy it replaces, which checksums catch as before.
-            self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
-                .await?;
-            info!(shard = %id, "corrupt shard replaced by a verified copy");
-            self.inner.metrics.repaired_shards.inc();
-            return Ok(true);
+            return self.replace_if_corrupt(id, &data, "put").await;
         }
         self.check_space(disk_bytes)?;
         let buf = AlignedBuf::padded_copy(&data);
@@ -403,6 +390,47 @@ impl ShardStore {
         self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
             .await?;
         self.inner.metrics.bytes_written.inc_by(len);
+        Ok(true)
+    }
+
+    /// Replaces a stored shard that no longer verifies with `data`, which must be the
+    /// shard as stored (its length and block checksums); `by` names the repairer for the
+    /// counters. Returns false when the stored copy verifies (nothing is written).
+    pub async fn repair(&self, id: ShardId, data: Bytes, by: &str) -> Result<bool> {
+        let _guard = self.busy(id)?;
+        let record = self
+            .blocking(move |s| s.index.get(id).map_err(StoreError::from))
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        if data.len() as u64 != record.len {
+            return Err(StoreError::BadRequest(format!(
+                "a repair of {} bytes for a shard of {}",
+                data.len(),
+                record.len
+            )));
+        }
+        verify_blocks(&data, record.block_bytes, 0, &record.checksums).map_err(|e| StoreError::Corrupt {
+            shard: id,
+            detail: format!("the repair does not match the shard's checksums, nothing written: {e}"),
+        })?;
+        self.replace_if_corrupt(id, &data, by).await
+    }
+
+    /// [`ShardStore::repair`] once `data` is known to match the record; the caller holds
+    /// the shard's busy guard.
+    async fn replace_if_corrupt(&self, id: ShardId, data: &[u8], by: &str) -> Result<bool> {
+        if self.scrub(id).await?.corrupt_blocks.is_empty() {
+            return Ok(false);
+        }
+        let staged = self.inner.staging.file(id);
+        self.stage(&staged, AlignedBuf::padded_copy(data)).await?;
+        // The record stays as it is. After a crash start-up moves the staged file into
+        // place (it has a record): whole if staging finished, else as corrupt as the copy
+        // it replaces, which checksums catch as before.
+        self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
+            .await?;
+        info!(shard = %id, by, "corrupt shard replaced by a verified copy");
+        self.inner.metrics.repaired_shards.with_label_values(&[by]).inc();
         Ok(true)
     }
 
@@ -921,11 +949,17 @@ mod tests {
         assert!(put(&store, id, &d).await.unwrap(), "the repair was not stored");
         assert_eq!(get(&store, id, 0, None).await.unwrap().1, d);
         assert!(store.scrub(id).await.unwrap().corrupt_blocks.is_empty());
-        assert_eq!(m.repaired_shards.get(), 1);
+        assert_eq!(m.repaired_shards.with_label_values(&["put"]).get(), 1);
         assert_eq!(store.usage().unwrap().shard_count, 1);
         // Once whole, the same put is a retry again: nothing is written.
         assert!(!put(&store, id, &d).await.unwrap());
-        assert_eq!(m.repaired_shards.get(), 1);
+        assert_eq!(m.repaired_shards.with_label_values(&["put"]).get(), 1);
+        // A repair must be the shard as stored; other bytes are refused.
+        assert!(matches!(
+            store.repair(id, data(d.len(), 10), "scrub").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!store.repair(id, d.clone(), "scrub").await.unwrap());
     }
 
     #[tokio::test]

@@ -79,7 +79,7 @@ impl FileCluster {
     }
 
     /// Like [`FileCluster::start`], with `dataserver_extra` lines in each dataserver's
-    /// `[dataserver]` section.
+    /// `[dataserver]` section; then each dataserver also knows the others (for repair).
     pub async fn start_with(
         logic_nodes: usize,
         erasure: ErasureConfig,
@@ -101,7 +101,11 @@ impl FileCluster {
         for i in 0..8u32 {
             let hall = format!("hall-{}", i / 2);
             // The metadata group's members last: a table ends the [dataserver] section.
-            let extra = format!("scrub_bytes_per_sec = 0\n{dataserver_extra}\n{metadata_members}");
+            let scrub = match dataserver_extra.contains("scrub_bytes_per_sec") {
+                true => "",
+                false => "scrub_bytes_per_sec = 0\n",
+            };
+            let extra = format!("{scrub}{dataserver_extra}\n{metadata_members}");
             let ds = Dataserver::start_in(i + 1, &hall, &extra).await?;
             members.push_str(&format!(
                 "[[dataservers]]\nnode_id = {}\nhall = \"{hall}\"\naddr = \"{}\"\n",
@@ -109,6 +113,16 @@ impl FileCluster {
                 ds.addr
             ));
             dataservers.push(ds);
+        }
+        if !dataserver_extra.is_empty() {
+            let peers = members.strip_prefix(&metadata_members).unwrap_or_default().to_owned();
+            for ds in &mut dataservers {
+                let mut text = std::fs::read_to_string(&ds.config)?;
+                text.push_str(&peers);
+                std::fs::write(&ds.config, text)?;
+                ds.kill9();
+                ds.restart().await?;
+            }
         }
         let mut logic = Vec::new();
         for i in 0..logic_nodes {

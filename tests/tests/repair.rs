@@ -75,3 +75,54 @@ async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()>
     ensure!(client.read_file(f.inode).await? == data);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scrub_repairs_a_corrupt_shard_no_reader_touched() -> anyhow::Result<()> {
+    let cluster = FileCluster::start_with(
+        1,
+        small_stripes(),
+        "scrub_bytes_per_sec = 1000000000\nscrub_interval_secs = 1",
+    )
+    .await?;
+    let client = cluster.client();
+    let dir = client.make_dirs("/scrub", 0o755).await?;
+    let f = client.create_in(dir, b"data", 0o644, true).await?;
+    let data = pattern(600_000, 8);
+    client.write_file(f.inode, data.clone()).await?;
+    let layout = match cluster
+        .meta
+        .client()
+        .call(Op::GetLayout(GetLayout { inode: f.inode }))
+        .await?
+    {
+        meta_reply::Result::Layout(l) => l.layout.context("a layout")?,
+        other => anyhow::bail!("GetLayout answered {other:?}"),
+    };
+    // A parity shard: no read of the file touches it while its data shards are whole.
+    let stripe = &layout.stripes[1];
+    let loc = stripe.shards.iter().find(|l| l.index == 5).context("parity shard 5")?;
+    let id = ShardId::new(
+        StripeId(u128::from_be_bytes(stripe.stripe_id.as_slice().try_into()?)),
+        5,
+    );
+    let ds = &cluster.dataservers[loc.dataserver as usize - 1];
+    let path = find(&ds.data_dir(), &id.to_string()).context("the shard's file")?;
+    let mut bytes = std::fs::read(&path)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x81;
+    std::fs::write(&path, bytes)?;
+
+    let dsc = DataserverClient::connect(ds.addr).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match dsc.get(id, 0, None).await {
+            Ok(shard) if crc32c::crc32c(&shard) == loc.crc32c => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => anyhow::bail!("scrub did not repair the shard in 30 s: {:?}", other.map(|b| b.len())),
+        }
+    }
+    let stat = dsc.stat().await?;
+    ensure!(stat.corrupt_blocks >= 1, "scrub did not count the corrupt block");
+    ensure!(client.read_file(f.inode).await? == data);
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! What a dataserver asks the metadata group: which of its shards committed layouts
+//! reference (the orphan collector) and a file's layout (scrub repair). Each question
+//! goes to the members in turn until the leader answers. The metadata crate's client is
+//! not used: the dataserver sits beside the metadata crate, not above it (DESIGN.md).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cairn_common::ids::{ShardId, StripeId};
+use cairn_common::namespace::STRIPE_ID_BYTES;
+use cairn_common::proto::metadata::metadata_client::MetadataClient;
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout, Layout, MetaRequest, ShardRefsRequest};
+use tonic::transport::Channel;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The reference stream of a node with many shards takes a while; this bounds a stuck one.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn connect(addr: SocketAddr) -> Result<MetadataClient<Channel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT);
+    Ok(MetadataClient::new(
+        endpoint.connect().await.map_err(|e| e.to_string())?,
+    ))
+}
+
+/// `ask` of each member in turn until one answers (a follower refuses); the last error.
+async fn first_answer<T, F, Fut>(metadata: &[SocketAddr], ask: F) -> Result<T, String>
+where
+    F: Fn(MetadataClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut last = "no metadata nodes configured".to_owned();
+    for addr in metadata {
+        let attempt = async { ask(connect(*addr).await?).await };
+        match tokio::time::timeout(ANSWER_TIMEOUT, attempt).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => last = format!("{addr}: {e}"),
+            Err(_) => last = format!("{addr}: no answer in {ANSWER_TIMEOUT:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// Every shard of dataserver `node` that a committed layout references, with the inode
+/// whose layout does.
+pub async fn shard_refs(metadata: &[SocketAddr], node: u32) -> Result<Vec<(ShardId, u64)>, String> {
+    first_answer(metadata, |mut client| async move {
+        let mut stream = client
+            .shard_refs(ShardRefsRequest { dataserver: node })
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        let mut refs = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_owned())? {
+            for r in chunk.refs {
+                let id: [u8; STRIPE_ID_BYTES] = r
+                    .stripe_id
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| "a reference with a malformed stripe id".to_owned())?;
+                let index = u8::try_from(r.index).map_err(|_| "a reference with a shard index past 255")?;
+                refs.push((ShardId::new(StripeId(u128::from_be_bytes(id)), index), r.inode));
+            }
+        }
+        Ok(refs)
+    })
+    .await
+}
+
+/// The committed layout of file `inode`.
+pub async fn layout(metadata: &[SocketAddr], inode: u64) -> Result<Layout, String> {
+    first_answer(metadata, |mut client| async move {
+        let reply = client
+            .call(MetaRequest {
+                op: Some(Op::GetLayout(GetLayout { inode })),
+                ..MetaRequest::default()
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        match reply.result {
+            Some(meta_reply::Result::Layout(l)) => Ok(l.layout.unwrap_or_default()),
+            Some(meta_reply::Result::Error(e)) => Err(e.message),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    })
+    .await
+}
