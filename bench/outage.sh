@@ -44,7 +44,8 @@ for scenario in hall-loss power-loss logic-crash; do
   down="$DOWN"
   [ "$scenario" = hall-loss ] || down=5
   "$BIN/cairn-bench" outage --scenario "$scenario" --dir "$DATA/cluster" \
-    --before-secs "$BEFORE" --down-secs "$down" --after-secs "$AFTER" | tee "$DATA/$scenario.json" | summary | tee -a "$RESULTS"
+    --before-secs "$BEFORE" --down-secs "$down" --after-secs "$AFTER" | tee "$DATA/$scenario.json" | summary | tee -a "$RESULTS" ||
+    echo "outage $scenario FAILED: an I/O failed or acknowledged data was lost (see $DATA/$scenario.json)" | tee -a "$RESULTS"
 done
 cleanup
 rm -rf "$DATA/cluster"
