@@ -8,14 +8,17 @@
 #   hall-loss    SIGKILL every process of the hall holding the metadata leader
 #   power-loss   SIGKILL every process; start them all again
 #   logic-crash  SIGKILL one logic node; start it again
+#   rolling-restart  cairnctl rolling-restart: every node stopped (SIGTERM) and started in
+#                turn, each once the cluster is healthy (DOWN unused)
 # Printed per scenario: failed I/Os, the longest gap between successful I/Os, that gap
 # times 100,000 GPUs, the time until every node is back, and for power loss the time from
 # the processes' start to the first read and to full service.
-# Run from the repository root:  bench/outage.sh     (env: BEFORE=10 DOWN=20 AFTER=10)
+# Run from the repository root:  bench/outage.sh     (env: BEFORE=10 DOWN=20 AFTER=10 SCENARIOS=...)
 source "$(dirname "$0")/../scripts/env.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 DATA="$OUT/outage"
 BEFORE="${BEFORE:-10}" DOWN="${DOWN:-20}" AFTER="${AFTER:-10}"
+SCENARIOS="${SCENARIOS:-hall-loss power-loss logic-crash rolling-restart}"
 mkdir -p "$DATA"
 RESULTS="$OUT/outage-results.txt"
 : >"$RESULTS"
@@ -36,7 +39,7 @@ print("outage %s failed_ios=%d ios=%d longest_gap_s=%.2f gpu_minutes_per_100k=%.
     w["files_verified"], w["bytes_verified"], ",".join(r["killed"])))'
 }
 
-for scenario in hall-loss power-loss logic-crash; do
+for scenario in $SCENARIOS; do
   log "$scenario"
   cleanup
   rm -rf "$DATA/cluster"

@@ -12,11 +12,14 @@ use cairn_logic::files::Files;
 use cairn_logic::server::{serve, LogicNode};
 use cairn_metadata::client::MetadataClient;
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// How long a metadata request may take (leader changes included) before the client is
 /// told the group is unavailable.
 const METADATA_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a draining node (SIGTERM: a rolling restart) waits for requests in flight.
+const DRAIN_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn-logic", about = "Cairn logic node (stateless file protocol server)")]
@@ -48,17 +51,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", logic.listen))?;
     info!(addr = %logic.listen, "logic node serving");
-    tokio::select! {
-        _ = serve(listener, node, logic.max_connections as usize) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => { s.recv().await; }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
-    info!("shutting down");
+    let drain = CancellationToken::new();
+    let signal = drain.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => { s.recv().await; }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+        info!("draining: no new requests; finishing those in flight");
+        signal.cancel();
+    });
+    serve(listener, node, logic.max_connections as usize, drain, DRAIN_FOR).await;
+    info!("drained; shutting down");
     Ok(())
 }
 

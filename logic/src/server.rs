@@ -4,6 +4,7 @@
 //! reply. Nothing here keeps state between requests.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::file_wire::{FileReply, FileRequest};
@@ -16,6 +17,7 @@ use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::files::{FileError, Files};
@@ -101,29 +103,52 @@ impl LogicNode {
     }
 }
 
-pub async fn serve(listener: TcpListener, node: Arc<LogicNode>, max_connections: usize) {
+/// Serves clients until `drain` fires, then drains: stops accepting, stops reading new
+/// requests, answers those already taken and closes each connection (clients send the
+/// rest to another logic node). Returns once every connection is closed or `drain_for`
+/// has passed.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<LogicNode>,
+    max_connections: usize,
+    drain: CancellationToken,
+    drain_for: Duration,
+) {
     let connections = Arc::new(Semaphore::new(max_connections));
     loop {
-        let Ok(permit) = connections.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p,
+            _ = drain.cancelled() => break,
         };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!("accept: {e}");
-                continue;
-            }
+        let Ok(permit) = permit else { return };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    continue;
+                }
+            },
+            _ = drain.cancelled() => break,
         };
-        let node = node.clone();
+        let (node, drain) = (node.clone(), drain.clone());
         tokio::spawn(async move {
             debug!(%peer, "client connected");
-            connection(stream, node).await;
+            connection(stream, node, drain).await;
             drop(permit);
         });
     }
+    drop(listener);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain_for, connections.acquire_many(all))
+        .await
+        .is_err()
+    {
+        warn!("connections still busy after {drain_for:?}: closing them");
+    }
 }
 
-async fn connection(stream: TcpStream, node: Arc<LogicNode>) {
+async fn connection(stream: TcpStream, node: Arc<LogicNode>, drain: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameDecoder::new(node.payload_bytes_max()));
@@ -143,7 +168,12 @@ async fn connection(stream: TcpStream, node: Arc<LogicNode>) {
         }
     });
     let in_flight = Arc::new(Semaphore::new(node.requests_per_connection));
-    while let Some(item) = frames.next().await {
+    loop {
+        let item = tokio::select! {
+            item = frames.next() => item,
+            _ = drain.cancelled() => break,
+        };
+        let Some(item) = item else { break };
         let frame = match item {
             Ok(f) => f,
             Err(e) => {

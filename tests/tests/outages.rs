@@ -116,3 +116,39 @@ fn chaos_kills_cost_no_io_and_no_byte() {
     assert_nothing_lost(&r);
     assert!(r["kills"].as_u64() >= Some(3), "seed {seed}: {r}");
 }
+
+#[test]
+fn a_rolling_restart_of_every_node_under_load_fails_no_io() {
+    let cluster = LocalCluster::up().expect("local cluster");
+    let dir = cluster.dir_arg();
+    let bad = cairnctl(&["rolling-restart", "--dir", &dir, "--binary", "/nonexistent"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not found"));
+    let r = bench(&[
+        "outage",
+        "--scenario",
+        "rolling-restart",
+        "--dir",
+        &dir,
+        "--before-secs",
+        "2",
+        "--after-secs",
+        "2",
+    ]);
+    assert_nothing_lost(&r);
+    let order: Vec<&str> = r["killed"]
+        .as_array()
+        .expect("killed")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(order.len(), 14, "{r}");
+    // Logic nodes first, then dataservers, then voters.
+    let rank = |n: &str| {
+        ["logic-", "dataserver-", "metadata-"]
+            .iter()
+            .position(|p| n.starts_with(p))
+    };
+    assert!(order.windows(2).all(|w| rank(w[0]) <= rank(w[1])), "{order:?}");
+    assert_eq!(status(&cluster)["healthy"], true);
+}

@@ -12,6 +12,7 @@ pub mod local;
 pub mod meta_bench;
 pub mod metadata_admin;
 pub mod outage;
+pub mod rolling;
 pub mod workload;
 
 /// Connects to a dataserver, retrying until it answers `stat` or `wait` has passed.

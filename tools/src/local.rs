@@ -147,8 +147,9 @@ fn running(pid: Pid) -> bool {
     !matches!(state, Some('Z' | 'X') | None)
 }
 
-/// Starts those of `nodes` that are not running; returns how many it started.
-fn start(dir: &Path, shared: &str, nodes: &[Node]) -> anyhow::Result<usize> {
+/// Starts those of `nodes` that are not running, with the binaries in `binaries` (else
+/// those beside cairnctl); returns how many it started.
+fn start(dir: &Path, shared: &str, nodes: &[Node], binaries: Option<&Path>) -> anyhow::Result<usize> {
     let mut started = 0;
     for n in nodes {
         if pid_of(dir, &n.name).is_some() {
@@ -158,7 +159,11 @@ fn start(dir: &Path, shared: &str, nodes: &[Node]) -> anyhow::Result<usize> {
         std::fs::write(&config, format!("{}\n{shared}", n.section))?;
         let mut args: Vec<&OsStr> = n.args.iter().map(OsStr::new).collect();
         args.extend([OsStr::new("--config"), config.as_os_str()]);
-        spawn(dir, &n.name, n.binary, &args)?;
+        let binary = match binaries {
+            Some(d) => d.join(n.binary),
+            None => sibling_binary(n.binary)?,
+        };
+        spawn(dir, &n.name, &binary, &args)?;
         started += 1;
     }
     Ok(started)
@@ -199,6 +204,23 @@ pub fn hall_members(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
     Ok(all.into_iter().filter(|m| m.1 == hall).map(|m| m.0).collect())
 }
 
+/// Stops process `name` as an operator would: SIGTERM (a logic node drains, the others
+/// shut down), SIGKILL if it has not exited after `STOP_WAIT`.
+pub fn stop(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let Some(pid) = pid_of(dir, name) else { return Ok(()) };
+    kill_process(pid, Signal::TERM).with_context(|| format!("stopping {name}"))?;
+    let deadline = Instant::now() + STOP_WAIT;
+    while running(pid) {
+        if Instant::now() > deadline {
+            eprintln!("{name} did not stop in {STOP_WAIT:?}: killed");
+            let _ = kill_process(pid, Signal::KILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// SIGKILLs those of `names` that run, as a power cut would; returns the ones killed.
 pub fn kill(dir: &Path, names: &[String]) -> anyhow::Result<Vec<String>> {
     let mut killed = Vec::new();
@@ -212,14 +234,15 @@ pub fn kill(dir: &Path, names: &[String]) -> anyhow::Result<Vec<String>> {
 }
 
 /// Starts those of `names` (every process with `None`) that do not run, without waiting
-/// for them; returns how many it started.
-pub fn start_stopped(dir: &Path, names: Option<&[String]>) -> anyhow::Result<usize> {
+/// for them, with the binaries in `binaries` (else those beside cairnctl); returns how
+/// many it started.
+pub fn start_stopped(dir: &Path, names: Option<&[String]>, binaries: Option<&Path>) -> anyhow::Result<usize> {
     let (_, shared, nodes) = recorded(dir)?;
     let chosen: Vec<Node> = nodes
         .into_iter()
         .filter(|n| names.is_none_or(|names| names.contains(&n.name)))
         .collect();
-    start(dir, &shared, &chosen)
+    start(dir, &shared, &chosen, binaries)
 }
 
 /// Waits until every node of the cluster in `dir` answers.
@@ -235,7 +258,7 @@ pub fn kill_hall(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
 /// Starts the processes of `hall` that are not running and waits until the cluster is
 /// healthy again.
 pub async fn start_hall(dir: &Path, hall: u32) -> anyhow::Result<usize> {
-    let started = start_stopped(dir, Some(&hall_members(dir, hall)?))?;
+    let started = start_stopped(dir, Some(&hall_members(dir, hall)?), None)?;
     wait_healthy_in(dir).await?;
     Ok(started)
 }
@@ -278,7 +301,7 @@ pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Re
         }
     }
     std::fs::write(&cluster_file, &shared)?;
-    let started = start(dir, &shared, &nodes)?;
+    let started = start(dir, &shared, &nodes, None)?;
     println!("{started} processes started, {} already running", nodes.len() - started);
     wait_healthy(&Config::load(&cluster_file)?).await?;
     println!("cluster healthy; configuration in {}", cluster_file.display());
@@ -290,12 +313,12 @@ pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Re
 
 /// Starts `binary` with `args` in the background, its output appended to `<name>.log`
 /// and its pid in `<name>.pid`.
-fn spawn(dir: &Path, name: &str, binary: &str, args: &[&OsStr]) -> anyhow::Result<()> {
+fn spawn(dir: &Path, name: &str, binary: &Path, args: &[&OsStr]) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))?;
-    let child = Command::new(sibling_binary(binary)?)
+    let child = Command::new(binary)
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -335,7 +358,7 @@ async fn mount_at(dir: &Path, cluster_file: &Path, path: &Path) -> anyhow::Resul
         OsStr::new("--mountpoint"),
         path.as_os_str(),
     ];
-    spawn(dir, FUSE, "cairn-fuse", &args)?;
+    spawn(dir, FUSE, &sibling_binary("cairn-fuse")?, &args)?;
     std::fs::write(dir.join(MOUNT_FILE), path.as_os_str().as_encoded_bytes())?;
     let deadline = Instant::now() + MOUNT_WAIT;
     while !is_mounted(&path) {

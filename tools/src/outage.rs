@@ -31,6 +31,8 @@ pub enum Scenario {
     PowerLoss,
     /// SIGKILL one logic node; start it again.
     LogicCrash,
+    /// `cairnctl rolling-restart`: every node in turn, the outage time unused.
+    RollingRestart,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +48,7 @@ pub struct Timing {
 #[derive(Debug, Serialize)]
 pub struct OutageReport {
     pub scenario: Scenario,
+    /// The processes SIGKILLed (for a rolling restart: stopped and restarted, in order).
     pub killed: Vec<String>,
     /// From the kill until the cluster is whole: every node back and every stripe with
     /// all its shards reachable.
@@ -121,12 +124,18 @@ pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyho
         Scenario::HallLoss => local::hall_members(dir, leader_hall(dir).await?)?,
         Scenario::PowerLoss => local::members(dir)?.into_iter().map(|m| m.0).collect(),
         Scenario::LogicCrash => vec!["logic-1".to_owned()],
+        Scenario::RollingRestart => Vec::new(),
     };
     let killed_at = Instant::now();
-    let killed = local::kill(dir, &victims)?;
-    tokio::time::sleep(t.down).await;
+    let killed = match scenario {
+        Scenario::RollingRestart => crate::rolling::rolling_restart(dir, None, |_, _| {}).await?,
+        _ => local::kill(dir, &victims)?,
+    };
+    if scenario != Scenario::RollingRestart {
+        tokio::time::sleep(t.down).await;
+    }
     let started_at = Instant::now();
-    local::start_stopped(dir, Some(&victims))?;
+    local::start_stopped(dir, Some(&victims), None)?;
     let first = match scenario {
         Scenario::PowerLoss => Some(first_read(dir, probe).await?),
         _ => None,
@@ -167,7 +176,7 @@ pub async fn chaos(dir: &Path, seconds: u64, seed: u64) -> anyhow::Result<ChaosR
         };
         killed.extend(local::kill(dir, &victims)?);
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
-        local::start_stopped(dir, Some(&victims))?;
+        local::start_stopped(dir, Some(&victims), None)?;
         local::wait_healthy_in(dir).await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
     }

@@ -51,6 +51,15 @@ enum Top {
         #[arg(long)]
         json: bool,
     },
+    /// Restart every node of a local cluster in turn (logic nodes, dataservers, then
+    /// metadata voters with the leader last), each once the cluster is healthy again.
+    RollingRestart {
+        #[arg(long, default_value_os_t = default_local_dir())]
+        dir: PathBuf,
+        /// Start the nodes from the binaries in this directory (an upgrade).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
     /// The metadata group: status and membership changes.
     Metadata {
         /// Addresses of the group's members, comma separated.
@@ -165,6 +174,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => (addr, wait_secs, command),
         Top::Metadata { addrs, command } => return cairn_tools::metadata_admin::run(&addrs, command).await,
         Top::Status { config, json } => return cairn_tools::local::status(&config, json).await,
+        Top::RollingRestart { dir, binary } => {
+            let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), |name, took| {
+                println!("{name} restarted, cluster healthy ({:.1} s)", took.as_secs_f64());
+            })
+            .await?;
+            println!("rolling restart done: {} nodes", done.len());
+            return Ok(());
+        }
         Top::File { config, command } => return cairn_tools::file_cmd::run(&config, command).await,
         Top::Local {
             command:

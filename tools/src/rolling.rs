@@ -1,0 +1,133 @@
+//! Rolling restart (and upgrade) of a local cluster: logic nodes, then dataservers, then
+//! metadata voters, one at a time, each only once the whole cluster answers again. A
+//! logic node drains on SIGTERM (it finishes what it took; clients move to another); a
+//! voter that leads hands leadership to another voter first, so the group never waits
+//! out an election timeout; a restarted voter is waited for until it has caught up.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use cairn_common::config::Config;
+
+use crate::local;
+use crate::metadata_admin::{elect, status};
+
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"];
+
+/// The order of the roll: logic nodes, dataservers, then voters with the leader last.
+async fn order(dir: &Path, c: &Config) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = local::members(dir)?.into_iter().map(|m| m.0).collect();
+    let mut leader = None;
+    for n in &c.metadata_nodes {
+        if status(&n.addr.to_string()).await.is_ok_and(|s| s.role == "leader") {
+            leader = Some(format!("metadata-{}", n.node_id));
+        }
+    }
+    let mut out = Vec::new();
+    for prefix in ["logic-", "dataserver-", "metadata-"] {
+        out.extend(
+            names
+                .iter()
+                .filter(|n| n.starts_with(prefix) && Some(*n) != leader.as_ref())
+                .cloned(),
+        );
+    }
+    out.extend(leader);
+    Ok(out)
+}
+
+/// Moves leadership away from voter `node` if it leads.
+async fn hand_over(c: &Config, node: u64) -> anyhow::Result<()> {
+    let me = c
+        .metadata_nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .context("no such voter")?;
+    if !status(&me.addr.to_string()).await.is_ok_and(|s| s.role == "leader") {
+        return Ok(());
+    }
+    let mut last = None;
+    for other in c.metadata_nodes.iter().filter(|n| n.node_id != node) {
+        match elect(&other.addr.to_string()).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no other voter")))
+}
+
+/// Waits until voter `node` follows and has applied what the leader had applied when it
+/// came back.
+async fn caught_up(c: &Config, node: u64) -> anyhow::Result<()> {
+    let addr = |id: u64| {
+        c.metadata_nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .map(|n| n.addr.to_string())
+    };
+    let me = addr(node).context("no such voter")?;
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    let mut target = None;
+    loop {
+        if let Ok(s) = status(&me).await {
+            if target.is_none() {
+                if let Some(leader) = addr(s.leader_id) {
+                    target = status(&leader).await.ok().map(|l| l.applied_index);
+                }
+            }
+            if target.is_some_and(|t| s.applied_index >= t) && (s.role == "follower" || s.role == "leader") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("metadata-{node} has not caught up after {CATCH_UP_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Restarts every node of the cluster in `dir` in turn, with the binaries in `binaries`
+/// (an upgrade) or those beside cairnctl; `each` hears of every node done and how long it
+/// took. Stops at the first node that does not come back healthy.
+pub async fn rolling_restart(
+    dir: &Path,
+    binaries: Option<&Path>,
+    mut each: impl FnMut(&str, Duration),
+) -> anyhow::Result<Vec<String>> {
+    if let Some(d) = binaries {
+        for b in BINARIES {
+            if !d.join(b).is_file() {
+                bail!(
+                    "{} not found: --binary names a directory holding {BINARIES:?}",
+                    d.join(b).display()
+                );
+            }
+        }
+    }
+    let c = Config::load(&dir.join("cluster.toml")).context("the local cluster's config")?;
+    local::wait_healthy_in(dir)
+        .await
+        .context("the cluster is not healthy: nothing restarted")?;
+    let order = order(dir, &c).await?;
+    for name in &order {
+        let started = Instant::now();
+        let voter = name.strip_prefix("metadata-").and_then(|id| id.parse::<u64>().ok());
+        if let Some(id) = voter {
+            hand_over(&c, id)
+                .await
+                .with_context(|| format!("moving leadership off {name}"))?;
+        }
+        local::stop(dir, name)?;
+        local::start_stopped(dir, Some(std::slice::from_ref(name)), binaries)?;
+        local::wait_healthy_in(dir)
+            .await
+            .with_context(|| format!("{name} restarted but the cluster is not healthy"))?;
+        if let Some(id) = voter {
+            caught_up(&c, id).await?;
+        }
+        each(name, started.elapsed());
+    }
+    Ok(order)
+}
