@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU-minutes report: what each outage costs a training job that reads and writes
+# GPU-minutes report: what each outage (or rolling restart) costs a training job that reads and writes
 # continuously. For each scenario, a fresh local cluster (`cairnctl local up`, release
 # build: 4 halls, 8 dataservers, 2 logic nodes, 4+2) runs `cairn-bench outage`: 4 writers
 # and 4 readers through the Rust client, every acknowledged file checked by crc32c at the

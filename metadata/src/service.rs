@@ -8,8 +8,8 @@ use std::pin::Pin;
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
     admin_server::Admin, metadata_server::Metadata, raft_server::Raft as RaftRpc, AddLearnerRequest, AdminReply,
-    ChangeVotersRequest, ElectRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus, RaftEnvelope, ShardRef,
-    ShardRefsChunk, ShardRefsRequest, StatusRequest,
+    ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus, RaftEnvelope, ShardRef, ShardRefsChunk,
+    ShardRefsRequest, StatusRequest,
 };
 use futures::Stream;
 use openraft::error::{ClientWriteError, RaftError};
@@ -66,8 +66,6 @@ pub struct MetadataService {
 
 /// Shard references per streamed chunk.
 const SHARD_REFS_PER_CHUNK: usize = 1024;
-/// How long a voter asked to take leadership waits to win.
-const ELECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl MetadataService {
     async fn call(&self, req: MetaRequest) -> MetaReply {
@@ -233,39 +231,6 @@ impl Admin for AdminService {
                 .map_err(write_error),
             Err(e) => Err(e),
         };
-        Ok(self.reply(result))
-    }
-
-    async fn elect(&self, _req: Request<ElectRequest>) -> Result<Response<AdminReply>, Status> {
-        let result = async {
-            let me = self.raft.metrics().borrow().id;
-            let voter = self
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == me);
-            if !voter {
-                return Err(meta_error(Errno::Einval, "only a voter can take leadership"));
-            }
-            self.raft
-                .trigger()
-                .elect()
-                .await
-                .map_err(|e| meta_error(Errno::Unavailable, e.to_string()))?;
-            let mut metrics = self.raft.metrics();
-            let won = tokio::time::timeout(ELECT_WAIT, metrics.wait_for(|m| m.current_leader == Some(me))).await;
-            match won {
-                Ok(Ok(_)) => Ok(()),
-                _ => Err(meta_error(
-                    Errno::Unavailable,
-                    format!("not leader {ELECT_WAIT:?} after standing"),
-                )),
-            }
-        }
-        .await;
         Ok(self.reply(result))
     }
 

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{
-    AddLearnerRequest, AdminReply, ChangeVotersRequest, ElectRequest, FileKind, NodeStatus, StatusRequest,
+    AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, StatusRequest,
 };
 use cairn_metadata::client::MetadataClient;
 use clap::Subcommand;
@@ -72,15 +72,6 @@ async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
 
 pub async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
     Ok(admin(addr).await?.status(StatusRequest {}).await?.into_inner())
-}
-
-/// Asks the voter at `addr` to take leadership; returns once it leads.
-pub async fn elect(addr: &str) -> anyhow::Result<()> {
-    let reply = admin(addr).await?.elect(ElectRequest {}).await?.into_inner();
-    if let Some(e) = reply.error {
-        bail!("{addr} did not take leadership: {}", e.message);
-    }
-    Ok(())
 }
 
 async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
