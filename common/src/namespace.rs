@@ -15,7 +15,13 @@ pub const STRIPE_ID_BYTES: usize = 16;
 pub fn is_mutation(op: &Op) -> bool {
     !matches!(
         op,
-        Op::Lookup(_) | Op::Getattr(_) | Op::Readdir(_) | Op::Readlink(_) | Op::GetLayout(_) | Op::Statfs(_)
+        Op::Lookup(_)
+            | Op::Getattr(_)
+            | Op::Readdir(_)
+            | Op::Readlink(_)
+            | Op::GetLayout(_)
+            | Op::Statfs(_)
+            | Op::ListDraining(_)
     )
 }
 

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use cairn_common::erasure::ErasureCode;
-use cairn_common::ids::ShardId;
+use cairn_common::ids::{ShardId, StripeId};
+use cairn_common::proto::metadata::{Layout, Stripe};
 use tracing::warn;
 
 use crate::client::DataserverClient;
@@ -43,10 +44,59 @@ pub async fn repair_corrupt(store: &ShardStore, config: &RepairConfig, corrupt: 
     Ok(repaired)
 }
 
-async fn fetch(config: &RepairConfig, node: u32, id: ShardId, crc: u32) -> Option<Bytes> {
-    let client = DataserverClient::connect(*config.peers.get(&node)?).await.ok()?;
+async fn fetch(peers: &HashMap<u32, SocketAddr>, node: u32, id: ShardId, crc: u32) -> Option<Bytes> {
+    let client = DataserverClient::connect(*peers.get(&node)?).await.ok()?;
     let bytes = client.get(id, 0, None).await.ok()?;
     (crc32c::crc32c(&bytes) == crc).then_some(bytes)
+}
+
+/// Shard `index` of `stripe` (coded k+m as in `layout`), rebuilt from the stripe's other
+/// shards on the dataservers in `peers` and checked against the layout's crc: what scrub
+/// repair writes over a corrupt copy and a drain writes to a new dataserver.
+pub async fn rebuild_shard(
+    peers: &HashMap<u32, SocketAddr>,
+    layout: &Layout,
+    stripe: &Stripe,
+    index: u8,
+) -> Result<Bytes, String> {
+    let want = stripe
+        .shards
+        .iter()
+        .find(|l| l.index == u32::from(index))
+        .ok_or("the layout names no such shard")?
+        .crc32c;
+    let code =
+        ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize).map_err(|e| e.to_string())?;
+    let stripe_id = StripeId(u128::from_be_bytes(
+        stripe
+            .stripe_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| "a malformed stripe id")?,
+    ));
+    let others = stripe.shards.iter().filter(|l| l.index != u32::from(index));
+    let fetched = futures::future::join_all(others.map(|l| async move {
+        let i = u8::try_from(l.index).ok()?;
+        let bytes = fetch(peers, l.dataserver, ShardId::new(stripe_id, i), l.crc32c).await?;
+        Some((usize::from(i), bytes))
+    }))
+    .await;
+    let mut shards = vec![None; code.total_shards()];
+    for (i, bytes) in fetched.into_iter().flatten() {
+        if let Some(slot) = shards.get_mut(i) {
+            *slot = Some(bytes);
+        }
+    }
+    let rebuilt = code
+        .reconstruct(&shards)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .nth(usize::from(index))
+        .ok_or("the shard index is outside the code")?;
+    if crc32c::crc32c(&rebuilt) != want {
+        return Err("the rebuilt shard does not match its layout checksum".into());
+    }
+    Ok(rebuilt)
 }
 
 async fn repair_one(store: &ShardStore, config: &RepairConfig, id: ShardId, inode: u64) -> Result<bool, String> {
@@ -57,35 +107,6 @@ async fn repair_one(store: &ShardStore, config: &RepairConfig, id: ShardId, inod
         .iter()
         .find(|s| s.stripe_id == stripe_id)
         .ok_or("the stripe is no longer in the file's layout")?;
-    let want = stripe
-        .shards
-        .iter()
-        .find(|l| l.index == u32::from(id.index))
-        .ok_or("the layout names no such shard")?
-        .crc32c;
-    let code =
-        ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize).map_err(|e| e.to_string())?;
-    let others = stripe.shards.iter().filter(|l| l.index != u32::from(id.index));
-    let fetched = futures::future::join_all(others.map(|l| async move {
-        let index = u8::try_from(l.index).ok()?;
-        let bytes = fetch(config, l.dataserver, ShardId::new(id.stripe, index), l.crc32c).await?;
-        Some((usize::from(index), bytes))
-    }))
-    .await;
-    let mut shards = vec![None; code.total_shards()];
-    for (index, bytes) in fetched.into_iter().flatten() {
-        if let Some(slot) = shards.get_mut(index) {
-            *slot = Some(bytes);
-        }
-    }
-    let rebuilt = code
-        .reconstruct(&shards)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .nth(usize::from(id.index))
-        .ok_or("the shard index is outside the code")?;
-    if crc32c::crc32c(&rebuilt) != want {
-        return Err("the rebuilt shard does not match its layout checksum".into());
-    }
+    let rebuilt = rebuild_shard(&config.peers, &layout, stripe, id.index).await?;
     store.repair(id, rebuilt, "scrub").await.map_err(|e| e.to_string())
 }

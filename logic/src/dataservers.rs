@@ -1,7 +1,7 @@
 //! The dataservers a logic node writes to: their halls for placement, and one connection
 //! each, made on first use and dropped when it fails (the next use reconnects).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +28,8 @@ pub struct Dataservers {
     /// Nodes that failed recently, and when: placement avoids them for `SUSPECT_FOR`, then
     /// tries them again (a restarted dataserver comes back into use on its own).
     suspect: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// Nodes being drained (the metadata group's list): read from, never placed on.
+    draining: Arc<Mutex<HashSet<NodeId>>>,
 }
 
 impl Dataservers {
@@ -46,6 +48,7 @@ impl Dataservers {
         Ok(Dataservers {
             members: Arc::new(members),
             suspect: Arc::new(Mutex::new(HashMap::new())),
+            draining: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -53,17 +56,23 @@ impl Dataservers {
         self.suspect.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Placement candidates; a recently failed one reports no free space, so placement
-    /// passes it over while others can take the shards.
+    /// Placement candidates; a recently failed or draining one reports no free space, so
+    /// placement passes it over while others can take the shards.
     pub fn candidates(&self) -> Vec<Candidate> {
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.members
             .iter()
             .map(|(id, m)| Candidate {
                 node: *id,
                 hall: m.hall.clone(),
-                free_bytes: u64::from(!self.is_suspect(*id)),
+                free_bytes: u64::from(!self.is_suspect(*id) && !draining.contains(id)),
             })
             .collect()
+    }
+
+    /// The metadata group's current list of draining dataservers.
+    pub fn set_draining(&self, ids: impl IntoIterator<Item = u32>) {
+        *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = ids.into_iter().map(NodeId).collect();
     }
 
     /// Whether `node` failed within the last `SUSPECT_FOR`.

@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, ListDraining};
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
 use cairn_logic::server::{serve, LogicNode};
 use cairn_metadata::client::MetadataClient;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 /// How long a metadata request may take (leader changes included) before the client is
 /// told the group is unavailable.
 const METADATA_DEADLINE: Duration = Duration::from_secs(30);
+/// How often the list of draining dataservers is read from the metadata group.
+const DRAINING_POLL: Duration = Duration::from_secs(2);
 /// How long a draining node (SIGTERM: a rolling restart) waits for requests in flight.
 const DRAIN_FOR: Duration = Duration::from_secs(30);
 
@@ -41,6 +44,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let addrs = config.metadata_nodes.iter().map(|n| n.addr.to_string()).collect();
     let meta = Arc::new(MetadataClient::new(addrs, METADATA_DEADLINE));
     let ds = Dataservers::new(&config.dataservers).context("dataservers")?;
+    tokio::spawn(follow_draining(meta.clone(), ds.clone()));
     let files = Files::new(meta.clone(), ds, &config.erasure);
     let node = Arc::new(LogicNode {
         meta,
@@ -69,6 +73,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     serve(listener, node, logic.max_connections as usize, drain, DRAIN_FOR).await;
     info!("drained; shutting down");
     Ok(())
+}
+
+/// Keeps the dataservers' draining list in step with the metadata group's, so that new
+/// stripes stop landing on a node soon after `cairnctl drain` names it.
+async fn follow_draining(meta: Arc<MetadataClient>, ds: Dataservers) {
+    loop {
+        match meta.call(Op::ListDraining(ListDraining {})).await {
+            Ok(meta_reply::Result::Draining(d)) => ds.set_draining(d.ids),
+            Ok(other) => warn!("draining list: unexpected answer {other:?}"),
+            Err(e) => warn!("draining list: {e}"),
+        }
+        tokio::time::sleep(DRAINING_POLL).await;
+    }
 }
 
 fn main() -> ExitCode {

@@ -98,9 +98,15 @@ fn run(a: &mut Apply<'_, '_>, op: Op) -> OpResult<MetaReply> {
         Op::RenewSession(r) => a.renew_session(r.session, r.ttl_ms),
         Op::CloseSession(c) => a.close_session(c.session),
         Op::CommitLayout(c) => a.commit_layout(c),
-        Op::Lookup(_) | Op::Getattr(_) | Op::Readdir(_) | Op::Readlink(_) | Op::GetLayout(_) | Op::Statfs(_) => {
-            Err(refuse(Errno::Einval, "reads are not proposed to the log"))
-        }
+        Op::ReplaceShard(r) => a.replace_shard(r),
+        Op::SetDraining(d) => a.set_draining(d),
+        Op::Lookup(_)
+        | Op::Getattr(_)
+        | Op::Readdir(_)
+        | Op::Readlink(_)
+        | Op::GetLayout(_)
+        | Op::Statfs(_)
+        | Op::ListDraining(_) => Err(refuse(Errno::Einval, "reads are not proposed to the log")),
     }
 }
 

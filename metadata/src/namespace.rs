@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
-    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir, OpenSession,
-    Rename, SessionReply, SetAttr, Symlink,
+    meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
+    OpenSession, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, Symlink,
 };
 use prost::Message;
 
@@ -16,8 +16,8 @@ use crate::errors::{refuse, OpError, OpResult};
 use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
-    dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord, SessionRecord,
-    RECORD_FORMAT,
+    decode_draining, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord,
+    SessionRecord, DRAINING_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
 
@@ -562,6 +562,48 @@ impl Apply<'_, '_> {
             self.end_session(session, &rec)?;
         }
         Ok(())
+    }
+
+    pub fn replace_shard(&mut self, r: ReplaceShard) -> OpResult<MetaReply> {
+        let mut attr = self.attr(r.inode)?;
+        let old = self.layout(r.inode)?;
+        let mut layout = old.clone();
+        let stale = || refuse(Errno::Estale, "the stripe no longer names that shard there");
+        let stripe = layout
+            .stripes
+            .iter_mut()
+            .find(|s| s.stripe_id == r.stripe_id)
+            .ok_or_else(stale)?;
+        if stripe.shards.iter().any(|s| s.dataserver == r.to_dataserver) {
+            return Err(refuse(Errno::Einval, "the target already holds a shard of the stripe"));
+        }
+        let shard = stripe
+            .shards
+            .iter_mut()
+            .find(|s| s.index == r.index && s.dataserver == r.from_dataserver)
+            .ok_or_else(stale)?;
+        shard.dataserver = r.to_dataserver;
+        attr.layout_version += 1;
+        layout.version = attr.layout_version;
+        self.put_layout(r.inode, &old, Some(&layout));
+        attr.ctime_ns = self.now;
+        self.put_attr(attr)?;
+        Ok(reply(meta_reply::Result::Layout(LayoutReply {
+            attr: Some(attr),
+            layout: Some(layout),
+        })))
+    }
+
+    pub fn set_draining(&mut self, d: SetDraining) -> OpResult<MetaReply> {
+        let mut ids = decode_draining(self.txn.get(Cf::SmMeta, DRAINING_KEY)?.as_deref()).map_err(OpError::Storage)?;
+        ids.retain(|&id| id != d.dataserver);
+        if d.draining {
+            ids.push(d.dataserver);
+            ids.sort_unstable();
+        }
+        let bytes = postcard::to_stdvec(&ids).map_err(|e| OpError::Storage(e.to_string()))?;
+        self.txn.put(Cf::SmMeta, DRAINING_KEY.to_vec(), bytes);
+        Ok(reply(meta_reply::Result::Done(Empty {})))
     }
 
     pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {

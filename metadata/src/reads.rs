@@ -2,7 +2,8 @@
 //! barrier has passed (see `service`).
 
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, MetaReply, StatFsReply,
+    meta_reply, meta_request::Op, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, MetaReply,
+    StatFsReply,
 };
 use prost::Message;
 use rocksdb::{Direction, IteratorMode};
@@ -11,7 +12,7 @@ use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, OpError, OpResult};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
-use crate::records::{dentry_key, parse_dentry_value, InodeRecord};
+use crate::records::{decode_draining, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY};
 use crate::txn::load_counters;
 
 /// Entries one readdir page may ask for.
@@ -39,6 +40,10 @@ fn inode(view: &View<'_>, ino: u64) -> OpResult<InodeRecord> {
 
 fn reply(r: meta_reply::Result) -> MetaReply {
     MetaReply { result: Some(r) }
+}
+
+fn draining(view: &View<'_>) -> OpResult<Vec<u32>> {
+    decode_draining(view.get(Cf::SmMeta, DRAINING_KEY)?.as_deref()).map_err(OpError::Storage)
 }
 
 /// Answer a read `op`.
@@ -94,6 +99,9 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
                 open_sessions: c.sessions,
             })))
         }
+        Op::ListDraining(_) => Ok(reply(meta_reply::Result::Draining(Dataservers {
+            ids: draining(&view)?,
+        }))),
         _ => Err(refuse(Errno::Einval, "not a read")),
     }
 }

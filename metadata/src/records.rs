@@ -101,3 +101,12 @@ pub fn shard_ref_key(dataserver: u32, stripe_id: &[u8], index: u32, inode: u64) 
     k.extend_from_slice(&inode.to_be_bytes());
     k
 }
+
+/// Under this key in `sm_meta`: the dataservers being drained, as a postcard list of ids.
+pub const DRAINING_KEY: &[u8] = b"draining";
+
+pub fn decode_draining(bytes: Option<&[u8]>) -> Result<Vec<u32>, String> {
+    bytes.map_or(Ok(Vec::new()), |b| {
+        postcard::from_bytes(b).map_err(|e| format!("draining list: {e}"))
+    })
+}

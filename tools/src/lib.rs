@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_dataserver::client::DataserverClient;
 
+pub mod drain;
 pub mod file_cmd;
 pub mod local;
 pub mod meta_bench;

@@ -511,6 +511,16 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             detail: if up { "listening".into() } else { "unreachable".into() },
         });
     }
+    // Draining dataservers: how many referenced shards each still holds.
+    let draining = crate::drain::remaining(&c).await.unwrap_or_default();
+    for (node, left) in &draining {
+        if let Some(r) = rows
+            .iter_mut()
+            .find(|r| r.kind == "dataserver" && r.id == node.to_string())
+        {
+            r.detail = format!("DRAINING: {left} shards to rebuild; {}", r.detail);
+        }
+    }
     let healthy = rows.iter().all(|r| r.healthy);
     if json {
         let out = serde_json::json!({
@@ -519,6 +529,10 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             "capacity_bytes": capacity.0,
             "free_bytes": capacity.1,
             "nodes": rows,
+            "draining": draining
+                .iter()
+                .map(|(node, left)| serde_json::json!({"dataserver": node, "shards_left": left}))
+                .collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());

@@ -51,6 +51,22 @@ enum Top {
         #[arg(long)]
         json: bool,
     },
+    /// Take a dataserver out of service: no new shards go to it, and every shard of it is
+    /// rebuilt from the rest of its stripe onto dataservers that keep the hall rule, with
+    /// a progress bar; done when no file references it. Run again to carry on.
+    Drain {
+        /// The dataserver's node id.
+        node: u32,
+        /// The cluster's config (for a local cluster: <dir>/cluster.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Rebuild at most this many MiB per second (0: no limit).
+        #[arg(long, default_value_t = 200)]
+        rate_mib: u64,
+        /// Put the dataserver back in service instead.
+        #[arg(long)]
+        cancel: bool,
+    },
     /// Restart every node of a local cluster in turn (logic nodes, dataservers, then
     /// metadata voters with the leader last), each once the cluster is healthy again.
     RollingRestart {
@@ -174,6 +190,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => (addr, wait_secs, command),
         Top::Metadata { addrs, command } => return cairn_tools::metadata_admin::run(&addrs, command).await,
         Top::Status { config, json } => return cairn_tools::local::status(&config, json).await,
+        Top::Drain {
+            node,
+            config,
+            rate_mib,
+            cancel,
+        } => {
+            let c = cairn_common::config::Config::load(&config)?;
+            if cancel {
+                cairn_tools::drain::undrain(&c, node).await?;
+                println!("dataserver {node} is back in service");
+            } else {
+                let moved = cairn_tools::drain::drain(&c, node, rate_mib << 20, true).await?;
+                println!("dataserver {node} drained: {moved} shards rebuilt elsewhere; it holds nothing a file needs");
+            }
+            return Ok(());
+        }
         Top::RollingRestart { dir, binary } => {
             let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), |name, took| {
                 println!("{name} restarted, cluster healthy ({:.1} s)", took.as_secs_f64());
