@@ -26,15 +26,19 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()> {
-    let cluster = FileCluster::start(1, small_stripes()).await?;
+/// A file of `data` written through the cluster, then one byte flipped on disk in shard
+/// `index` of stripe `stripe`: the file's inode, the shard, its crc in the layout and a
+/// client of the dataserver holding it.
+async fn damaged(
+    cluster: &FileCluster,
+    data: &bytes::Bytes,
+    stripe: usize,
+    index: u8,
+) -> anyhow::Result<(u64, ShardId, u32, DataserverClient)> {
     let client = cluster.client();
     let dir = client.make_dirs("/repair", 0o755).await?;
     let f = client.create_in(dir, b"data", 0o644, true).await?;
-    let data = pattern(1_000_000, 3);
     client.write_file(f.inode, data.clone()).await?;
-
     let layout = match cluster
         .meta
         .client()
@@ -44,35 +48,53 @@ async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()>
         meta_reply::Result::Layout(l) => l.layout.context("a layout")?,
         other => anyhow::bail!("GetLayout answered {other:?}"),
     };
-    let stripe = &layout.stripes[0];
-    let loc = stripe.shards.iter().find(|l| l.index == 1).context("data shard 1")?;
+    let stripe = layout.stripes.get(stripe).context("no such stripe")?;
+    let loc = stripe
+        .shards
+        .iter()
+        .find(|l| l.index == u32::from(index))
+        .context("no such shard")?;
     let id = ShardId::new(
         StripeId(u128::from_be_bytes(stripe.stripe_id.as_slice().try_into()?)),
-        1,
+        index,
     );
     let ds = &cluster.dataservers[loc.dataserver as usize - 1];
     let path = find(&ds.data_dir(), &id.to_string()).context("the shard's file")?;
     let mut bytes = std::fs::read(&path)?;
-    bytes[5000] ^= 0x5a;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x5a;
     std::fs::write(&path, bytes)?;
     let dsc = DataserverClient::connect(ds.addr).await?;
     ensure!(dsc.get(id, 0, None).await.is_err(), "the damage went unnoticed");
+    Ok((f.inode, id, loc.crc32c, dsc))
+}
 
+/// Waits until shard `id` reads back whole from `dsc`.
+async fn repaired(dsc: &DataserverClient, id: ShardId, crc: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match dsc.get(id, 0, None).await {
+            Ok(shard) if crc32c::crc32c(&shard) == crc => return Ok(()),
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => anyhow::bail!("shard not repaired after 30 s: {:?}", other.map(|b| b.len())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()> {
+    let cluster = FileCluster::start(1, small_stripes()).await?;
+    let client = cluster.client();
+    let data = pattern(1_000_000, 3);
+    let (inode, id, crc, dsc) = damaged(&cluster, &data, 0, 1).await?;
     // The reader gets the right bytes, decoded from the other shards.
     ensure!(
-        client.read_file(f.inode).await? == data,
+        client.read_file(inode).await? == data,
         "a corrupt block reached the reader"
     );
     // And the damaged shard is rewritten: it verifies on its dataserver again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match dsc.get(id, 0, None).await {
-            Ok(shard) if crc32c::crc32c(&shard) == loc.crc32c => break,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
-            other => anyhow::bail!("shard not repaired after 20 s: {:?}", other.map(|b| b.len())),
-        }
-    }
-    ensure!(client.read_file(f.inode).await? == data);
+    repaired(&dsc, id, crc).await?;
+    ensure!(client.read_file(inode).await? == data);
     Ok(())
 }
 
@@ -84,45 +106,14 @@ async fn scrub_repairs_a_corrupt_shard_no_reader_touched() -> anyhow::Result<()>
         "scrub_bytes_per_sec = 1000000000\nscrub_interval_secs = 1",
     )
     .await?;
-    let client = cluster.client();
-    let dir = client.make_dirs("/scrub", 0o755).await?;
-    let f = client.create_in(dir, b"data", 0o644, true).await?;
-    let data = pattern(600_000, 8);
-    client.write_file(f.inode, data.clone()).await?;
-    let layout = match cluster
-        .meta
-        .client()
-        .call(Op::GetLayout(GetLayout { inode: f.inode }))
-        .await?
-    {
-        meta_reply::Result::Layout(l) => l.layout.context("a layout")?,
-        other => anyhow::bail!("GetLayout answered {other:?}"),
-    };
     // A parity shard: no read of the file touches it while its data shards are whole.
-    let stripe = &layout.stripes[1];
-    let loc = stripe.shards.iter().find(|l| l.index == 5).context("parity shard 5")?;
-    let id = ShardId::new(
-        StripeId(u128::from_be_bytes(stripe.stripe_id.as_slice().try_into()?)),
-        5,
+    let data = pattern(600_000, 8);
+    let (inode, id, crc, dsc) = damaged(&cluster, &data, 1, 5).await?;
+    repaired(&dsc, id, crc).await?;
+    ensure!(
+        dsc.stat().await?.corrupt_blocks >= 1,
+        "scrub did not count the corrupt block"
     );
-    let ds = &cluster.dataservers[loc.dataserver as usize - 1];
-    let path = find(&ds.data_dir(), &id.to_string()).context("the shard's file")?;
-    let mut bytes = std::fs::read(&path)?;
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x81;
-    std::fs::write(&path, bytes)?;
-
-    let dsc = DataserverClient::connect(ds.addr).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match dsc.get(id, 0, None).await {
-            Ok(shard) if crc32c::crc32c(&shard) == loc.crc32c => break,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
-            other => anyhow::bail!("scrub did not repair the shard in 30 s: {:?}", other.map(|b| b.len())),
-        }
-    }
-    let stat = dsc.stat().await?;
-    ensure!(stat.corrupt_blocks >= 1, "scrub did not count the corrupt block");
-    ensure!(client.read_file(f.inode).await? == data);
+    ensure!(cluster.client().read_file(inode).await? == data);
     Ok(())
 }
