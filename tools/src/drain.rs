@@ -32,6 +32,7 @@ const PARALLEL: usize = 8;
 /// logic nodes learn of the drain).
 const PASSES_MAX: usize = 30;
 const DEADLINE: Duration = Duration::from_secs(60);
+const STATUS_DEADLINE: Duration = Duration::from_secs(3);
 /// A drain is not done before this long after the mark: longer than logic nodes take to
 /// learn of it (they read the list every 2 s), so writes placed before they knew have
 /// committed and been moved too. Stripes a writer keeps uncommitted longer still land
@@ -280,10 +281,11 @@ pub async fn undrain(config: &Config, node: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Referenced shards left on each draining dataserver: (node, shards).
+/// Referenced shards left on each draining dataserver: (node, shards). For `status`: it
+/// gives up after a few seconds without a metadata leader.
 pub async fn remaining(config: &Config) -> anyhow::Result<Vec<(u32, usize)>> {
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
-    let meta = MetadataClient::new(meta_addrs.iter().map(ToString::to_string).collect(), DEADLINE);
+    let meta = MetadataClient::new(meta_addrs.iter().map(ToString::to_string).collect(), STATUS_DEADLINE);
     let mut out = Vec::new();
     for node in draining(&meta).await? {
         let refs = cairn_dataserver::metadata::shard_refs(&meta_addrs, node)

@@ -183,10 +183,24 @@ fn recorded(dir: &Path) -> anyhow::Result<(Config, String, Vec<Node>)> {
         base_port: c.metadata_nodes.first().map_or(0, |n| n.addr.port()),
     };
     let (shared, nodes) = plan(dir, &layout)?;
-    if shared != text {
-        bail!("{} was not written by this cairnctl", cluster_file.display());
+    if !same_cluster(&text, &shared) {
+        bail!("{} was not written by `cairnctl local up`", cluster_file.display());
     }
     Ok((c, shared, nodes))
+}
+
+/// Whether two cluster files name the same members at the same addresses. An older
+/// cairnctl wrote logic nodes without their hall: that is the same cluster.
+fn same_cluster(a: &str, b: &str) -> bool {
+    let members = |text: &str| {
+        Config::parse(text).ok().map(|mut c| {
+            for l in &mut c.logic_nodes {
+                l.hall = None;
+            }
+            c
+        })
+    };
+    members(a).is_some_and(|x| Some(x) == members(b))
 }
 
 /// The processes of the local cluster in `dir`: name and hall (1-based).
@@ -282,7 +296,7 @@ pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Re
     let (shared, nodes) = plan(dir, layout)?;
     let cluster_file = dir.join("cluster.toml");
     if let Ok(existing) = std::fs::read_to_string(&cluster_file) {
-        if existing != shared {
+        if !same_cluster(&existing, &shared) {
             bail!(
                 "{} holds a different cluster (other ports or sizes); run `cairnctl local down --dir {}` \
                  and remove the directory, or choose another --dir",
@@ -512,7 +526,10 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         });
     }
     // Draining dataservers: how many referenced shards each still holds.
-    let draining = crate::drain::remaining(&c).await.unwrap_or_default();
+    let draining = match leader {
+        Some(_) => crate::drain::remaining(&c).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     for (node, left) in &draining {
         if let Some(r) = rows
             .iter_mut()
