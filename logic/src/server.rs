@@ -10,7 +10,7 @@ use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::file_wire::{FileReply, FileRequest};
 use cairn_common::frame::{write_frames, Frame, FrameDecoder};
 use cairn_common::ids::RequestId;
-use cairn_common::proto::metadata::{meta_reply, Errno, MetaError, MetaReply};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
 use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::StreamExt;
@@ -69,6 +69,12 @@ impl LogicNode {
 
     pub async fn handle(&self, req: FileRequest) -> FileReply {
         match req {
+            // Moving shards and draining dataservers are the admin tools' (they talk to
+            // the metadata group directly); a client cannot redirect a stripe's shards.
+            FileRequest::Meta(MetaRequest {
+                op: Some(Op::ReplaceShard(_) | Op::SetDraining(_)),
+                ..
+            }) => meta_error(Errno::Eperm, "an admin operation, not taken from clients".into()),
             FileRequest::Meta(m) => match self.meta.send(m).await {
                 Ok(reply) => FileReply::Meta(reply),
                 Err(e) => from_meta(e),

@@ -10,6 +10,7 @@ use cairn_common::file_wire::FileRequest;
 use cairn_common::frame::{FrameDecoder, Kind};
 use cairn_common::ids::RequestId;
 use cairn_common::namespace::ROOT;
+use cairn_common::proto::metadata::{meta_request::Op, Errno, ReplaceShard, SetDraining};
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -168,6 +169,22 @@ async fn logic_node_refuses_garbage() -> anyhow::Result<()> {
             ),
             _ => assert_eq!(reply.kind, Kind::Error),
         }
+    }
+    // Admin operations are not taken from clients.
+    let move_shard = Op::ReplaceShard(ReplaceShard {
+        inode: 1,
+        stripe_id: vec![0; 16],
+        index: 0,
+        from_dataserver: 1,
+        to_dataserver: 2,
+    });
+    let drain = Op::SetDraining(SetDraining {
+        dataserver: 1,
+        draining: true,
+    });
+    for op in [move_shard, drain] {
+        let refused = c.meta(op).await.expect_err("an admin op through a logic node");
+        assert_eq!(refused.errno(), Some(Errno::Eperm), "{refused}");
     }
     // Nothing was committed, and the node still serves.
     let after = c
