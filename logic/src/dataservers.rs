@@ -59,7 +59,7 @@ impl Dataservers {
     /// Placement candidates; a recently failed or draining one reports no free space, so
     /// placement passes it over while others can take the shards.
     pub fn candidates(&self) -> Vec<Candidate> {
-        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
         self.members
             .iter()
             .map(|(id, m)| Candidate {

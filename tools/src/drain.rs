@@ -60,6 +60,13 @@ struct Work {
     degraded: usize,
 }
 
+fn metadata_client(config: &Config, deadline: Duration) -> MetadataClient {
+    MetadataClient::new(
+        config.metadata_nodes.iter().map(|n| n.addr.to_string()).collect(),
+        deadline,
+    )
+}
+
 pub async fn draining(meta: &MetadataClient) -> anyhow::Result<Vec<u32>> {
     match meta.call(Op::ListDraining(ListDraining {})).await? {
         meta_reply::Result::Draining(d) => Ok(d.ids),
@@ -201,7 +208,7 @@ pub async fn drain(config: &Config, node: u32, rate_bytes_per_sec: u64, progress
         bail!("dataserver {node} is not in the cluster's config");
     }
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
-    let meta = MetadataClient::new(meta_addrs.iter().map(ToString::to_string).collect(), DEADLINE);
+    let meta = metadata_client(config, DEADLINE);
     meta.call(Op::SetDraining(SetDraining {
         dataserver: node,
         draining: true,
@@ -271,8 +278,7 @@ pub async fn drain(config: &Config, node: u32, rate_bytes_per_sec: u64, progress
 
 /// Puts a drained (or draining) dataserver back in service: new shards may land on it.
 pub async fn undrain(config: &Config, node: u32) -> anyhow::Result<()> {
-    let addrs = config.metadata_nodes.iter().map(|n| n.addr.to_string()).collect();
-    MetadataClient::new(addrs, DEADLINE)
+    metadata_client(config, DEADLINE)
         .call(Op::SetDraining(SetDraining {
             dataserver: node,
             draining: false,
@@ -285,7 +291,7 @@ pub async fn undrain(config: &Config, node: u32) -> anyhow::Result<()> {
 /// gives up after a few seconds without a metadata leader.
 pub async fn remaining(config: &Config) -> anyhow::Result<Vec<(u32, usize)>> {
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
-    let meta = MetadataClient::new(meta_addrs.iter().map(ToString::to_string).collect(), STATUS_DEADLINE);
+    let meta = metadata_client(config, STATUS_DEADLINE);
     let mut out = Vec::new();
     for node in draining(&meta).await? {
         let refs = cairn_dataserver::metadata::shard_refs(&meta_addrs, node)

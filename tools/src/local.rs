@@ -220,19 +220,28 @@ pub fn hall_members(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
 
 /// Stops process `name` as an operator would: SIGTERM (a logic node drains, the others
 /// shut down), SIGKILL if it has not exited after `STOP_WAIT`.
-pub fn stop(dir: &Path, name: &str) -> anyhow::Result<()> {
-    let Some(pid) = pid_of(dir, name) else { return Ok(()) };
-    kill_process(pid, Signal::TERM).with_context(|| format!("stopping {name}"))?;
-    let deadline = Instant::now() + STOP_WAIT;
-    while running(pid) {
-        if Instant::now() > deadline {
-            eprintln!("{name} did not stop in {STOP_WAIT:?}: killed");
-            let _ = kill_process(pid, Signal::KILL);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+pub fn stop(dir: &Path, name: &str) {
+    if let Some(pid) = pid_of(dir, name) {
+        terminate(&[(name.to_owned(), pid)]);
     }
-    Ok(())
+}
+
+/// SIGTERMs `processes`, waits up to `STOP_WAIT` for them all, SIGKILLs the rest.
+fn terminate(processes: &[(String, Pid)]) {
+    for (_, pid) in processes {
+        let _ = kill_process(*pid, Signal::TERM);
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    for (name, pid) in processes {
+        while running(*pid) {
+            if Instant::now() > deadline {
+                eprintln!("{name} did not stop in {STOP_WAIT:?}: killed");
+                let _ = kill_process(*pid, Signal::KILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// SIGKILLs those of `names` that run, as a power cut would; returns the ones killed.
@@ -411,14 +420,16 @@ async fn wait_healthy(c: &Config) -> anyhow::Result<()> {
 }
 
 pub fn down(dir: &Path) -> anyhow::Result<()> {
-    // Every process running now, the mount's included (unmounting ends it).
-    let mut pids = Vec::new();
+    // Every process running now, the mount's included (unmounting ends it); pid files
+    // of processes gone already are removed too.
+    let (mut pids, mut pid_files) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if let Some(node) = name.strip_suffix(".pid") {
             if let Some(pid) = pid_of(dir, node) {
                 pids.push((node.to_owned(), pid));
             }
+            pid_files.push(dir.join(&name));
         }
     }
     // The mount first: its process dying would leave a dead mount point behind.
@@ -433,21 +444,10 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
         }
         std::fs::remove_file(dir.join(MOUNT_FILE))?;
     }
-    for (node, pid) in &pids {
-        let _ = kill_process(*pid, Signal::TERM);
-        std::fs::remove_file(dir.join(format!("{node}.pid")))?;
+    for file in &pid_files {
+        std::fs::remove_file(file)?;
     }
-    let deadline = Instant::now() + STOP_WAIT;
-    for (node, pid) in &pids {
-        while running(*pid) {
-            if Instant::now() > deadline {
-                let _ = kill_process(*pid, Signal::KILL);
-                eprintln!("{node} did not stop in {STOP_WAIT:?}: killed");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    terminate(&pids);
     println!("{} processes stopped", pids.len());
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! leader), and a look at the namespace.
 
 use anyhow::{bail, Context};
+use cairn_common::config::MetadataEntry;
 use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{
@@ -74,15 +75,28 @@ pub async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
     Ok(admin(addr).await?.status(StatusRequest {}).await?.into_inner())
 }
 
+/// Whether the member at `addr` reports itself leader.
+async fn leads(addr: &str) -> bool {
+    status(addr).await.is_ok_and(|s| s.role == "leader")
+}
+
 async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
     for a in addrs {
-        if let Ok(s) = status(a).await {
-            if s.role == "leader" {
-                return admin(a).await;
-            }
+        if leads(a).await {
+            return admin(a).await;
         }
     }
     bail!("no member reports itself leader")
+}
+
+/// The node id of the member that reports itself leader, if one does.
+pub async fn leader_id(nodes: &[MetadataEntry]) -> Option<u64> {
+    for n in nodes {
+        if leads(&n.addr.to_string()).await {
+            return Some(n.node_id);
+        }
+    }
+    None
 }
 
 fn report(reply: AdminReply) -> anyhow::Result<()> {

@@ -88,17 +88,12 @@ pub fn workload_config(dir: &str, seed: u64) -> WorkloadConfig {
     }
 }
 
-/// The hall of the metadata group's leader (1 if none answers).
+/// The hall of the metadata group's leader (1 if none answers): in a local cluster,
+/// voter h runs in hall h.
 async fn leader_hall(dir: &Path) -> anyhow::Result<u32> {
     let c = Config::load(&dir.join("cluster.toml"))?;
-    for (i, n) in c.metadata_nodes.iter().enumerate() {
-        if let Ok(s) = crate::metadata_admin::status(&n.addr.to_string()).await {
-            if s.role == "leader" {
-                return Ok(i as u32 + 1);
-            }
-        }
-    }
-    Ok(1)
+    let leader = crate::metadata_admin::leader_id(&c.metadata_nodes).await.unwrap_or(1);
+    Ok(u32::try_from(leader)?)
 }
 
 /// Reads `inode` with a fresh client until a read succeeds; returns when it did.
@@ -127,15 +122,20 @@ pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyho
         Scenario::RollingRestart => Vec::new(),
     };
     let killed_at = Instant::now();
-    let killed = match scenario {
-        Scenario::RollingRestart => crate::rolling::rolling_restart(dir, None, |_, _| {}).await?,
-        _ => local::kill(dir, &victims)?,
+    let (killed, started_at) = match scenario {
+        // Every node goes down and comes back inside the roll.
+        Scenario::RollingRestart => (
+            crate::rolling::rolling_restart(dir, None, |_, _| {}).await?,
+            Instant::now(),
+        ),
+        _ => {
+            let killed = local::kill(dir, &victims)?;
+            tokio::time::sleep(t.down).await;
+            let started_at = Instant::now();
+            local::start_stopped(dir, Some(&victims), None)?;
+            (killed, started_at)
+        }
     };
-    if scenario != Scenario::RollingRestart {
-        tokio::time::sleep(t.down).await;
-    }
-    let started_at = Instant::now();
-    local::start_stopped(dir, Some(&victims), None)?;
     let first = match scenario {
         Scenario::PowerLoss => Some(first_read(dir, probe).await?),
         _ => None,

@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use cairn_common::config::Config;
 
 use crate::local;
-use crate::metadata_admin::status;
+use crate::metadata_admin::{leader_id, status};
 
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"];
@@ -22,12 +22,7 @@ const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"
 /// The order of the roll: logic nodes, dataservers, then voters with the leader last.
 async fn order(dir: &Path, c: &Config) -> anyhow::Result<Vec<String>> {
     let names: Vec<String> = local::members(dir)?.into_iter().map(|m| m.0).collect();
-    let mut leader = None;
-    for n in &c.metadata_nodes {
-        if status(&n.addr.to_string()).await.is_ok_and(|s| s.role == "leader") {
-            leader = Some(format!("metadata-{}", n.node_id));
-        }
-    }
+    let leader = leader_id(&c.metadata_nodes).await.map(|id| format!("metadata-{id}"));
     let mut out = Vec::new();
     for prefix in ["logic-", "dataserver-", "metadata-"] {
         out.extend(
@@ -97,7 +92,7 @@ pub async fn rolling_restart(
     for name in &order {
         let started = Instant::now();
         let voter = name.strip_prefix("metadata-").and_then(|id| id.parse::<u64>().ok());
-        local::stop(dir, name)?;
+        local::stop(dir, name);
         local::start_stopped(dir, Some(std::slice::from_ref(name)), binaries)?;
         local::wait_healthy_in(dir)
             .await

@@ -123,9 +123,14 @@ impl Shared {
 
     fn fail(&self, what: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        self.keep(format!("{:.1}s {what}", self.start.elapsed().as_secs_f64()));
+    }
+
+    /// Keeps a failure's message for the report, up to `FAILURES_KEPT`.
+    fn keep(&self, message: String) {
         let mut f = lock(&self.failures);
         if f.len() < FAILURES_KEPT {
-            f.push(format!("{:.1}s {what}", self.start.elapsed().as_secs_f64()));
+            f.push(message);
         }
     }
 
@@ -276,10 +281,7 @@ impl Workload {
                 }
                 Err(e) => {
                     bad += 1;
-                    let mut kept = lock(&s.failures);
-                    if kept.len() < FAILURES_KEPT {
-                        kept.push(format!("verify: {e:#}"));
-                    }
+                    s.keep(format!("verify: {e:#}"));
                 }
             }
         }
