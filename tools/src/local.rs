@@ -398,24 +398,33 @@ async fn mount_at(dir: &Path, cluster_file: &Path, path: &Path) -> anyhow::Resul
     Ok(())
 }
 
+/// Waits until every member answers on its own: each metadata voter, each dataserver and
+/// each logic node (a namespace request through it), which is what `status` calls healthy.
 async fn wait_healthy(c: &Config) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let meta = MetadataClient::new(
-        c.metadata_nodes.iter().map(|n| n.addr.to_string()).collect(),
-        HEALTH_WAIT,
-    );
+    let deadline = tokio::time::Instant::now() + HEALTH_WAIT;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    let meta = MetadataClient::new(c.metadata_nodes.iter().map(|n| n.addr.to_string()).collect(), left());
     meta.statfs().await.context("metadata group")?;
+    for n in &c.metadata_nodes {
+        while let Err(e) = crate::metadata_admin::status(&n.addr.to_string()).await {
+            if left().is_zero() {
+                return Err(e).with_context(|| format!("metadata voter {}", n.node_id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for d in &c.dataservers {
-        connect_when_ready(d.addr, HEALTH_WAIT.saturating_sub(start.elapsed()))
+        connect_when_ready(d.addr, left())
             .await
             .with_context(|| format!("dataserver {}", d.node_id))?;
     }
-    let client = cairn_client::CairnClient::new(
-        c.logic_nodes.iter().map(|l| l.addr).collect(),
-        c.erasure.clone(),
-        HEALTH_WAIT.saturating_sub(start.elapsed()),
-    );
-    client.getattr(1).await.context("logic nodes")?;
+    for (i, l) in c.logic_nodes.iter().enumerate() {
+        let client = cairn_client::CairnClient::new(vec![l.addr], c.erasure.clone(), left());
+        client
+            .getattr(1)
+            .await
+            .with_context(|| format!("logic node {} ({})", i + 1, l.addr))?;
+    }
     Ok(())
 }
 
