@@ -10,6 +10,10 @@
 #   logic-crash  SIGKILL one logic node; start it again
 #   rolling-restart  cairnctl rolling-restart: every node stopped (SIGTERM) and started in
 #                turn, each once the cluster is healthy (DOWN unused)
+#   dataserver-loss  SIGKILL one dataserver and declare it lost (`cairnctl drain`): the
+#                dataservers rebuild its shards elsewhere at their default pace (DOWN unused);
+#                printed: shards rebuilt, the time to full redundancy, and the workload's
+#                MiB/s before the loss and during the rebuild
 # Printed per scenario: failed I/Os, the longest gap between successful I/Os, that gap
 # times 100,000 GPUs, the time until every node is back, and for power loss the time from
 # the processes' start to the first read and to full service.
@@ -18,7 +22,7 @@ source "$(dirname "$0")/../scripts/env.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 DATA="$OUT/outage"
 BEFORE="${BEFORE:-10}" DOWN="${DOWN:-20}" AFTER="${AFTER:-10}"
-SCENARIOS="${SCENARIOS:-hall-loss power-loss logic-crash rolling-restart}"
+SCENARIOS="${SCENARIOS:-hall-loss power-loss logic-crash rolling-restart dataserver-loss}"
 mkdir -p "$DATA"
 RESULTS="$OUT/outage-results.txt"
 : >"$RESULTS"
@@ -36,7 +40,12 @@ def f(v): return "-" if v is None else "%.2f" % v
 print("outage %s failed_ios=%d ios=%d longest_gap_s=%.2f gpu_minutes_per_100k=%.0f whole_after_s=%.2f first_read_after_start_s=%s full_service_after_start_s=%s files_verified=%d bytes_verified=%d killed=%s" % (
     r["scenario"], w["failed_ios"], w["writes_ok"] + w["reads_ok"], w["longest_gap_s"], r["gpu_minutes_per_100k"],
     r["full_redundancy_s"], f(r["first_read_after_start_s"]), f(r["full_service_after_start_s"]),
-    w["files_verified"], w["bytes_verified"], ",".join(r["killed"])))'
+    w["files_verified"], w["bytes_verified"], ",".join(r["killed"])))
+b = r.get("rebuild")
+if b:
+    print("  rebuild shards=%d seconds=%.2f foreground_mib_s_before=%.1f foreground_mib_s_during=%.1f (%.0f%%)" % (
+        b["shards"], b["seconds"], b["foreground_mib_s_before"], b["foreground_mib_s_during"],
+        100.0 * b["foreground_mib_s_during"] / max(b["foreground_mib_s_before"], 1e-9)))'
 }
 
 for scenario in $SCENARIOS; do

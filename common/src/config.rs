@@ -144,6 +144,18 @@ pub struct DataserverConfig {
     /// How often the orphan collector runs; 0 turns it off.
     #[serde(default = "defaults::orphan_pass_secs")]
     pub orphan_pass_secs: u64,
+    /// How often the rebuild worker looks at its peers and the draining dataservers; 0
+    /// turns it off.
+    #[serde(default = "defaults::rebuild_pass_secs")]
+    pub rebuild_pass_secs: u64,
+    /// A peer unreachable this long is marked lost (drained, its shards rebuilt
+    /// elsewhere) until it answers again; 0 never marks one.
+    #[serde(default = "defaults::lost_after_secs")]
+    pub lost_after_secs: u64,
+    /// The most bytes per second this dataserver rebuilds, so that foreground I/O keeps
+    /// most of the disks and the network; 0 is no limit.
+    #[serde(default = "defaults::rebuild_bytes_per_sec")]
+    pub rebuild_bytes_per_sec: u64,
 }
 
 /// A metadata node: one member of the Raft group.
@@ -222,6 +234,17 @@ mod defaults {
     }
     pub fn orphan_pass_secs() -> u64 {
         600
+    }
+    pub fn rebuild_pass_secs() -> u64 {
+        5
+    }
+    /// Ten minutes, as Ceph marks a down OSD out: a hall back from a short power cut is
+    /// not worth rebuilding everything it holds.
+    pub fn lost_after_secs() -> u64 {
+        600
+    }
+    pub fn rebuild_bytes_per_sec() -> u64 {
+        64 << 20
     }
     pub fn scrub_bytes_per_sec() -> u64 {
         32 * super::MIB

@@ -7,6 +7,7 @@
 //! - `scrub`: background and on-demand verification of data at rest; `repair` rebuilds
 //!   the corrupt shards it finds from the rest of their stripes
 //! - `orphans`: background deletion of shards no committed layout references
+//! - `rebuild`: marks unreachable peers lost and rebuilds the shards of draining ones
 //! - `metadata`: the questions a dataserver asks the metadata group
 //! - `node`: start-up of a whole dataserver from its configuration
 
@@ -18,6 +19,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod node;
 pub mod orphans;
+pub mod rebuild;
 pub mod repair;
 pub mod scrub;
 pub mod server;

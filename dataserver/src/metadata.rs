@@ -1,6 +1,8 @@
 //! What a dataserver asks the metadata group: which of its shards committed layouts
-//! reference (the orphan collector) and a file's layout (scrub repair). Each question
-//! goes to the members in turn until the leader answers. The metadata crate's client is
+//! reference (the orphan collector, rebuild), a file's layout (scrub repair, rebuild) and
+//! the draining dataservers, and what it asks it to do: mark a peer lost or back, move a
+//! rebuilt shard in a layout. Each request goes to the members in turn until the leader
+//! answers. The metadata crate's client is
 //! not used: the dataserver sits beside the metadata crate, not above it (DESIGN.md).
 
 use std::net::SocketAddr;
@@ -9,7 +11,10 @@ use std::time::Duration;
 use cairn_common::ids::{ShardId, StripeId};
 use cairn_common::namespace::STRIPE_ID_BYTES;
 use cairn_common::proto::metadata::metadata_client::MetadataClient;
-use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout, Layout, MetaRequest, ShardRefsRequest};
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, Dataservers, Errno, GetLayout, Layout, ListDraining, MetaError, MetaRequest,
+    SetDraining, ShardRefsRequest,
+};
 use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,22 +74,71 @@ pub async fn shard_refs(metadata: &[SocketAddr], node: u32) -> Result<Vec<(Shard
     .await
 }
 
-/// The committed layout of file `inode`.
-pub async fn layout(metadata: &[SocketAddr], inode: u64) -> Result<Layout, String> {
-    first_answer(metadata, |mut client| async move {
-        let reply = client
-            .call(MetaRequest {
-                op: Some(Op::GetLayout(GetLayout { inode })),
-                ..MetaRequest::default()
-            })
-            .await
-            .map_err(|e| e.message().to_owned())?
-            .into_inner();
-        match reply.result {
-            Some(meta_reply::Result::Layout(l)) => Ok(l.layout.unwrap_or_default()),
-            Some(meta_reply::Result::Error(e)) => Err(e.message),
-            other => Err(format!("unexpected answer {other:?}")),
+/// Runs `op` on the leader: its answer, or `Err(Ok(refusal))` when the leader refused
+/// it, or `Err(Err(why))` when no member answered. A mutation carries one idempotency key
+/// through every member it is sent to, so it applies once.
+pub async fn call(metadata: &[SocketAddr], op: Op) -> Result<meta_reply::Result, Result<MetaError, String>> {
+    let client_id: [u8; 16] = rand::random();
+    let answer = first_answer(metadata, |mut client| {
+        let request = MetaRequest {
+            client_id: client_id.to_vec(),
+            request_id: 1,
+            op: Some(op.clone()),
+        };
+        async move {
+            let reply = client
+                .call(request)
+                .await
+                .map_err(|e| e.message().to_owned())?
+                .into_inner();
+            match reply.result {
+                Some(meta_reply::Result::Error(e)) if e.errno == Errno::NotLeader as i32 => Err(e.message),
+                Some(r) => Ok(r),
+                None => Err("an empty answer".to_owned()),
+            }
         }
     })
     .await
+    .map_err(Err)?;
+    match answer {
+        meta_reply::Result::Error(e) => Err(Ok(e)),
+        r => Ok(r),
+    }
+}
+
+/// `call`, with a refusal as its message.
+async fn ask(metadata: &[SocketAddr], op: Op) -> Result<meta_reply::Result, String> {
+    call(metadata, op)
+        .await
+        .map_err(|e| e.map_or_else(|why| why, |refusal| refusal.message))
+}
+
+/// The committed layout of file `inode`.
+pub async fn layout(metadata: &[SocketAddr], inode: u64) -> Result<Layout, String> {
+    match ask(metadata, Op::GetLayout(GetLayout { inode })).await? {
+        meta_reply::Result::Layout(l) => Ok(l.layout.unwrap_or_default()),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// The draining dataservers, and which of them are marked lost.
+pub async fn draining(metadata: &[SocketAddr]) -> Result<Dataservers, String> {
+    match ask(metadata, Op::ListDraining(ListDraining {})).await? {
+        meta_reply::Result::Draining(d) => Ok(d),
+        other => Err(format!("unexpected answer {other:?}")),
+    }
+}
+
+/// Marks dataserver `node` lost (drained until it answers again), or back.
+pub async fn set_lost(metadata: &[SocketAddr], node: u32, lost: bool) -> Result<(), String> {
+    ask(
+        metadata,
+        Op::SetDraining(SetDraining {
+            dataserver: node,
+            draining: lost,
+            lost: true,
+        }),
+    )
+    .await
+    .map(drop)
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub repaired_shards: IntCounterVec,
     /// Unreferenced shards deleted by the orphan collector.
     pub orphans_deleted: IntCounter,
+    /// Shards of draining or lost dataservers this node rebuilt and took over.
+    pub rebuilt_shards: IntCounter,
+    pub rebuilt_bytes: IntCounter,
     pub connections: IntGauge,
 }
 
@@ -52,11 +55,15 @@ impl Metrics {
             .unwrap_or_else(|e| unreachable!("{e}")),
             orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
                 .unwrap_or_else(|e| unreachable!("{e}")),
+            rebuilt_shards: IntCounter::new("rebuilt_shards_total", "Shards of drained dataservers rebuilt here")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            rebuilt_bytes: IntCounter::new("rebuilt_bytes_total", "Bytes of shards rebuilt here")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             connections: IntGauge::new("connections", "Open client connections")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(m.requests.clone()),
             Box::new(m.bytes_written.clone()),
             Box::new(m.bytes_read.clone()),
@@ -65,6 +72,8 @@ impl Metrics {
             Box::new(m.scrubbed_shards.clone()),
             Box::new(m.repaired_shards.clone()),
             Box::new(m.orphans_deleted.clone()),
+            Box::new(m.rebuilt_shards.clone()),
+            Box::new(m.rebuilt_bytes.clone()),
             Box::new(m.connections.clone()),
         ];
         for c in collectors {

@@ -1,19 +1,21 @@
 //! Start-up of a dataserver from its configuration: data directory, disk engine, store,
-//! listener, background scrub and orphan collection.
+//! listener, background scrub, orphan collection and rebuild.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
-use cairn_common::ids::NodeId;
+use cairn_common::ids::{HallId, NodeId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::disk;
 use crate::metrics::Metrics;
 use crate::orphans::{self, OrphanConfig};
+use crate::rebuild::{self, RebuildConfig};
 use crate::repair::RepairConfig;
 use crate::scrub::{self, ScrubConfig};
 use crate::server::{Server, ServerConfig};
@@ -28,6 +30,7 @@ pub struct Node {
     pub addr: SocketAddr,
     scrub: ScrubConfig,
     orphans: Option<OrphanConfig>,
+    rebuild: Option<RebuildConfig>,
 }
 
 impl Node {
@@ -70,11 +73,24 @@ impl Node {
                 peers: config.dataservers.iter().map(|d| (d.node_id, d.addr)).collect(),
             }),
         };
-        let orphans = (ds.orphan_pass_secs > 0 && !config.metadata_nodes.is_empty()).then(|| OrphanConfig {
+        let orphans = (ds.orphan_pass_secs > 0 && !metadata.is_empty()).then(|| OrphanConfig {
             node: ds.node_id,
-            metadata,
+            metadata: metadata.clone(),
             grace: Duration::from_secs(ds.orphan_grace_secs),
             every: Duration::from_secs(ds.orphan_pass_secs),
+        });
+        let mut peers = HashMap::new();
+        for d in &config.dataservers {
+            peers.insert(d.node_id, (d.addr, HallId::new(d.hall.clone())?));
+        }
+        let rebuild = (ds.rebuild_pass_secs > 0 && !metadata.is_empty()).then(|| RebuildConfig {
+            node: ds.node_id,
+            metadata,
+            peers,
+            block_bytes: config.erasure.block_bytes,
+            every: Duration::from_secs(ds.rebuild_pass_secs),
+            lost_after: (ds.lost_after_secs > 0).then(|| Duration::from_secs(ds.lost_after_secs)),
+            bytes_per_sec: ds.rebuild_bytes_per_sec,
         });
         Ok(Node {
             store,
@@ -83,6 +99,7 @@ impl Node {
             addr,
             scrub,
             orphans,
+            rebuild,
         })
     }
 
@@ -93,8 +110,11 @@ impl Node {
         let collector = self
             .orphans
             .map(|c| orphans::spawn_background(self.store.clone(), c, shutdown.clone()));
+        let rebuilder = self
+            .rebuild
+            .map(|c| rebuild::spawn_background(self.store.clone(), c, shutdown.clone()));
         self.server.serve(self.listener, shutdown).await;
-        for task in scrubber.into_iter().chain(collector) {
+        for task in scrubber.into_iter().chain(collector).chain(rebuilder) {
             let _ = task.await;
         }
     }

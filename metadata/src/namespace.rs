@@ -16,8 +16,8 @@ use crate::errors::{refuse, OpError, OpResult};
 use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
-    decode_draining, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord,
-    SessionRecord, DRAINING_KEY, RECORD_FORMAT,
+    decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord,
+    SessionRecord, DRAINING_KEY, LOST_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
 
@@ -595,15 +595,38 @@ impl Apply<'_, '_> {
     }
 
     pub fn set_draining(&mut self, d: SetDraining) -> OpResult<MetaReply> {
-        let mut ids = decode_draining(self.txn.get(Cf::SmMeta, DRAINING_KEY)?.as_deref()).map_err(OpError::Storage)?;
-        ids.retain(|&id| id != d.dataserver);
-        if d.draining {
-            ids.push(d.dataserver);
-            ids.sort_unstable();
+        let mut draining = self.ids(DRAINING_KEY)?;
+        let mut lost = self.ids(LOST_KEY)?;
+        let node = d.dataserver;
+        let (drain, lose) = match (d.draining, d.lost) {
+            // An operator's drain, which outlives the node's return.
+            (true, false) => (true, false),
+            // Lost: unless an operator drains it already.
+            (true, true) => (true, lost.contains(&node) || !draining.contains(&node)),
+            // Back from lost: an operator's drain stays.
+            (false, true) => (draining.contains(&node) && !lost.contains(&node), false),
+            (false, false) => (false, false),
+        };
+        for (list, keep) in [(&mut draining, drain), (&mut lost, lose)] {
+            list.retain(|&id| id != node);
+            if keep {
+                list.push(node);
+                list.sort_unstable();
+            }
         }
-        let bytes = postcard::to_stdvec(&ids).map_err(|e| OpError::Storage(e.to_string()))?;
-        self.txn.put(Cf::SmMeta, DRAINING_KEY.to_vec(), bytes);
+        self.put_ids(DRAINING_KEY, &draining)?;
+        self.put_ids(LOST_KEY, &lost)?;
         Ok(reply(meta_reply::Result::Done(Empty {})))
+    }
+
+    fn ids(&self, key: &[u8]) -> OpResult<Vec<u32>> {
+        decode_ids(self.txn.get(Cf::SmMeta, key)?.as_deref()).map_err(OpError::Storage)
+    }
+
+    fn put_ids(&mut self, key: &[u8], ids: &[u32]) -> OpResult<()> {
+        let bytes = postcard::to_stdvec(ids).map_err(|e| OpError::Storage(e.to_string()))?;
+        self.txn.put(Cf::SmMeta, key.to_vec(), bytes);
+        Ok(())
     }
 
     pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {

@@ -12,7 +12,7 @@ use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, OpError, OpResult};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
-use crate::records::{decode_draining, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY};
+use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
 use crate::txn::load_counters;
 
 /// Entries one readdir page may ask for.
@@ -42,8 +42,8 @@ fn reply(r: meta_reply::Result) -> MetaReply {
     MetaReply { result: Some(r) }
 }
 
-fn draining(view: &View<'_>) -> OpResult<Vec<u32>> {
-    decode_draining(view.get(Cf::SmMeta, DRAINING_KEY)?.as_deref()).map_err(OpError::Storage)
+fn ids(view: &View<'_>, key: &[u8]) -> OpResult<Vec<u32>> {
+    decode_ids(view.get(Cf::SmMeta, key)?.as_deref()).map_err(OpError::Storage)
 }
 
 /// Answer a read `op`.
@@ -100,7 +100,8 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
             })))
         }
         Op::ListDraining(_) => Ok(reply(meta_reply::Result::Draining(Dataservers {
-            ids: draining(&view)?,
+            ids: ids(&view, DRAINING_KEY)?,
+            lost: ids(&view, LOST_KEY)?,
         }))),
         _ => Err(refuse(Errno::Einval, "not a read")),
     }

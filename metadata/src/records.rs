@@ -102,11 +102,13 @@ pub fn shard_ref_key(dataserver: u32, stripe_id: &[u8], index: u32, inode: u64) 
     k
 }
 
-/// Under this key in `sm_meta`: the dataservers being drained, as a postcard list of ids.
+/// Under these keys in `sm_meta`, as postcard lists of ids: the dataservers being drained,
+/// and those of them the dataservers marked lost (a subset).
 pub const DRAINING_KEY: &[u8] = b"draining";
+pub const LOST_KEY: &[u8] = b"lost";
 
-pub fn decode_draining(bytes: Option<&[u8]>) -> Result<Vec<u32>, String> {
+pub fn decode_ids(bytes: Option<&[u8]>) -> Result<Vec<u32>, String> {
     bytes.map_or(Ok(Vec::new()), |b| {
-        postcard::from_bytes(b).map_err(|e| format!("draining list: {e}"))
+        postcard::from_bytes(b).map_err(|e| format!("dataserver list: {e}"))
     })
 }

@@ -1,19 +1,21 @@
-//! `cairnctl drain` on a cluster from `cairnctl local up`, while files are written and
-//! read: afterwards no committed layout references the drained dataserver, every stripe
-//! again has all k+m shards on distinct dataservers with at most m per hall, `status`
-//! reports nothing left to rebuild, and every file reads back whole.
+//! Rebuild: `cairnctl drain --wait` on a cluster from `cairnctl local up` while files are
+//! written and read, and a dataserver killed for longer than the lost timeout. Afterwards
+//! no committed layout references the node, every stripe again has all k+m shards on
+//! distinct dataservers with at most m per hall, and every file reads back whole.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
 
 use cairn_client::CairnClient;
 use cairn_common::config::Config;
-use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Dataservers, GetLayout, ListDraining, SetDraining};
 use cairn_metadata::client::MetadataClient;
 use cairn_tests::bin_path;
-use cairn_tests::cluster::pattern;
+use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
 use cairn_tests::local::{cairnctl, LocalCluster};
 
 const DRAINED: u32 = 3;
@@ -66,7 +68,7 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
             std::process::Command::new(bin_path("cairnctl"))
                 .args(["drain", &DRAINED.to_string(), "--config"])
                 .arg(&config_path)
-                .args(["--rate-mib", "0"])
+                .arg("--wait")
                 .output()
         }
     })
@@ -84,7 +86,7 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
     let report: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     assert_eq!(
         report["draining"],
-        serde_json::json!([{"dataserver": DRAINED, "shards_left": 0}]),
+        serde_json::json!([{"dataserver": DRAINED, "shards_left": 0, "lost": false}]),
         "{report}"
     );
 
@@ -93,7 +95,19 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
         config.metadata_nodes.iter().map(|n| n.addr.to_string()).collect(),
         Duration::from_secs(30),
     );
-    for (inode, data) in &files {
+    every_stripe_whole_without(DRAINED, &halls, &meta, &client, &files).await
+}
+
+/// Every file's stripes have k+m shards on distinct dataservers, at most m per hall, none
+/// on `gone`, and every file reads back as written.
+async fn every_stripe_whole_without(
+    gone: u32,
+    halls: &HashMap<u32, String>,
+    meta: &MetadataClient,
+    client: &CairnClient,
+    files: &[(u64, bytes::Bytes)],
+) -> anyhow::Result<()> {
+    for (inode, data) in files {
         let layout = match meta.call(Op::GetLayout(GetLayout { inode: *inode })).await? {
             meta_reply::Result::Layout(l) => l.layout.unwrap_or_default(),
             other => anyhow::bail!("GetLayout: {other:?}"),
@@ -104,8 +118,8 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
             assert_eq!(s.shards.len(), k + m, "inode {inode}: a stripe lost a shard");
             assert_eq!(nodes.len(), k + m, "inode {inode}: two shards on one dataserver");
             assert!(
-                !nodes.contains(&DRAINED),
-                "inode {inode}: a shard left on the drained node"
+                !nodes.contains(&gone),
+                "inode {inode}: a shard left on dataserver {gone}"
             );
             let mut per_hall: HashMap<&str, usize> = HashMap::new();
             for n in &nodes {
@@ -118,5 +132,85 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
         }
         assert!(client.read_file(*inode).await? == *data, "inode {inode} changed");
     }
+    Ok(())
+}
+
+async fn listed(meta: &MetadataClient) -> anyhow::Result<Dataservers> {
+    match meta.call(Op::ListDraining(ListDraining {})).await? {
+        meta_reply::Result::Draining(d) => Ok(d),
+        other => anyhow::bail!("ListDraining: {other:?}"),
+    }
+}
+
+/// A dataserver that stays unreachable past `lost_after_secs` is marked lost by its
+/// peers, which rebuild its shards elsewhere with no command; when it answers again the
+/// mark goes, while an operator's drain survives the same peers' "back" notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_dataserver_is_rebuilt_elsewhere_and_welcomed_back() -> anyhow::Result<()> {
+    const LOST: u32 = 3;
+    let mut cluster = FileCluster::start_with(
+        1,
+        small_stripes(),
+        "lost_after_secs = 3\nrebuild_pass_secs = 1\nrebuild_bytes_per_sec = 0",
+    )
+    .await?;
+    let client = cluster.client();
+    let meta = cluster.meta.client();
+    let dir = client.make_dirs("/lost", 0o755).await?;
+    let mut files = Vec::new();
+    for i in 0..8u8 {
+        let f = client.create_in(dir, format!("f{i}").as_bytes(), 0o644, true).await?;
+        let data = pattern(600_000 + usize::from(i) * 777, i);
+        client.write_file(f.inode, data.clone()).await?;
+        files.push((f.inode, data));
+    }
+    ensure!(
+        !cluster.meta.shard_refs(LOST).await?.is_empty(),
+        "dataserver {LOST} holds no shard"
+    );
+
+    cluster.dataservers[LOST as usize - 1].kill9();
+    let start = Instant::now();
+    loop {
+        let d = listed(&meta).await?;
+        if d.lost.contains(&LOST) && cluster.meta.shard_refs(LOST).await?.is_empty() {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(90),
+            "dataserver {LOST} not rebuilt elsewhere: listed {d:?}, {} shards left",
+            cluster.meta.shard_refs(LOST).await?.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let halls: HashMap<u32, String> = (1..=8u32).map(|n| (n, format!("hall-{}", (n - 1) / 2))).collect();
+    every_stripe_whole_without(LOST, &halls, &meta, &client, &files).await?;
+
+    // Back: its peers clear the mark, and new stripes may land on it again.
+    cluster.dataservers[LOST as usize - 1].restart().await?;
+    let start = Instant::now();
+    while listed(&meta).await?.ids.contains(&LOST) {
+        ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "dataserver {LOST} still marked lost"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An operator's drain is not undone by "back".
+    let drain = |draining, lost| {
+        Op::SetDraining(SetDraining {
+            dataserver: 5,
+            draining,
+            lost,
+        })
+    };
+    meta.call(drain(true, false)).await?;
+    meta.call(drain(false, true)).await?;
+    meta.call(drain(true, true)).await?;
+    let d = listed(&meta).await?;
+    ensure!(d.ids == [5] && d.lost.is_empty(), "operator drain changed: {d:?}");
+    meta.call(drain(false, false)).await?;
+    ensure!(listed(&meta).await?.ids.is_empty());
     Ok(())
 }

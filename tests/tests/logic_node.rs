@@ -181,6 +181,7 @@ async fn logic_node_refuses_garbage() -> anyhow::Result<()> {
     let drain = Op::SetDraining(SetDraining {
         dataserver: 1,
         draining: true,
+        lost: true,
     });
     for op in [move_shard, drain] {
         let refused = c.meta(op).await.expect_err("an admin op through a logic node");

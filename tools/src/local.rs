@@ -539,12 +539,13 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         Some(_) => crate::drain::remaining(&c).await.unwrap_or_default(),
         None => Vec::new(),
     };
-    for (node, left) in &draining {
+    for d in &draining {
         if let Some(r) = rows
             .iter_mut()
-            .find(|r| r.kind == "dataserver" && r.id == node.to_string())
+            .find(|r| r.kind == "dataserver" && r.id == d.node.to_string())
         {
-            r.detail = format!("DRAINING: {left} shards to rebuild; {}", r.detail);
+            let what = if d.lost { "LOST" } else { "DRAINING" };
+            r.detail = format!("{what}: {} shards to rebuild; {}", d.shards_left, r.detail);
         }
     }
     let healthy = rows.iter().all(|r| r.healthy);
@@ -557,7 +558,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             "nodes": rows,
             "draining": draining
                 .iter()
-                .map(|(node, left)| serde_json::json!({"dataserver": node, "shards_left": left}))
+                .map(|d| serde_json::json!({"dataserver": d.node, "shards_left": d.shards_left, "lost": d.lost}))
                 .collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);

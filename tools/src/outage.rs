@@ -21,6 +21,7 @@ use crate::workload::{Report, Workload, WorkloadConfig};
 const CLIENT_DEADLINE: Duration = Duration::from_secs(60);
 /// GPUs idled by a storage gap, for the report's cost line.
 const GPUS: f64 = 100_000.0;
+const MIB: f64 = (1u64 << 20) as f64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -33,7 +34,13 @@ pub enum Scenario {
     LogicCrash,
     /// `cairnctl rolling-restart`: every node in turn, the outage time unused.
     RollingRestart,
+    /// SIGKILL one dataserver and declare it lost (`cairnctl drain`): its shards are
+    /// rebuilt elsewhere while the workload runs; it comes back after the rebuild.
+    DataserverLoss,
 }
+
+/// The dataserver `DataserverLoss` takes: hall 2's first.
+const LOST_DATASERVER: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct Timing {
@@ -59,7 +66,18 @@ pub struct OutageReport {
     pub full_service_after_start_s: Option<f64>,
     /// The workload's longest gap times 100,000 GPUs, in GPU-minutes.
     pub gpu_minutes_per_100k: f64,
+    /// Dataserver loss: the shards rebuilt, how long that took, and the workload's bytes
+    /// per second (written plus read) before the loss and while the rebuild ran.
+    pub rebuild: Option<RebuildReport>,
     pub workload: Report,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RebuildReport {
+    pub shards: usize,
+    pub seconds: f64,
+    pub foreground_mib_s_before: f64,
+    pub foreground_mib_s_during: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,14 +138,34 @@ pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyho
         Scenario::PowerLoss => local::members(dir)?.into_iter().map(|m| m.0).collect(),
         Scenario::LogicCrash => vec!["logic-1".to_owned()],
         Scenario::RollingRestart => Vec::new(),
+        Scenario::DataserverLoss => vec![format!("dataserver-{LOST_DATASERVER}")],
     };
+    let before_mib_s = w.bytes_ok() as f64 / w.elapsed().as_secs_f64() / MIB;
     let killed_at = Instant::now();
+    let mut rebuild = None;
     let (killed, started_at) = match scenario {
         // Every node goes down and comes back inside the roll.
         Scenario::RollingRestart => (
             crate::rolling::rolling_restart(dir, None, |_, _| {}).await?,
             Instant::now(),
         ),
+        Scenario::DataserverLoss => {
+            let killed = local::kill(dir, &victims)?;
+            let config = Config::load(&dir.join("cluster.toml"))?;
+            let (bytes_at, at) = (w.bytes_ok(), Instant::now());
+            let shards = crate::drain::drain(&config, LOST_DATASERVER, true, false).await?;
+            let took = at.elapsed().as_secs_f64();
+            rebuild = Some(RebuildReport {
+                shards,
+                seconds: took,
+                foreground_mib_s_before: before_mib_s,
+                foreground_mib_s_during: (w.bytes_ok() - bytes_at) as f64 / took / MIB,
+            });
+            let started_at = Instant::now();
+            local::start_stopped(dir, Some(&victims), None)?;
+            crate::drain::undrain(&config, LOST_DATASERVER).await?;
+            (killed, started_at)
+        }
         _ => {
             let killed = local::kill(dir, &victims)?;
             tokio::time::sleep(t.down).await;
@@ -151,6 +189,7 @@ pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyho
         first_read_after_start_s: first.map(|f| f.duration_since(started_at).as_secs_f64()),
         full_service_after_start_s: first.map(|_| whole_at.duration_since(started_at).as_secs_f64()),
         gpu_minutes_per_100k: workload.longest_gap_s * GPUS / 60.0,
+        rebuild,
         workload,
     })
 }

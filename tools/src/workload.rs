@@ -251,6 +251,11 @@ impl Workload {
         self.shared.writes_ok.load(Ordering::Relaxed) + self.shared.reads_ok.load(Ordering::Relaxed)
     }
 
+    /// Bytes written and read back by successful I/Os so far.
+    pub fn bytes_ok(&self) -> u64 {
+        self.shared.bytes_written.load(Ordering::Relaxed) + self.shared.bytes_read.load(Ordering::Relaxed)
+    }
+
     /// Waits until `n` more I/Os succeed than had when called (or `limit` passes);
     /// returns how long that took.
     pub async fn wait_for_ios(&self, n: u64, limit: Duration) -> anyhow::Result<Duration> {

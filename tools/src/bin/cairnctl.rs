@@ -51,18 +51,18 @@ enum Top {
         #[arg(long)]
         json: bool,
     },
-    /// Take a dataserver out of service: no new shards go to it, and every shard of it is
-    /// rebuilt from the rest of its stripe onto dataservers that keep the hall rule, with
-    /// a progress bar; done when no file references it. Run again to carry on.
+    /// Take a dataserver out of service: no new shards go to it, and the dataservers
+    /// rebuild every shard of it from the rest of its stripe onto dataservers that keep
+    /// the hall rule (paced by their `rebuild_bytes_per_sec`).
     Drain {
         /// The dataserver's node id.
         node: u32,
         /// The cluster's config (for a local cluster: <dir>/cluster.toml).
         #[arg(long)]
         config: PathBuf,
-        /// Rebuild at most this many MiB per second (0: no limit).
-        #[arg(long, default_value_t = 200)]
-        rate_mib: u64,
+        /// Follow the rebuild with a progress bar until no file references the node.
+        #[arg(long)]
+        wait: bool,
         /// Put the dataserver back in service instead.
         #[arg(long)]
         cancel: bool,
@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Top::Drain {
             node,
             config,
-            rate_mib,
+            wait,
             cancel,
         } => {
             let c = cairn_common::config::Config::load(&config)?;
@@ -201,8 +201,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cairn_tools::drain::undrain(&c, node).await?;
                 println!("dataserver {node} is back in service");
             } else {
-                let moved = cairn_tools::drain::drain(&c, node, rate_mib << 20, true).await?;
-                println!("dataserver {node} drained: {moved} shards rebuilt elsewhere; it holds nothing a file needs");
+                let held = cairn_tools::drain::drain(&c, node, wait, true).await?;
+                if wait {
+                    println!(
+                        "dataserver {node} drained: {held} shards rebuilt elsewhere; it holds nothing a file needs"
+                    );
+                } else {
+                    println!(
+                        "dataserver {node} draining: {held} shards to rebuild elsewhere \
+                         (`cairnctl status` shows what is left; --wait follows it)"
+                    );
+                }
             }
             return Ok(());
         }

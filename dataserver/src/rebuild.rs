@@ -1,0 +1,336 @@
+//! The rebuild worker: every dataserver runs one. Each pass it
+//!
+//! - probes its peers, marks lost in the metadata group a peer unreachable for longer
+//!   than `lost_after` (drained: logic nodes place nothing on it, its shards are rebuilt
+//!   elsewhere) and clears the mark of a lost peer that answers again (an operator's
+//!   `cairnctl drain` stays until cancelled);
+//! - takes the shards that committed layouts place on draining dataservers, worst
+//!   stripes first (most shards on draining or unreachable dataservers), and rebuilds the
+//!   ones whose new home is itself: copied from the draining dataserver when it still
+//!   serves them, decoded from the rest of the stripe otherwise, stored, then moved in
+//!   the layout by a compare-and-set (`ReplaceShard`: a writer's newer layout is never
+//!   undone, and a shard stored for a stripe that changed meanwhile is an orphan).
+//!
+//! The new home of a shard is a pure function of the stripe and the usable dataservers
+//! (the placement's rendezvous hash under the hall rule), so the dataservers split the
+//! work among themselves without talking to each other; when their views of who is
+//! reachable differ, two may rebuild the same shard and the compare-and-set keeps one.
+//! Rebuilt bytes are paced to `bytes_per_sec` so foreground I/O keeps most of the disks
+//! and the network.
+//!
+//! Every dataserver probes every other each pass: a few hundred small requests per pass
+//! in clusters of tens of dataservers. Far larger clusters want the metadata group to
+//! track liveness from heartbeats instead.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_common::checksum::block_checksums;
+use cairn_common::ids::{HallId, NodeId, ShardId, StripeId};
+use cairn_common::placement::{place, Candidate};
+use cairn_common::proto::metadata::{meta_request::Op, Errno, Layout, ReplaceShard, Stripe};
+use futures::stream::{self, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::client::DataserverClient;
+use crate::metadata;
+use crate::repair::{fetch, rebuild_shard};
+use crate::store::ShardStore;
+
+/// Shards one dataserver rebuilds at once.
+const PARALLEL: usize = 4;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct RebuildConfig {
+    pub node: u32,
+    pub metadata: Vec<SocketAddr>,
+    /// Every dataserver of the cluster (this one too), by node id, with its hall.
+    pub peers: HashMap<u32, (SocketAddr, HallId)>,
+    pub block_bytes: u32,
+    pub every: Duration,
+    /// How long a peer stays unreachable before it is marked lost; None never marks one.
+    pub lost_after: Option<Duration>,
+    /// The most rebuilt bytes per second; 0 is no limit.
+    pub bytes_per_sec: u64,
+}
+
+/// One shard of a draining dataserver that a committed layout references.
+struct Work {
+    inode: u64,
+    layout: Arc<Layout>,
+    stripe: Stripe,
+    stripe_id: StripeId,
+    index: u8,
+    from: u32,
+    /// Shards of the stripe on draining or unreachable dataservers.
+    degraded: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub marked_lost: Vec<u32>,
+    pub back: Vec<u32>,
+    /// Referenced shards on draining dataservers, and those this node moved to itself.
+    pub pending: usize,
+    pub rebuilt: u64,
+}
+
+#[derive(Debug)]
+pub struct Rebuilder {
+    store: ShardStore,
+    config: RebuildConfig,
+    addrs: HashMap<u32, SocketAddr>,
+    /// When each peer that does not answer stopped answering.
+    down_since: HashMap<u32, Instant>,
+    /// When the next rebuilt shard may start, for the pacing.
+    next_start: tokio::sync::Mutex<Instant>,
+}
+
+impl Rebuilder {
+    pub fn new(store: ShardStore, config: RebuildConfig) -> Rebuilder {
+        let addrs = config.peers.iter().map(|(id, (addr, _))| (*id, *addr)).collect();
+        Rebuilder {
+            store,
+            config,
+            addrs,
+            down_since: HashMap::new(),
+            next_start: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// The peers that answer `stat` now (this node counts as answering).
+    async fn reachable(&self) -> HashSet<u32> {
+        let me = self.config.node;
+        let peers: Vec<(u32, SocketAddr)> = self.addrs.iter().map(|(&id, &addr)| (id, addr)).collect();
+        let probes = peers.into_iter().map(|(id, addr)| async move {
+            if id == me {
+                return Some(id);
+            }
+            let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
+                DataserverClient::connect(addr).await?.stat().await
+            })
+            .await
+            .is_ok_and(|r| r.is_ok());
+            ok.then_some(id)
+        });
+        futures::future::join_all(probes).await.into_iter().flatten().collect()
+    }
+
+    /// One pass: liveness marks, then this node's share of the rebuild.
+    pub async fn pass(&mut self) -> Result<PassReport, String> {
+        let reachable = self.reachable().await;
+        let now = Instant::now();
+        self.down_since.retain(|id, _| !reachable.contains(id));
+        for id in self.addrs.keys().filter(|id| !reachable.contains(id)) {
+            self.down_since.entry(*id).or_insert(now);
+        }
+        let listed = metadata::draining(&self.config.metadata).await?;
+        let mut report = PassReport::default();
+        let mut draining: HashSet<u32> = listed.ids.iter().copied().collect();
+        if let Some(after) = self.config.lost_after {
+            for (&id, since) in &self.down_since {
+                if now.duration_since(*since) >= after && !draining.contains(&id) {
+                    metadata::set_lost(&self.config.metadata, id, true).await?;
+                    warn!(
+                        dataserver = id,
+                        "unreachable past the lost timeout: marked lost, rebuilding its shards"
+                    );
+                    draining.insert(id);
+                    report.marked_lost.push(id);
+                }
+            }
+        }
+        for &id in listed.lost.iter().filter(|id| reachable.contains(id)) {
+            metadata::set_lost(&self.config.metadata, id, false).await?;
+            info!(dataserver = id, "a lost dataserver answers again: back in service");
+            draining.remove(&id);
+            report.back.push(id);
+        }
+        let mut unusable = draining.clone();
+        unusable.extend(self.addrs.keys().filter(|id| !reachable.contains(id)));
+        let work = self.work(&draining, &unusable).await?;
+        report.pending = work.len();
+        let mine: Vec<Work> = work
+            .into_iter()
+            .filter(|w| self.target(w, &unusable) == Some(self.config.node))
+            .collect();
+        let this = &*self;
+        // Collected first: a lazy map over borrowed work trips the compiler's Send check.
+        let moves: Vec<_> = mine.iter().map(|w| this.move_here(w)).collect();
+        let results: Vec<Result<bool, String>> = stream::iter(moves).buffer_unordered(PARALLEL).collect().await;
+        for r in results {
+            match r {
+                Ok(true) => report.rebuilt += 1,
+                Ok(false) => {}
+                Err(e) => warn!("rebuild of a shard failed (the next pass tries again): {e}"),
+            }
+        }
+        Ok(report)
+    }
+
+    /// The shards committed layouts place on the `draining` dataservers, worst first.
+    async fn work(&self, draining: &HashSet<u32>, unusable: &HashSet<u32>) -> Result<Vec<Work>, String> {
+        let mut layouts: HashMap<u64, Option<Arc<Layout>>> = HashMap::new();
+        let mut out = Vec::new();
+        for &from in draining {
+            for (id, inode) in metadata::shard_refs(&self.config.metadata, from).await? {
+                let layout = match layouts.entry(inode) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    // A file removed since the references were read has no layout.
+                    Entry::Vacant(e) => {
+                        e.insert(metadata::layout(&self.config.metadata, inode).await.ok().map(Arc::new))
+                    }
+                };
+                let Some(layout) = layout else {
+                    continue;
+                };
+                let stripe_id = id.stripe.0.to_be_bytes();
+                let Some(stripe) = layout.stripes.iter().find(|s| s.stripe_id == stripe_id) else {
+                    continue;
+                };
+                let degraded = stripe
+                    .shards
+                    .iter()
+                    .filter(|l| unusable.contains(&l.dataserver))
+                    .count();
+                out.push(Work {
+                    inode,
+                    layout: layout.clone(),
+                    stripe: stripe.clone(),
+                    stripe_id: id.stripe,
+                    index: id.index,
+                    from,
+                    degraded,
+                });
+            }
+        }
+        out.sort_by_key(|w| std::cmp::Reverse(w.degraded));
+        Ok(out)
+    }
+
+    /// The new home of a shard: a usable dataserver holding no shard of the stripe, in a
+    /// hall with fewer than m of its other shards, chosen by the placement's hash.
+    fn target(&self, w: &Work, unusable: &HashSet<u32>) -> Option<u32> {
+        let m = w.layout.parity_shards as usize;
+        let mut per_hall: HashMap<&HallId, usize> = HashMap::new();
+        for l in w.stripe.shards.iter().filter(|l| l.index != u32::from(w.index)) {
+            if let Some((_, h)) = self.config.peers.get(&l.dataserver) {
+                *per_hall.entry(h).or_default() += 1;
+            }
+        }
+        let holders: HashSet<u32> = w.stripe.shards.iter().map(|l| l.dataserver).collect();
+        let free: Vec<Candidate> = self
+            .config
+            .peers
+            .iter()
+            .filter(|(id, (_, h))| {
+                !unusable.contains(id) && !holders.contains(id) && per_hall.get(h).copied().unwrap_or(0) < m
+            })
+            .map(|(id, (_, h))| Candidate {
+                node: NodeId(*id),
+                hall: h.clone(),
+                free_bytes: 1,
+            })
+            .collect();
+        place(&free, w.stripe_id, 1, m).ok()?.first().map(|n| n.0)
+    }
+
+    /// Rebuilds one shard here and moves it in the layout; false when the stripe changed
+    /// meanwhile (rewritten, truncated or removed: the stored shard is an orphan now).
+    async fn move_here(&self, w: &Work) -> Result<bool, String> {
+        let crc = w
+            .stripe
+            .shards
+            .iter()
+            .find(|l| l.index == u32::from(w.index))
+            .map(|l| l.crc32c);
+        let id = ShardId::new(w.stripe_id, w.index);
+        let copied = match crc {
+            Some(crc) => fetch(&self.addrs, w.from, id, crc).await,
+            None => None,
+        };
+        let data: Bytes = match copied {
+            Some(bytes) => bytes,
+            None => rebuild_shard(&self.addrs, &w.layout, &w.stripe, w.index).await?,
+        };
+        self.pace(data.len() as u64).await;
+        let len = data.len() as u64;
+        let checksums = block_checksums(&data, self.config.block_bytes);
+        self.store
+            .put(id, self.config.block_bytes, checksums, data)
+            .await
+            .map_err(|e| format!("storing shard {id}: {e}"))?;
+        let moved = metadata::call(
+            &self.config.metadata,
+            Op::ReplaceShard(ReplaceShard {
+                inode: w.inode,
+                stripe_id: w.stripe.stripe_id.clone(),
+                index: u32::from(w.index),
+                from_dataserver: w.from,
+                to_dataserver: self.config.node,
+            }),
+        )
+        .await;
+        match moved {
+            Ok(_) => {
+                let metrics = self.store.metrics();
+                metrics.rebuilt_shards.inc();
+                metrics.rebuilt_bytes.inc_by(len);
+                Ok(true)
+            }
+            Err(Ok(refusal)) if refusal.errno == Errno::Estale as i32 || refusal.errno == Errno::Enoent as i32 => {
+                Ok(false)
+            }
+            Err(Ok(refusal)) => Err(format!("moving shard {id}: {}", refusal.message)),
+            Err(Err(e)) => Err(format!("moving shard {id}: {e}")),
+        }
+    }
+
+    /// Waits for this shard's turn under the byte rate.
+    async fn pace(&self, bytes: u64) {
+        if self.config.bytes_per_sec == 0 {
+            return;
+        }
+        let start = {
+            let mut next = self.next_start.lock().await;
+            let start = (*next).max(Instant::now());
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.config.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
+/// Runs a pass every `config.every` until `cancel` fires.
+pub fn spawn_background(
+    store: ShardStore,
+    config: RebuildConfig,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = config.every;
+        let mut rebuilder = Rebuilder::new(store, config);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let pass = tokio::select! {
+                r = rebuilder.pass() => r,
+                _ = cancel.cancelled() => return,
+            };
+            match pass {
+                Ok(r) if r.rebuilt > 0 => info!(pending = r.pending, rebuilt = r.rebuilt, "rebuild pass"),
+                Ok(_) => {}
+                Err(e) => warn!("rebuild pass skipped: {e}"),
+            }
+        }
+    })
+}
