@@ -7,8 +7,9 @@ source "$(dirname "$0")/env.sh"
 cd "$CAIRN_ROOT"
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 ensure_python_package
-# End-to-end tests start the binaries, so build them first.
-cargo build --workspace --bins
+# End-to-end tests start the binaries, so build them first, and those of the next
+# protocol version for the rolling-upgrade test.
+scripts/build-next.sh
 python_status=0
 "$CAIRN_VENV/bin/python" -m pytest -q -p no:cacheprovider client/python/tests || python_status=$?
 cargo nextest run --workspace --no-fail-fast

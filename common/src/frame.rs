@@ -24,11 +24,17 @@ use tokio_util::codec::Decoder;
 use crate::ids::RequestId;
 
 pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
-/// The protocol version this build writes.
-pub const VERSION: u16 = 1;
+/// The newest protocol version this build reads. The `protocol-next` feature builds the
+/// next minor version, so the test suite runs two builds side by side.
+pub const VERSION: u16 = if cfg!(feature = "protocol-next") { 2 } else { 1 };
 /// The oldest version this build reads: its own and the one before it, so two builds
-/// can run side by side during a rolling upgrade (DESIGN.md, "Versions").
+/// can run side by side during a rolling upgrade (DESIGN.md, "Versions"). Requests are
+/// written in this version, which every node of the previous build reads too; replies in
+/// the version of the request they answer. A release starts writing a new version by
+/// raising this one, once no node of the release before the new version runs.
 pub const VERSION_MIN: u16 = 1;
+// A build reads its own version and the one before, no more.
+const _: () = assert!(VERSION >= VERSION_MIN && VERSION <= VERSION_MIN + 1);
 pub const HEADER_BYTES: usize = 24;
 const META_LEN_BYTES: usize = 4;
 /// Bytes covered by the crc before the payload.
@@ -126,12 +132,18 @@ pub struct Frame {
 impl Frame {
     pub fn new(kind: Kind, request_id: RequestId, meta: Bytes, data: Bytes) -> Frame {
         Frame {
-            version: VERSION,
+            version: VERSION_MIN,
             kind,
             request_id,
             meta,
             data,
         }
+    }
+
+    /// This frame as the reply to a request of `version`: in the peer's version.
+    pub fn answering(mut self, version: u16) -> Frame {
+        self.version = version;
+        self
     }
 
     fn payload_len(&self) -> usize {
@@ -385,6 +397,26 @@ mod tests {
             bytes[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(decode_all(&bytes, &[]).is_err());
         }
+    }
+
+    /// Requests go out in the oldest version this build reads, which the build before
+    /// reads too; a reply keeps its request's version; a version past this build's is
+    /// refused by name.
+    #[test]
+    fn versions_for_a_rolling_upgrade() {
+        let request = sample(10);
+        assert_eq!(request.version, VERSION_MIN);
+        for version in VERSION_MIN..=VERSION {
+            let reply = sample(3).answering(version);
+            let back = decode_all(&reply.encode_to_vec().unwrap(), &[]).unwrap();
+            assert_eq!(back, vec![reply]);
+        }
+        let mut next = request.encode_to_vec().unwrap();
+        next[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
+        assert!(matches!(
+            decode_all(&next, &[]),
+            Err(FrameError::UnsupportedVersion(v)) if v == VERSION + 1
+        ));
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub struct StatReport {
     pub io_mode: String,
     #[prost(string, tag = "9")]
     pub build_version: String,
+    /// The newest data-plane protocol version the node reads (`frame::VERSION`); absent
+    /// (0) from nodes older than the field.
+    #[prost(uint32, tag = "10")]
+    pub protocol_version: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

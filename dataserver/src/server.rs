@@ -143,7 +143,7 @@ impl Server {
             };
             match next {
                 Ok(Some(Ok(frame))) => {
-                    let id = frame.request_id;
+                    let (id, version) = (frame.request_id, frame.version);
                     let request = Request::from_frame(&frame);
                     let cost = self.cost_permits(&frame, &request);
                     drop(frame);
@@ -158,7 +158,7 @@ impl Server {
                             Err(e) => Reply::error(ErrorCode::BadRequest, e.to_string()),
                         };
                         // A closed queue means the client is gone; the reply has no reader.
-                        let _ = tx.send((reply.to_frame(id), Some(permit))).await;
+                        let _ = tx.send((reply.to_frame(id).answering(version), Some(permit))).await;
                     });
                 }
                 Ok(Some(Err(e))) => {
@@ -252,6 +252,7 @@ impl Server {
             corrupt_blocks: corrupt,
             io_mode: self.store.io_mode().to_owned(),
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol_version: u32::from(cairn_common::frame::VERSION),
         }))
     }
 }

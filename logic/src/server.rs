@@ -194,12 +194,12 @@ async fn connection(stream: TcpStream, node: Arc<LogicNode>, drain: Cancellation
         };
         let (node, tx) = (node.clone(), tx.clone());
         tokio::spawn(async move {
-            let id = frame.request_id;
+            let (id, version) = (frame.request_id, frame.version);
             let reply = match FileRequest::from_frame(&frame) {
                 Ok(req) => node.handle(req).await,
                 Err(e) => error(ErrorCode::BadRequest, e.to_string()),
             };
-            let _ = tx.send(reply.to_frame(id)).await;
+            let _ = tx.send(reply.to_frame(id).answering(version)).await;
             drop(permit);
         });
     }

@@ -468,6 +468,9 @@ struct NodeRow {
     hall: String,
     addr: String,
     healthy: bool,
+    /// Dataservers: the newest data-plane protocol version they read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<u32>,
     detail: String,
 }
 
@@ -488,6 +491,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             hall: n.hall.clone(),
             addr: n.addr.to_string(),
             healthy: s.is_ok(),
+            protocol: None,
             detail: match s {
                 Ok(s) => format!("{} term {} applied {}", s.role, s.term, s.applied_index),
                 Err(e) => format!("unreachable: {e}"),
@@ -510,12 +514,15 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             hall: d.hall.clone(),
             addr: d.addr.to_string(),
             healthy: s.as_ref().is_ok_and(|s| s.corrupt_blocks == 0),
+            protocol: s.as_ref().ok().map(|s| s.protocol_version),
             detail: match s {
                 Ok(s) => format!(
-                    "{} shards, {} GiB free, {} corrupt blocks",
+                    "{} shards, {} GiB free, {} corrupt blocks, {} protocol {}",
                     s.shard_count,
                     s.free_bytes >> 30,
-                    s.corrupt_blocks
+                    s.corrupt_blocks,
+                    s.build_version,
+                    s.protocol_version
                 ),
                 Err(e) => format!("unreachable: {e}"),
             },
@@ -531,6 +538,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             hall: l.hall.clone().unwrap_or_else(|| "-".into()),
             addr: l.addr.to_string(),
             healthy: up,
+            protocol: None,
             detail: if up { "listening".into() } else { "unreachable".into() },
         });
     }

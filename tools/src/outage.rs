@@ -121,7 +121,15 @@ async fn first_read(dir: &Path, inode: u64) -> anyhow::Result<Instant> {
     Ok(Instant::now())
 }
 
-pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyhow::Result<OutageReport> {
+/// Stages `scenario` under the workload; a rolling restart starts the nodes from
+/// `binaries` when given (an upgrade).
+pub async fn run(
+    dir: &Path,
+    scenario: Scenario,
+    t: &Timing,
+    seed: u64,
+    binaries: Option<&Path>,
+) -> anyhow::Result<OutageReport> {
     let client = client_of(dir)?;
     let probe = {
         let inode = client.make_dirs("/outage-probe", 0o755).await?;
@@ -146,7 +154,7 @@ pub async fn run(dir: &Path, scenario: Scenario, t: &Timing, seed: u64) -> anyho
     let (killed, started_at) = match scenario {
         // Every node goes down and comes back inside the roll.
         Scenario::RollingRestart => (
-            crate::rolling::rolling_restart(dir, None, |_, _| {}).await?,
+            crate::rolling::rolling_restart(dir, binaries, None, |_, _| {}).await?,
             Instant::now(),
         ),
         Scenario::DataserverLoss => {

@@ -19,20 +19,43 @@ use crate::metadata_admin::{leader_id, status};
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"];
 
-/// The order of the roll: logic nodes, dataservers, then voters with the leader last.
-async fn order(dir: &Path, c: &Config) -> anyhow::Result<Vec<String>> {
+/// One kind of node, in the order of a roll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    Logic,
+    Dataservers,
+    Metadata,
+}
+
+impl Tier {
+    const ALL: [Tier; 3] = [Tier::Logic, Tier::Dataservers, Tier::Metadata];
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Tier::Logic => "logic-",
+            Tier::Dataservers => "dataserver-",
+            Tier::Metadata => "metadata-",
+        }
+    }
+}
+
+/// The order of the roll over `tiers`: logic nodes, dataservers, then voters with the
+/// leader last.
+async fn order(dir: &Path, c: &Config, tiers: &[Tier]) -> anyhow::Result<Vec<String>> {
     let names: Vec<String> = local::members(dir)?.into_iter().map(|m| m.0).collect();
     let leader = leader_id(&c.metadata_nodes).await.map(|id| format!("metadata-{id}"));
     let mut out = Vec::new();
-    for prefix in ["logic-", "dataserver-", "metadata-"] {
+    for tier in Tier::ALL.into_iter().filter(|t| tiers.contains(t)) {
         out.extend(
             names
                 .iter()
-                .filter(|n| n.starts_with(prefix) && Some(*n) != leader.as_ref())
+                .filter(|n| n.starts_with(tier.prefix()) && Some(*n) != leader.as_ref())
                 .cloned(),
         );
     }
-    out.extend(leader);
+    if tiers.contains(&Tier::Metadata) {
+        out.extend(leader);
+    }
     Ok(out)
 }
 
@@ -66,12 +89,14 @@ async fn caught_up(c: &Config, node: u64) -> anyhow::Result<()> {
     }
 }
 
-/// Restarts every node of the cluster in `dir` in turn, with the binaries in `binaries`
-/// (an upgrade) or those beside cairnctl; `each` hears of every node done and how long it
-/// took. Stops at the first node that does not come back healthy.
+/// Restarts every node of the cluster in `dir` in turn (only those of tier `only` when
+/// given), with the binaries in `binaries` (an upgrade) or those beside cairnctl; `each`
+/// hears of every node done and how long it took. Stops at the first node that does not
+/// come back healthy.
 pub async fn rolling_restart(
     dir: &Path,
     binaries: Option<&Path>,
+    only: Option<Tier>,
     mut each: impl FnMut(&str, Duration),
 ) -> anyhow::Result<Vec<String>> {
     if let Some(d) = binaries {
@@ -88,7 +113,8 @@ pub async fn rolling_restart(
     local::wait_healthy_in(dir)
         .await
         .context("the cluster is not healthy: nothing restarted")?;
-    let order = order(dir, &c).await?;
+    let tiers = only.map_or(Tier::ALL.to_vec(), |t| vec![t]);
+    let order = order(dir, &c, &tiers).await?;
     for name in &order {
         let started = Instant::now();
         let voter = name.strip_prefix("metadata-").and_then(|id| id.parse::<u64>().ok());

@@ -117,6 +117,10 @@ enum Bench {
         after_secs: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// rolling-restart: start the nodes from the binaries in this directory (an
+        /// upgrade).
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Kill and restart random processes of a local cluster, one hall at a time at most,
     /// under a checksummed read/write workload; then verify every acknowledged byte.
@@ -173,13 +177,14 @@ async fn main() -> std::process::ExitCode {
             down_secs,
             after_secs,
             seed,
+            binary,
         } => {
             let timing = cairn_tools::outage::Timing {
                 before: Duration::from_secs(before_secs),
                 down: Duration::from_secs(down_secs),
                 after: Duration::from_secs(after_secs),
             };
-            match cairn_tools::outage::run(&dir, scenario, &timing, seed).await {
+            match cairn_tools::outage::run(&dir, scenario, &timing, seed, binary.as_deref()).await {
                 Ok(r) => judged(&r, &r.workload),
                 Err(e) => Err(e),
             }

@@ -75,6 +75,9 @@ enum Top {
         /// Start the nodes from the binaries in this directory (an upgrade).
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Restart only the nodes of this kind (upgrade one tier at a time).
+        #[arg(long, value_enum)]
+        only: Option<cairn_tools::rolling::Tier>,
     },
     /// The metadata group: status and membership changes.
     Metadata {
@@ -215,8 +218,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Top::RollingRestart { dir, binary } => {
-            let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), |name, took| {
+        Top::RollingRestart { dir, binary, only } => {
+            let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), only, |name, took| {
                 println!("{name} restarted, cluster healthy ({:.1} s)", took.as_secs_f64());
             })
             .await?;
@@ -275,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("shards     {}", s.shard_count);
             println!("corrupt    {} blocks found", s.corrupt_blocks);
             println!("io         {}", s.io_mode);
-            println!("version    {}", s.build_version);
+            println!("version    {} (protocol {})", s.build_version, s.protocol_version);
         }
         DsCommand::Put {
             shard,
