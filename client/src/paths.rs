@@ -126,6 +126,7 @@ impl CairnClient {
             name: name.as_bytes().to_vec(),
             new_parent: dst,
             new_name: new_name.as_bytes().to_vec(),
+            ..Rename::default()
         }))
         .await
         .map(drop)

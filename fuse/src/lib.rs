@@ -438,17 +438,22 @@ impl Filesystem for CairnFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if !flags.is_empty() {
-            // RENAME_NOREPLACE and RENAME_EXCHANGE are not offered.
+        let (no_replace, exchange) = (RenameFlags::RENAME_NOREPLACE, RenameFlags::RENAME_EXCHANGE);
+        if !(no_replace | exchange).contains(flags) || flags.contains(no_replace | exchange) {
+            // RENAME_WHITEOUT is for overlay file systems; both at once is meaningless.
             return reply.error(Errno::EINVAL);
         }
         let _removal = self.removals.begin();
-        self.pin_if_open(newparent.0, newname.as_bytes());
+        if !flags.contains(exchange) {
+            self.pin_if_open(newparent.0, newname.as_bytes());
+        }
         let op = Op::Rename(Rename {
             parent: parent.0,
             name: name_bytes(name),
             new_parent: newparent.0,
             new_name: name_bytes(newname),
+            no_replace: flags.contains(no_replace),
+            exchange: flags.contains(exchange),
         });
         done(reply, self.meta(op).map(|_| ()));
     }

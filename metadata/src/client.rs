@@ -293,6 +293,7 @@ impl MetadataClient {
             name: name.to_vec(),
             new_parent,
             new_name: new_name.to_vec(),
+            ..Rename::default()
         }))
         .await
     }

@@ -359,6 +359,12 @@ impl Apply<'_, '_> {
             return Err(refuse(Errno::Einval, "cannot move a directory into its own subtree"));
         }
         let target = self.entry(r.new_parent, &r.new_name)?;
+        if r.exchange {
+            return self.exchange(&r, (ino, kind), target);
+        }
+        if r.no_replace && target.is_some() {
+            return Err(refuse(Errno::Eexist, "the new name exists"));
+        }
         if let Some((target_ino, target_kind)) = target {
             if target_ino == ino {
                 // Two names of one file (or the same name): POSIX says do nothing.
@@ -403,6 +409,50 @@ impl Apply<'_, '_> {
             attr.parent = r.new_parent;
         }
         self.put_attr(attr)?;
+        Ok(done())
+    }
+
+    /// RENAME_EXCHANGE: the two names swap what they name, in one entry.
+    fn exchange(
+        &mut self,
+        r: &Rename,
+        (ino, kind): (u64, FileKind),
+        target: Option<(u64, FileKind)>,
+    ) -> OpResult<MetaReply> {
+        let Some((t_ino, t_kind)) = target else {
+            return Err(refuse(Errno::Enoent, "no such name to exchange with"));
+        };
+        if t_ino == ino {
+            return Ok(done());
+        }
+        let (is_dir, t_is_dir) = (kind == FileKind::Directory, t_kind == FileKind::Directory);
+        if (is_dir && self.is_within(r.new_parent, ino)?) || (t_is_dir && self.is_within(r.parent, t_ino)?) {
+            return Err(refuse(Errno::Einval, "cannot move a directory into its own subtree"));
+        }
+        self.txn.put(
+            Cf::Dentries,
+            dentry_key(r.parent, &r.name),
+            dentry_value(t_ino, t_kind).to_vec(),
+        );
+        self.txn.put(
+            Cf::Dentries,
+            dentry_key(r.new_parent, &r.new_name),
+            dentry_value(ino, kind).to_vec(),
+        );
+        // A directory's ".." link moves with it; between one parent the two cancel out.
+        let moved = i32::from(is_dir) - i32::from(t_is_dir);
+        let old_parent = self.dir(r.parent)?;
+        self.touch_dir(old_parent, 0, -moved)?;
+        let new_parent = self.dir(r.new_parent)?;
+        self.touch_dir(new_parent, 0, moved)?;
+        for (inode, now_in, dir) in [(ino, r.new_parent, is_dir), (t_ino, r.parent, t_is_dir)] {
+            let mut attr = self.attr(inode)?;
+            attr.ctime_ns = self.now;
+            if dir {
+                attr.parent = now_in;
+            }
+            self.put_attr(attr)?;
+        }
         Ok(done())
     }
 

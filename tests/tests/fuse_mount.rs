@@ -2,6 +2,7 @@
 //! nodes): plain file calls on the mount point, `tar`, `diff` and real PyTorch.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +31,19 @@ async fn mounted() -> anyhow::Result<Mounted> {
         dir,
         _tmp: tmp,
     })
+}
+
+/// renameat2(2), which std does not offer, with `flags`.
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that live across the call.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn crc(path: &Path) -> anyhow::Result<(usize, u32)> {
@@ -133,6 +147,34 @@ async fn files_of_every_size_and_the_posix_programs_rely_on() -> anyhow::Result<
             PathBuf::from("../f4096")
         );
         assert_eq!(std::fs::read(root.join("data/deep/sym"))?, want);
+
+        // renameat2: RENAME_NOREPLACE refuses an existing name and changes nothing;
+        // RENAME_EXCHANGE swaps two names, of two files or of a file and a directory.
+        let (a, b) = (root.join("data/swap-a"), root.join("data/swap-b"));
+        std::fs::write(&a, b"first")?;
+        std::fs::write(&b, b"second")?;
+        let refused = renameat2(&a, &b, libc::RENAME_NOREPLACE).expect_err("an existing name");
+        assert_eq!(refused.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(
+            (std::fs::read(&a)?, std::fs::read(&b)?),
+            (b"first".to_vec(), b"second".to_vec())
+        );
+        renameat2(&a, &b, libc::RENAME_EXCHANGE)?;
+        assert_eq!(
+            (std::fs::read(&a)?, std::fs::read(&b)?),
+            (b"second".to_vec(), b"first".to_vec())
+        );
+        let c = root.join("data/swap-c");
+        renameat2(&a, &c, libc::RENAME_NOREPLACE)?;
+        assert!(!a.exists() && std::fs::read(&c)? == b"second");
+        let missing = renameat2(&c, &a, libc::RENAME_EXCHANGE).expect_err("no name to swap with");
+        assert_eq!(missing.raw_os_error(), Some(libc::ENOENT));
+        renameat2(&c, &root.join("data/deep"), libc::RENAME_EXCHANGE)?;
+        assert!(std::fs::metadata(&c)?.is_dir() && std::fs::read(root.join("data/deep"))? == b"second");
+        renameat2(&c, &root.join("data/deep"), libc::RENAME_EXCHANGE)?;
+        assert!(root.join("data/deep/link").exists());
+        std::fs::remove_file(&b)?;
+        std::fs::remove_file(&c)?;
 
         // Permissions are checked against the caller.
         let private = root.join("data/private");

@@ -7,7 +7,7 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
-    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, SetAttr, ShardLocation, Stripe,
+    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, Rename, SetAttr, ShardLocation, Stripe,
 };
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use cairn_tests::metadata::MetadataCluster;
@@ -76,6 +76,36 @@ async fn posix_semantics_and_hostile_input() -> anyhow::Result<()> {
     assert_eq!(errno(c.getattr(g.inode).await), Errno::Enoent);
     // Directory link counts.
     assert_eq!(c.getattr(a.inode).await?.nlink, 3);
+
+    // RENAME_NOREPLACE refuses an existing name; RENAME_EXCHANGE swaps a directory and a
+    // file between two parents, and the directory's ".." link moves with it.
+    let rename = |parent, name: &[u8], new_parent, new_name: &[u8], no_replace, exchange| {
+        Op::Rename(Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            no_replace,
+            exchange,
+        })
+    };
+    let refused = c.call(rename(ROOT, b"g", ROOT, b"empty", true, false)).await;
+    assert_eq!(errno(refused), Errno::Eexist);
+    assert_eq!(c.lookup(ROOT, b"empty").await?.inode, a.inode);
+    let root_links = c.getattr(ROOT).await?.nlink;
+    c.call(rename(a.inode, b"b", ROOT, b"g", false, true)).await?;
+    assert_eq!(c.lookup(ROOT, b"g").await?.inode, b.inode);
+    assert_eq!(c.lookup(a.inode, b"b").await?.inode, f.inode);
+    assert_eq!(c.getattr(b.inode).await?.parent, ROOT);
+    assert_eq!(c.getattr(a.inode).await?.nlink, 2);
+    assert_eq!(c.getattr(ROOT).await?.nlink, root_links + 1);
+    let missing = c.call(rename(ROOT, b"g", a.inode, b"nothing", false, true)).await;
+    assert_eq!(errno(missing), Errno::Enoent);
+    c.call(rename(a.inode, b"b", ROOT, b"g", false, true)).await?;
+    assert_eq!(c.lookup(a.inode, b"b").await?.inode, b.inode);
+    assert_eq!(c.getattr(a.inode).await?.nlink, 3);
+    let into_itself = c.call(rename(ROOT, b"empty", a.inode, b"b", false, true)).await;
+    assert_eq!(errno(into_itself), Errno::Einval);
 
     // Hard links and symlinks.
     let l = c.link(f.inode, b.inode, b"g-link").await?;
