@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use cairn_client::{CairnClient, FileReader, FileWriter};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Create, GetAttr, Link, ReadLink, Rename, Rmdir, SetAttr, StatFs, Symlink,
-    Unlink,
+    meta_reply, meta_request::Op, Attr, Create, FileKind, GetAttr, Link, ReadLink, Rename, Rmdir, SetAttr, StatFs,
+    Symlink, Unlink,
 };
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
@@ -88,6 +88,9 @@ struct State {
 #[derive(Debug)]
 pub struct CairnFs {
     client: Arc<CairnClient>,
+    /// The directory mounted: the namespace's root, or a subtree's. The kernel knows it
+    /// as inode 1 (`FUSE_ROOT_ID`); every other inode keeps its number.
+    root: u64,
     runtime: tokio::runtime::Runtime,
     state: Mutex<State>,
     removals: Removals,
@@ -99,14 +102,58 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
 }
 
 impl CairnFs {
-    pub fn new(client: Arc<CairnClient>) -> std::io::Result<CairnFs> {
+    /// A file system of the directory `subtree` ("/" for the whole namespace).
+    pub fn new(client: Arc<CairnClient>, subtree: &str) -> Result<CairnFs, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let root = runtime
+            .block_on(client.resolve(subtree))
+            .map_err(|e| format!("subtree {subtree:?}: {e}"))?;
+        if root.kind() != FileKind::Directory {
+            return Err(format!("subtree {subtree:?} is not a directory"));
+        }
         Ok(CairnFs {
             client,
-            runtime: tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+            root: root.inode,
+            runtime,
             state: Mutex::new(State::default()),
             removals: Removals::default(),
             next_fh: AtomicU64::new(1),
         })
+    }
+
+    /// The namespace inode behind the kernel's inode `ino`.
+    fn inode(&self, ino: INodeNo) -> u64 {
+        if ino == INodeNo::ROOT {
+            self.root
+        } else {
+            ino.0
+        }
+    }
+
+    /// The kernel's inode for namespace inode `inode`. The namespace's own root never
+    /// shows under a subtree (no directory has two names), so inode 1 stays unambiguous.
+    fn kernel_ino(&self, inode: u64) -> INodeNo {
+        if inode == self.root {
+            INodeNo::ROOT
+        } else {
+            INodeNo(inode)
+        }
+    }
+
+    fn kernel_attr(&self, a: &Attr) -> fuser::FileAttr {
+        let mut attr = file_attr(a);
+        attr.ino = self.kernel_ino(a.inode);
+        attr
+    }
+
+    fn entry(&self, reply: ReplyEntry, r: Result<Attr, Errno>) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &self.kernel_attr(&a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -279,7 +326,11 @@ impl CairnFs {
     }
 
     fn list(&self, dir: u64) -> Result<Listing, Errno> {
-        let parent = self.getattr_fresh(dir)?.parent;
+        // The mount's root is its own parent, as a file system's root is.
+        let parent = match dir == self.root {
+            true => dir,
+            false => self.getattr_fresh(dir)?.parent,
+        };
         // Offsets: entry i has offset i + 1 (the kernel asks from the last one it got).
         let mut entries = vec![
             (dir, FileType::Directory, b".".to_vec()),
@@ -294,13 +345,6 @@ impl CairnFs {
     }
 }
 
-fn entry(reply: ReplyEntry, r: Result<Attr, Errno>) {
-    match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(e),
-    }
-}
-
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         session::request_sizes(config);
@@ -309,13 +353,15 @@ impl Filesystem for CairnFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.runtime.block_on(self.client.lookup(parent.0, name.as_bytes()));
-        entry(reply, r.map(|a| self.patched(a)).map_err(|e| errno(&e)));
+        let r = self
+            .runtime
+            .block_on(self.client.lookup(self.inode(parent), name.as_bytes()));
+        self.entry(reply, r.map(|a| self.patched(a)).map_err(|e| errno(&e)));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.getattr_fresh(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+        match self.getattr_fresh(self.inode(ino)) {
+            Ok(a) => reply.attr(&TTL, &self.kernel_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -339,7 +385,7 @@ impl Filesystem for CairnFs {
         reply: ReplyAttr,
     ) {
         let mut size_through_metadata = size;
-        if let (Some(len), Some((writer, shared_size))) = (size, self.existing_writer(ino.0)) {
+        if let (Some(len), Some((writer, shared_size))) = (size, self.existing_writer(self.inode(ino))) {
             // This mount is writing the file: the truncate goes through its writer.
             let mut w = lock(&writer);
             let r = self.runtime.block_on(async {
@@ -354,10 +400,10 @@ impl Filesystem for CairnFs {
             size_through_metadata = None;
         }
         if size.is_some() {
-            self.changed(ino.0);
+            self.changed(self.inode(ino));
         }
         let set = SetAttr {
-            inode: ino.0,
+            inode: self.inode(ino),
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
@@ -367,21 +413,21 @@ impl Filesystem for CairnFs {
         };
         let r = if set
             == (SetAttr {
-                inode: ino.0,
+                inode: self.inode(ino),
                 ..SetAttr::default()
             }) {
-            self.getattr_fresh(ino.0)
+            self.getattr_fresh(self.inode(ino))
         } else {
             self.attr_of(Op::Setattr(set))
         };
         match r {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Ok(a) => reply.attr(&TTL, &self.kernel_attr(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.meta(Op::Readlink(ReadLink { inode: ino.0 })) {
+        match self.meta(Op::Readlink(ReadLink { inode: self.inode(ino) })) {
             Ok(meta_reply::Result::LinkTarget(t)) => reply.data(&t),
             Ok(_) => reply.error(Errno::EIO),
             Err(e) => reply.error(e),
@@ -390,20 +436,20 @@ impl Filesystem for CairnFs {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let op = Op::Mkdir(cairn_common::proto::metadata::Mkdir {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(name),
             mode: mode & !umask & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
         });
-        entry(reply, self.attr_of(op));
+        self.entry(reply, self.attr_of(op));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _removal = self.removals.begin();
-        self.pin_if_open(parent.0, name.as_bytes());
+        self.pin_if_open(self.inode(parent), name.as_bytes());
         let op = Op::Unlink(Unlink {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(name),
         });
         done(reply, self.meta(op).map(|_| ()));
@@ -411,7 +457,7 @@ impl Filesystem for CairnFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let op = Op::Rmdir(Rmdir {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(name),
         });
         done(reply, self.meta(op).map(|_| ()));
@@ -419,13 +465,13 @@ impl Filesystem for CairnFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let op = Op::Symlink(Symlink {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(link_name),
             target: target.as_os_str().as_bytes().to_vec(),
             uid: req.uid(),
             gid: req.gid(),
         });
-        entry(reply, self.attr_of(op));
+        self.entry(reply, self.attr_of(op));
     }
 
     fn rename(
@@ -445,12 +491,12 @@ impl Filesystem for CairnFs {
         }
         let _removal = self.removals.begin();
         if !flags.contains(exchange) {
-            self.pin_if_open(newparent.0, newname.as_bytes());
+            self.pin_if_open(self.inode(newparent), newname.as_bytes());
         }
         let op = Op::Rename(Rename {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(name),
-            new_parent: newparent.0,
+            new_parent: self.inode(newparent),
             new_name: name_bytes(newname),
             no_replace: flags.contains(no_replace),
             exchange: flags.contains(exchange),
@@ -460,26 +506,26 @@ impl Filesystem for CairnFs {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let op = Op::Link(Link {
-            inode: ino.0,
-            new_parent: newparent.0,
+            inode: self.inode(ino),
+            new_parent: self.inode(newparent),
             new_name: name_bytes(newname),
         });
-        entry(reply, self.attr_of(op));
+        self.entry(reply, self.attr_of(op));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // The handle is registered before the inode is checked, so a removal racing this
         // open either sees the handle (and keeps the inode alive) or is waited for.
-        let fh = self.new_handle(ino.0);
+        let fh = self.new_handle(self.inode(ino));
         self.removals.wait_for_earlier();
-        match self.getattr_fresh(ino.0) {
+        match self.getattr_fresh(self.inode(ino)) {
             Ok(a) => {
                 let flags = self.keep_cache(&a);
                 reply.opened(fh, flags);
             }
             Err(e) => {
                 if let Err(release) = self.release_handle(fh) {
-                    warn!(inode = ino.0, "dropping a failed open's handle: {release:?}");
+                    warn!(inode = self.inode(ino), "dropping a failed open's handle: {release:?}");
                 }
                 // The kernel's cached name led to an inode that is gone (renamed over,
                 // say): ESTALE makes it look the name up again.
@@ -499,7 +545,7 @@ impl Filesystem for CairnFs {
         reply: ReplyCreate,
     ) {
         let op = Op::Create(Create {
-            parent: parent.0,
+            parent: self.inode(parent),
             name: name_bytes(name),
             mode: mode & !umask & 0o7777,
             uid: req.uid(),
@@ -510,7 +556,7 @@ impl Filesystem for CairnFs {
             Ok(a) => {
                 let keep = self.keep_cache(&a);
                 let fh = self.new_handle(a.inode);
-                reply.created(&TTL, &file_attr(&a), Generation(0), fh, keep);
+                reply.created(&TTL, &self.kernel_attr(&a), Generation(0), fh, keep);
             }
             Err(e) => reply.error(e),
         }
@@ -587,7 +633,7 @@ impl Filesystem for CairnFs {
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        done(reply, self.commit(ino.0));
+        done(reply, self.commit(self.inode(ino)));
     }
 
     fn release(
@@ -604,7 +650,7 @@ impl Filesystem for CairnFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.list(ino.0) {
+        match self.list(self.inode(ino)) {
             Ok(listing) => {
                 let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
                 self.state().dirs.insert(fh, listing);
@@ -619,7 +665,7 @@ impl Filesystem for CairnFs {
             return reply.error(Errno::EBADF);
         };
         for (i, (inode, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*inode), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+            if reply.add(self.kernel_ino(*inode), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
                 break;
             }
         }

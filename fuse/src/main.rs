@@ -18,6 +18,9 @@ struct Cli {
     config: PathBuf,
     #[arg(long)]
     mountpoint: PathBuf,
+    /// Mount this directory of the namespace instead of its root.
+    #[arg(long, default_value = "/")]
+    subtree: String,
     /// Threads serving kernel requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -42,11 +45,11 @@ fn main() -> ExitCode {
         config.erasure.clone(),
         Duration::from_secs(60),
     );
-    let fs = match CairnFs::new(client) {
+    let fs = match CairnFs::new(client, &cli.subtree) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("cairn-fuse: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     let mut options = cairn_fuse::session::config(

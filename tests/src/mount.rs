@@ -22,13 +22,16 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 impl Mount {
-    pub async fn start(config: &Path, path: &Path, log: &Path) -> anyhow::Result<Mount> {
+    /// Mounts directory `subtree` of the cluster ("/": all of it) at `path`.
+    pub async fn start(config: &Path, path: &Path, subtree: &str, log: &Path) -> anyhow::Result<Mount> {
         std::fs::create_dir_all(path)?;
         let args = [
             "--config".as_ref(),
             config.as_os_str(),
             "--mountpoint".as_ref(),
             path.as_os_str(),
+            "--subtree".as_ref(),
+            subtree.as_ref(),
         ];
         let mut mount = Mount {
             path: path.to_owned(),

@@ -17,19 +17,25 @@ struct Mounted {
     cluster: FileCluster,
     _mount: Mount,
     dir: PathBuf,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 async fn mounted() -> anyhow::Result<Mounted> {
     let cluster = FileCluster::start(2, small_stripes()).await?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("cairn");
-    let mount = Mount::start(&cluster.client_config()?, &dir, &cluster.dir.path().join("fuse.log")).await?;
+    let mount = Mount::start(
+        &cluster.client_config()?,
+        &dir,
+        "/",
+        &cluster.dir.path().join("fuse.log"),
+    )
+    .await?;
     Ok(Mounted {
         cluster,
         _mount: mount,
         dir,
-        _tmp: tmp,
+        tmp,
     })
 }
 
@@ -213,6 +219,42 @@ async fn files_of_every_size_and_the_posix_programs_rely_on() -> anyhow::Result<
     let data = c.lookup(1, b"data").await?;
     let f = c.lookup(data.inode, format!("f{}", 100 << 20).as_bytes()).await?;
     assert_eq!(c.read_file(f.inode).await?, pattern(100 << 20, 7));
+
+    // A subtree mount: /data is its root; nothing above it shows, and what is written
+    // through it lands under /data.
+    let sub = m.tmp.path().join("sub");
+    let config = m.cluster.client_config()?;
+    let log = m.cluster.dir.path().join("fuse-sub.log");
+    let _sub = Mount::start(&config, &sub, "/data", &log).await?;
+    let sub2 = sub.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let sub = sub2;
+        assert_eq!(std::fs::read(sub.join("f4096"))?.len(), 104);
+        assert!(!sub.join("data").exists());
+        std::fs::create_dir(sub.join("made-in-sub"))?;
+        std::fs::write(sub.join("made-in-sub/x"), b"through the subtree")?;
+        let names: Vec<String> = std::fs::read_dir(&sub)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        ensure!(names.contains(&"made-in-sub".to_owned()), "{names:?}");
+        // The root of the mount is its own parent.
+        assert_eq!(
+            std::fs::canonicalize(sub.join("made-in-sub/.."))?,
+            std::fs::canonicalize(&sub)?
+        );
+        Ok(())
+    })
+    .await??;
+    let made = c.lookup(data.inode, b"made-in-sub").await?;
+    assert_eq!(
+        c.read_file(c.lookup(made.inode, b"x").await?.inode).await?,
+        &b"through the subtree"[..]
+    );
+    for (subtree, why) in [("/nope", "subtree \"/nope\""), ("/data/f4096", "not a directory")] {
+        let refused = Mount::start(&config, &m.tmp.path().join("bad"), subtree, &log).await;
+        let e = refused.expect_err("a subtree that is not a directory");
+        ensure!(e.to_string().contains(why), "{subtree}: {e}");
+    }
     Ok(())
 }
 
