@@ -83,7 +83,17 @@ pub async fn drain(config: &Config, node: u32, wait: bool, progress: bool) -> an
     let (mut total, mut previous) = (held, held);
     let (mut fewest, mut last_progress) = (held, Instant::now());
     loop {
-        let left = shards_on(&meta_addrs, node).await?;
+        // A metadata election while the drain runs is no reason to stop following it.
+        let left = match shards_on(&meta_addrs, node).await {
+            Ok(left) => left,
+            Err(e) if last_progress.elapsed() < STALL => {
+                bar.set_message(format!("draining dataserver {node} (asking again: {e})"));
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        bar.set_message(format!("draining dataserver {node}"));
         total += left.saturating_sub(previous);
         previous = left;
         if left < fewest {
