@@ -64,13 +64,14 @@ impl Node {
         // without one (a test of the store alone) only counts corrupt shards and keeps
         // every shard.
         let metadata: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
+        let peers: HashMap<u32, SocketAddr> = config.dataservers.iter().map(|d| (d.node_id, d.addr)).collect();
         let scrub = ScrubConfig {
             bytes_per_sec: ds.scrub_bytes_per_sec,
             every: Duration::from_secs(ds.scrub_interval_secs),
             repair: (!metadata.is_empty()).then(|| RepairConfig {
                 node: ds.node_id,
                 metadata: metadata.clone(),
-                peers: config.dataservers.iter().map(|d| (d.node_id, d.addr)).collect(),
+                peers: peers.clone(),
             }),
         };
         let orphans = (ds.orphan_pass_secs > 0 && !metadata.is_empty()).then(|| OrphanConfig {
@@ -79,14 +80,15 @@ impl Node {
             grace: Duration::from_secs(ds.orphan_grace_secs),
             every: Duration::from_secs(ds.orphan_pass_secs),
         });
-        let mut peers = HashMap::new();
+        let mut halls = HashMap::new();
         for d in &config.dataservers {
-            peers.insert(d.node_id, (d.addr, HallId::new(d.hall.clone())?));
+            halls.insert(d.node_id, HallId::new(d.hall.clone())?);
         }
         let rebuild = (ds.rebuild_pass_secs > 0 && !metadata.is_empty()).then(|| RebuildConfig {
             node: ds.node_id,
             metadata,
             peers,
+            halls,
             block_bytes: config.erasure.block_bytes,
             every: Duration::from_secs(ds.rebuild_pass_secs),
             lost_after: (ds.lost_after_secs > 0).then(|| Duration::from_secs(ds.lost_after_secs)),

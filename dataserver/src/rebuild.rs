@@ -51,8 +51,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct RebuildConfig {
     pub node: u32,
     pub metadata: Vec<SocketAddr>,
-    /// Every dataserver of the cluster (this one too), by node id, with its hall.
-    pub peers: HashMap<u32, (SocketAddr, HallId)>,
+    /// Every dataserver of the cluster (this one too), by node id, and its hall.
+    pub peers: HashMap<u32, SocketAddr>,
+    pub halls: HashMap<u32, HallId>,
     pub block_bytes: u32,
     pub every: Duration,
     /// How long a peer stays unreachable before it is marked lost; None never marks one.
@@ -68,6 +69,8 @@ struct Work {
     stripe: Stripe,
     stripe_id: StripeId,
     index: u8,
+    /// The shard's crc32c in the layout.
+    crc: u32,
     from: u32,
     /// Shards of the stripe on draining or unreachable dataservers.
     degraded: usize,
@@ -75,10 +78,9 @@ struct Work {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
-    pub marked_lost: Vec<u32>,
-    pub back: Vec<u32>,
-    /// Referenced shards on draining dataservers, and those this node moved to itself.
+    /// Referenced shards on draining dataservers.
     pub pending: usize,
+    /// Those of them this node moved to itself.
     pub rebuilt: u64,
 }
 
@@ -86,7 +88,6 @@ pub struct PassReport {
 pub struct Rebuilder {
     store: ShardStore,
     config: RebuildConfig,
-    addrs: HashMap<u32, SocketAddr>,
     /// When each peer that does not answer stopped answering.
     down_since: HashMap<u32, Instant>,
     /// When the next rebuilt shard may start, for the pacing.
@@ -95,11 +96,9 @@ pub struct Rebuilder {
 
 impl Rebuilder {
     pub fn new(store: ShardStore, config: RebuildConfig) -> Rebuilder {
-        let addrs = config.peers.iter().map(|(id, (addr, _))| (*id, *addr)).collect();
         Rebuilder {
             store,
             config,
-            addrs,
             down_since: HashMap::new(),
             next_start: tokio::sync::Mutex::new(Instant::now()),
         }
@@ -108,7 +107,7 @@ impl Rebuilder {
     /// The peers that answer `stat` now (this node counts as answering).
     async fn reachable(&self) -> HashSet<u32> {
         let me = self.config.node;
-        let peers: Vec<(u32, SocketAddr)> = self.addrs.iter().map(|(&id, &addr)| (id, addr)).collect();
+        let peers: Vec<(u32, SocketAddr)> = self.config.peers.iter().map(|(&id, &addr)| (id, addr)).collect();
         let probes = peers.into_iter().map(|(id, addr)| async move {
             if id == me {
                 return Some(id);
@@ -128,7 +127,7 @@ impl Rebuilder {
         let reachable = self.reachable().await;
         let now = Instant::now();
         self.down_since.retain(|id, _| !reachable.contains(id));
-        for id in self.addrs.keys().filter(|id| !reachable.contains(id)) {
+        for id in self.config.peers.keys().filter(|id| !reachable.contains(id)) {
             self.down_since.entry(*id).or_insert(now);
         }
         let listed = metadata::draining(&self.config.metadata).await?;
@@ -143,7 +142,6 @@ impl Rebuilder {
                         "unreachable past the lost timeout: marked lost, rebuilding its shards"
                     );
                     draining.insert(id);
-                    report.marked_lost.push(id);
                 }
             }
         }
@@ -151,10 +149,9 @@ impl Rebuilder {
             metadata::set_lost(&self.config.metadata, id, false).await?;
             info!(dataserver = id, "a lost dataserver answers again: back in service");
             draining.remove(&id);
-            report.back.push(id);
         }
         let mut unusable = draining.clone();
-        unusable.extend(self.addrs.keys().filter(|id| !reachable.contains(id)));
+        unusable.extend(self.config.peers.keys().filter(|id| !reachable.contains(id)));
         let work = self.work(&draining, &unusable).await?;
         report.pending = work.len();
         let mine: Vec<Work> = work
@@ -195,6 +192,14 @@ impl Rebuilder {
                 let Some(stripe) = layout.stripes.iter().find(|s| s.stripe_id == stripe_id) else {
                     continue;
                 };
+                let Some(crc) = stripe
+                    .shards
+                    .iter()
+                    .find(|l| l.index == u32::from(id.index))
+                    .map(|l| l.crc32c)
+                else {
+                    continue;
+                };
                 let degraded = stripe
                     .shards
                     .iter()
@@ -206,6 +211,7 @@ impl Rebuilder {
                     stripe: stripe.clone(),
                     stripe_id: id.stripe,
                     index: id.index,
+                    crc,
                     from,
                     degraded,
                 });
@@ -221,19 +227,19 @@ impl Rebuilder {
         let m = w.layout.parity_shards as usize;
         let mut per_hall: HashMap<&HallId, usize> = HashMap::new();
         for l in w.stripe.shards.iter().filter(|l| l.index != u32::from(w.index)) {
-            if let Some((_, h)) = self.config.peers.get(&l.dataserver) {
+            if let Some(h) = self.config.halls.get(&l.dataserver) {
                 *per_hall.entry(h).or_default() += 1;
             }
         }
         let holders: HashSet<u32> = w.stripe.shards.iter().map(|l| l.dataserver).collect();
         let free: Vec<Candidate> = self
             .config
-            .peers
+            .halls
             .iter()
-            .filter(|(id, (_, h))| {
+            .filter(|(id, h)| {
                 !unusable.contains(id) && !holders.contains(id) && per_hall.get(h).copied().unwrap_or(0) < m
             })
-            .map(|(id, (_, h))| Candidate {
+            .map(|(id, h)| Candidate {
                 node: NodeId(*id),
                 hall: h.clone(),
                 free_bytes: 1,
@@ -245,20 +251,10 @@ impl Rebuilder {
     /// Rebuilds one shard here and moves it in the layout; false when the stripe changed
     /// meanwhile (rewritten, truncated or removed: the stored shard is an orphan now).
     async fn move_here(&self, w: &Work) -> Result<bool, String> {
-        let crc = w
-            .stripe
-            .shards
-            .iter()
-            .find(|l| l.index == u32::from(w.index))
-            .map(|l| l.crc32c);
         let id = ShardId::new(w.stripe_id, w.index);
-        let copied = match crc {
-            Some(crc) => fetch(&self.addrs, w.from, id, crc).await,
-            None => None,
-        };
-        let data: Bytes = match copied {
+        let data: Bytes = match fetch(&self.config.peers, w.from, id, w.crc).await {
             Some(bytes) => bytes,
-            None => rebuild_shard(&self.addrs, &w.layout, &w.stripe, w.index).await?,
+            None => rebuild_shard(&self.config.peers, &w.layout, &w.stripe, w.index).await?,
         };
         self.pace(data.len() as u64).await;
         let len = data.len() as u64;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
-use cairn_common::proto::metadata::{meta_reply, meta_request::Op, ListDraining};
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
 use cairn_logic::server::{serve, LogicNode};
@@ -79,9 +78,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// stripes stop landing on a node soon after `cairnctl drain` names it.
 async fn follow_draining(meta: Arc<MetadataClient>, ds: Dataservers) {
     loop {
-        match meta.call(Op::ListDraining(ListDraining {})).await {
-            Ok(meta_reply::Result::Draining(d)) => ds.set_draining(d.ids),
-            Ok(other) => warn!("draining list: unexpected answer {other:?}"),
+        match meta.draining().await {
+            Ok(d) => ds.set_draining(d.ids),
             Err(e) => warn!("draining list: {e}"),
         }
         tokio::time::sleep(DRAINING_POLL).await;

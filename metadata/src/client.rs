@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as GrpcClient;
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, DirEntry, Errno, GetAttr, Layout,
-    LayoutReply, Link, Lookup, MetaError, MetaReply, MetaRequest, Mkdir, OpenSession, ReadDir, Rename, Rmdir,
-    SessionReply, SetAttr, StatFs, StatFsReply, Symlink, Unlink,
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, Dataservers, DirEntry, Errno, GetAttr,
+    Layout, LayoutReply, Link, ListDraining, Lookup, MetaError, MetaReply, MetaRequest, Mkdir, OpenSession, ReadDir,
+    Rename, Rmdir, SessionReply, SetAttr, StatFs, StatFsReply, Symlink, Unlink,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -333,6 +333,14 @@ impl MetadataClient {
     pub async fn statfs(&self) -> Result<StatFsReply, MetaClientError> {
         match self.call(Op::Statfs(StatFs {})).await? {
             meta_reply::Result::Statfs(s) => Ok(s),
+            other => Err(MetaClientError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    /// The draining dataservers (`ids`) and those of them marked lost (`lost`).
+    pub async fn draining(&self) -> Result<Dataservers, MetaClientError> {
+        match self.call(Op::ListDraining(ListDraining {})).await? {
+            meta_reply::Result::Draining(d) => Ok(d),
             other => Err(MetaClientError::BadReply(format!("{other:?}"))),
         }
     }

@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use cairn_common::proto::metadata::admin_client::AdminClient;
-use cairn_common::proto::metadata::metadata_client::MetadataClient as MetadataGrpc;
-use cairn_common::proto::metadata::{NodeStatus, ShardRefsRequest, StatusRequest};
+use cairn_common::proto::metadata::{NodeStatus, StatusRequest};
 use cairn_metadata::client::MetadataClient;
 
 use crate::{free_port, Process};
@@ -136,16 +135,14 @@ impl MetadataCluster {
     /// Every shard of `dataserver` that a committed layout references: (stripe id, index),
     /// as the leader answers the orphan collector.
     pub async fn shard_refs(&self, dataserver: u32) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
-        let Some(leader) = self.leader().await else {
-            bail!("no leader");
-        };
-        let mut g = MetadataGrpc::connect(format!("http://{}", self.nodes[leader].addr)).await?;
-        let mut stream = g.shard_refs(ShardRefsRequest { dataserver }).await?.into_inner();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            out.extend(chunk.refs.into_iter().map(|r| (r.stripe_id, r.index)));
-        }
-        Ok(out)
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        let refs = cairn_dataserver::metadata::shard_refs(&addrs, dataserver)
+            .await
+            .map_err(|e| anyhow::anyhow!("shard references of dataserver {dataserver}: {e}"))?;
+        Ok(refs
+            .into_iter()
+            .map(|(id, _)| (id.stripe.0.to_be_bytes().to_vec(), u32::from(id.index)))
+            .collect())
     }
 
     pub fn logs(&self) -> String {

@@ -30,14 +30,7 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
         config.erasure.clone(),
         Duration::from_secs(60),
     );
-    let dir = client.make_dirs("/drain", 0o755).await?;
-    let mut files = Vec::new();
-    for i in 0..12u8 {
-        let f = client.create_in(dir, format!("f{i}").as_bytes(), 0o644, true).await?;
-        let data = pattern(3_000_000 + usize::from(i) * 1000, i);
-        client.write_file(f.inode, data.clone()).await?;
-        files.push((f.inode, data));
-    }
+    let (dir, mut files) = written(&client, "/drain", 12, 3_000_000).await?;
 
     // Foreground load while the drain runs: new files written and read back.
     let stop = Arc::new(AtomicBool::new(false));
@@ -98,6 +91,22 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
     every_stripe_whole_without(DRAINED, &halls, &meta, &client, &files).await
 }
 
+/// `n` files of about `bytes` each written under `path`: the directory, and each file's
+/// inode and content.
+async fn written(client: &Arc<CairnClient>, path: &str, n: u8, bytes: usize) -> anyhow::Result<(u64, Files)> {
+    let dir = client.make_dirs(path, 0o755).await?;
+    let mut files = Vec::new();
+    for i in 0..n {
+        let f = client.create_in(dir, format!("f{i}").as_bytes(), 0o644, true).await?;
+        let data = pattern(bytes + usize::from(i) * 1000, i);
+        client.write_file(f.inode, data.clone()).await?;
+        files.push((f.inode, data));
+    }
+    Ok((dir, files))
+}
+
+type Files = Vec<(u64, bytes::Bytes)>;
+
 /// Every file's stripes have k+m shards on distinct dataservers, at most m per hall, none
 /// on `gone`, and every file reads back as written.
 async fn every_stripe_whole_without(
@@ -156,14 +165,7 @@ async fn a_lost_dataserver_is_rebuilt_elsewhere_and_welcomed_back() -> anyhow::R
     .await?;
     let client = cluster.client();
     let meta = cluster.meta.client();
-    let dir = client.make_dirs("/lost", 0o755).await?;
-    let mut files = Vec::new();
-    for i in 0..8u8 {
-        let f = client.create_in(dir, format!("f{i}").as_bytes(), 0o644, true).await?;
-        let data = pattern(600_000 + usize::from(i) * 777, i);
-        client.write_file(f.inode, data.clone()).await?;
-        files.push((f.inode, data));
-    }
+    let (_, files) = written(&client, "/lost", 8, 600_000).await?;
     ensure!(
         !cluster.meta.shard_refs(LOST).await?.is_empty(),
         "dataserver {LOST} holds no shard"

@@ -34,6 +34,16 @@ fn assert_nothing_lost(report: &Value) {
     assert!(w["reads_ok"].as_u64() > Some(10), "{report}");
 }
 
+/// The processes a report says were killed (or restarted, in order).
+fn killed(report: &Value) -> Vec<&str> {
+    report["killed"]
+        .as_array()
+        .expect("killed")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn status(cluster: &LocalCluster) -> Value {
     let config = cluster.path().join("cluster.toml").display().to_string();
     let out = cairnctl(&["status", "--config", &config, "--json"]);
@@ -76,12 +86,7 @@ fn a_dark_hall_fails_no_io_and_comes_back() {
         "4",
     ]);
     assert_nothing_lost(&r);
-    let killed: Vec<&str> = r["killed"]
-        .as_array()
-        .expect("killed")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let killed = killed(&r);
     assert!(killed.iter().any(|k| k.starts_with("metadata-")), "{r}");
     assert_eq!(killed.iter().filter(|k| k.starts_with("dataserver-")).count(), 2, "{r}");
     assert!(r["workload"]["longest_gap_s"].as_f64() < Some(8.0), "{r}");
@@ -220,12 +225,7 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
     let back = roll(&this);
     assert_nothing_lost(&back);
     assert_eq!(protocols(&cluster), vec![1; 8], "every dataserver runs N again");
-    let order: Vec<&str> = r["killed"]
-        .as_array()
-        .expect("killed")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let order = killed(&r);
     assert_eq!(order.len(), 14, "{r}");
     // Logic nodes first, then dataservers, then voters.
     let rank = |n: &str| {

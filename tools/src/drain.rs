@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cairn_common::config::Config;
-use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Dataservers, ListDraining, SetDraining};
+use cairn_common::proto::metadata::{meta_request::Op, SetDraining};
 use cairn_metadata::client::MetadataClient;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,14 +33,6 @@ fn metadata_client(config: &Config, deadline: Duration) -> MetadataClient {
     )
 }
 
-/// The draining dataservers (`ids`) and those of them marked lost (`lost`).
-pub async fn draining(meta: &MetadataClient) -> anyhow::Result<Dataservers> {
-    match meta.call(Op::ListDraining(ListDraining {})).await? {
-        meta_reply::Result::Draining(d) => Ok(d),
-        other => bail!("unexpected answer {other:?}"),
-    }
-}
-
 async fn shards_on(meta_addrs: &[SocketAddr], node: u32) -> anyhow::Result<usize> {
     let refs = cairn_dataserver::metadata::shard_refs(meta_addrs, node)
         .await
@@ -56,12 +48,7 @@ pub async fn drain(config: &Config, node: u32, wait: bool, progress: bool) -> an
         bail!("dataserver {node} is not in the cluster's config");
     }
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
-    metadata_client(config, DEADLINE)
-        .call(Op::SetDraining(SetDraining {
-            dataserver: node,
-            draining: true,
-            lost: false,
-        }))
+    mark(config, node, true)
         .await
         .context("marking the dataserver draining")?;
     let started = Instant::now();
@@ -120,10 +107,15 @@ pub async fn drain(config: &Config, node: u32, wait: bool, progress: bool) -> an
 /// Puts a drained (or draining, or lost) dataserver back in service: new shards may land
 /// on it.
 pub async fn undrain(config: &Config, node: u32) -> anyhow::Result<()> {
+    mark(config, node, false).await
+}
+
+/// An operator's drain mark on dataserver `node`, set or cleared (a lost mark too).
+async fn mark(config: &Config, node: u32, draining: bool) -> anyhow::Result<()> {
     metadata_client(config, DEADLINE)
         .call(Op::SetDraining(SetDraining {
             dataserver: node,
-            draining: false,
+            draining,
             lost: false,
         }))
         .await?;
@@ -142,7 +134,7 @@ pub struct Draining {
 /// few seconds without a metadata leader.
 pub async fn remaining(config: &Config) -> anyhow::Result<Vec<Draining>> {
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
-    let listed = draining(&metadata_client(config, STATUS_DEADLINE)).await?;
+    let listed = metadata_client(config, STATUS_DEADLINE).draining().await?;
     let mut out = Vec::new();
     for node in listed.ids {
         out.push(Draining {

@@ -70,7 +70,7 @@ enum Top {
     /// Restart every node of a local cluster in turn (logic nodes, dataservers, then
     /// metadata voters with the leader last), each once the cluster is healthy again.
     RollingRestart {
-        #[arg(long, default_value_os_t = default_local_dir())]
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
         /// Start the nodes from the binaries in this directory (an upgrade).
         #[arg(long)]
@@ -94,7 +94,7 @@ enum LocalCommand {
     /// Start the cluster (processes already running are kept), wait until it is healthy,
     /// and mount it.
     Up {
-        #[arg(long, default_value_os_t = default_local_dir())]
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
         #[arg(long, default_value_t = 4)]
         halls: u32,
@@ -114,27 +114,23 @@ enum LocalCommand {
     },
     /// Unmount, then stop every process of the cluster (SIGTERM, then SIGKILL after 10 s).
     Down {
-        #[arg(long, default_value_os_t = default_local_dir())]
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
     },
     /// Cut the power of a hall: SIGKILL every process that runs in it.
     KillHall {
         /// The hall's number (1 for hall-1).
         hall: u32,
-        #[arg(long, default_value_os_t = default_local_dir())]
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
     },
     /// Bring a hall back: start its processes and wait until the cluster is healthy.
     StartHall {
         /// The hall's number (1 for hall-1).
         hall: u32,
-        #[arg(long, default_value_os_t = default_local_dir())]
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
     },
-}
-
-fn default_local_dir() -> PathBuf {
-    cairn_tools::local::default_dir()
 }
 
 #[derive(Subcommand)]
