@@ -20,6 +20,7 @@ use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
 };
+use cairn_common::versions::API_VERSION_MIN;
 use cairn_common::wire::ErrorCode;
 use futures::StreamExt;
 use thiserror::Error;
@@ -249,6 +250,7 @@ impl CairnClient {
         let req = MetaRequest {
             client_id: self.client_id.to_vec(),
             request_id,
+            api_version: API_VERSION_MIN,
             op: Some(op),
         };
         match self.exchange(FileRequest::Meta(req)).await? {

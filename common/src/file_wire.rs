@@ -261,6 +261,7 @@ mod tests {
             FileRequest::Meta(MetaRequest {
                 client_id: vec![1; 16],
                 request_id: 3,
+                api_version: 1,
                 op: Some(Op::Getattr(GetAttr { inode: 9 })),
             }),
             FileRequest::WriteStripe {

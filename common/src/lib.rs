@@ -14,4 +14,5 @@ pub mod logging;
 pub mod namespace;
 pub mod placement;
 pub mod proto;
+pub mod versions;
 pub mod wire;

@@ -29,7 +29,7 @@ const KEY_USED_BYTES: &[u8] = b"used_bytes";
 /// The most WAL a restart replays.
 const WAL_BYTES_MAX: usize = 4 << 20;
 /// Version of the records this build writes; it reads this one and older.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = cairn_common::versions::SHARD_INDEX_FORMAT;
 
 #[derive(Debug, Error)]
 pub enum IndexError {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use cairn_common::config::Config;
+use cairn_common::versions::Versions;
 use cairn_dataserver::metrics::Metrics;
 use cairn_dataserver::node::Node;
 use cairn_dataserver::scrub::scrub_pass;
@@ -28,6 +29,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the protocol and format versions this build reads and writes (one JSON
+    /// line), which a rolling upgrade compares with the running nodes'.
+    Versions,
     /// Re-read every stored shard and check every block once; exits 3 if any is corrupt.
     /// Works beside a running dataserver.
     Scrub {
@@ -42,6 +46,10 @@ enum Command {
 fn main() -> ExitCode {
     cairn_common::logging::init("info");
     let cli = Cli::parse();
+    if let Command::Versions = cli.command {
+        println!("{}", Versions::this_build().json());
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -62,6 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Scrub { config, bytes_per_sec } => scrub(config, bytes_per_sec).await,
+        Command::Versions => Ok(ExitCode::SUCCESS),
     }
 }
 

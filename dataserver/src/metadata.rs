@@ -15,6 +15,7 @@ use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Dataservers, Errno, GetLayout, Layout, ListDraining, MetaError, MetaRequest,
     SetDraining, ShardRefsRequest,
 };
+use cairn_common::versions::API_VERSION_MIN;
 use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -83,6 +84,7 @@ pub async fn call(metadata: &[SocketAddr], op: Op) -> Result<meta_reply::Result,
         let request = MetaRequest {
             client_id: client_id.to_vec(),
             request_id: 1,
+            api_version: API_VERSION_MIN,
             op: Some(op.clone()),
         };
         async move {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
+use cairn_common::versions::Versions;
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
 use cairn_logic::server::{serve, LogicNode};
@@ -32,10 +33,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the file protocol until SIGTERM (drains first) or SIGINT.
     Serve {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the protocol and format versions this build reads and writes (one JSON
+    /// line), which a rolling upgrade compares with the running nodes'.
+    Versions,
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -88,7 +93,13 @@ async fn follow_draining(meta: Arc<MetadataClient>, ds: Dataservers) {
 
 fn main() -> ExitCode {
     cairn_common::logging::init("info");
-    let Command::Serve { config } = Cli::parse().command;
+    let config = match Cli::parse().command {
+        Command::Serve { config } => config,
+        Command::Versions => {
+            println!("{}", Versions::this_build().json());
+            return ExitCode::SUCCESS;
+        }
+    };
     let config = match Config::load(&config).and_then(|c| c.logic().map(|_| ()).map(|()| c)) {
         Ok(c) => c,
         Err(e) => {

@@ -100,6 +100,7 @@ fn run(a: &mut Apply<'_, '_>, op: Op) -> OpResult<MetaReply> {
         Op::CommitLayout(c) => a.commit_layout(c),
         Op::ReplaceShard(r) => a.replace_shard(r),
         Op::SetDraining(d) => a.set_draining(d),
+        Op::SetEntryFormat(s) => a.set_entry_format(s),
         // What `is_mutation` calls a read is answered without the log.
         _ => Err(refuse(Errno::Einval, "reads are not proposed to the log")),
     }

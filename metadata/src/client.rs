@@ -7,18 +7,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cairn_common::namespace::is_mutation;
+use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as GrpcClient;
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Create, Dataservers, DirEntry, Errno, GetAttr,
-    Layout, LayoutReply, Link, ListDraining, Lookup, MetaError, MetaReply, MetaRequest, Mkdir, OpenSession, ReadDir,
-    Rename, Rmdir, SessionReply, SetAttr, StatFs, StatFsReply, Symlink, Unlink,
+    Layout, LayoutReply, Link, ListDraining, Lookup, MetaError, MetaReply, MetaRequest, Mkdir, NodeStatus, OpenSession,
+    ReadDir, Rename, Rmdir, SessionReply, SetAttr, StatFs, StatFsReply, StatusRequest, Symlink, Unlink,
 };
+use cairn_common::versions::API_VERSION_MIN;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::apply::CLIENT_ID_BYTES;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Membership changes wait for a Raft round or a learner's catch-up.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 const MESSAGE_BYTES_MAX: usize = 16 << 20;
@@ -144,6 +148,7 @@ impl MetadataClient {
         let req = MetaRequest {
             client_id: self.client_id.to_vec(),
             request_id,
+            api_version: API_VERSION_MIN,
             op: Some(op),
         };
         match self.send(req).await?.result {
@@ -379,4 +384,24 @@ impl MetadataClient {
             other => Err(MetaClientError::BadReply(format!("{other:?}"))),
         }
     }
+}
+
+/// The admin service of the member at `addr` (status, membership, entry format).
+pub async fn admin(addr: &str) -> Result<AdminClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("address {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(ADMIN_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| format!("{addr}: {e}"))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// What the member at `addr` reports of itself.
+pub async fn member_status(addr: &str) -> Result<NodeStatus, String> {
+    admin(addr)
+        .await?
+        .status(StatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| format!("{addr}: {}", e.message()))
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use cairn_common::config::Config;
+use cairn_common::versions::Versions;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -24,12 +25,21 @@ enum Command {
         #[arg(long)]
         bootstrap: bool,
     },
+    /// Print the protocol and format versions this build reads and writes (one JSON
+    /// line), which a rolling upgrade compares with the running nodes'.
+    Versions,
 }
 
 fn main() -> ExitCode {
     cairn_common::logging::init("info,openraft=warn");
     let cli = Cli::parse();
-    let Command::Serve { config, bootstrap } = cli.command;
+    let (config, bootstrap) = match cli.command {
+        Command::Serve { config, bootstrap } => (config, bootstrap),
+        Command::Versions => {
+            println!("{}", Versions::this_build().json());
+            return ExitCode::SUCCESS;
+        }
+    };
     let config = match Config::load(&config) {
         Ok(c) => c,
         Err(e) => {

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
     meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
-    OpenSession, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, Symlink,
+    OpenSession, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, SetEntryFormat, Symlink,
 };
 use prost::Message;
 
@@ -16,8 +16,8 @@ use crate::errors::{refuse, OpError, OpResult};
 use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
-    decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key, InodeRecord,
-    SessionRecord, DRAINING_KEY, LOST_KEY, RECORD_FORMAT,
+    decode_entry_format, decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key,
+    InodeRecord, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
 
@@ -666,6 +666,26 @@ impl Apply<'_, '_> {
         }
         self.put_ids(DRAINING_KEY, &draining)?;
         self.put_ids(LOST_KEY, &lost)?;
+        Ok(reply(meta_reply::Result::Done(Empty {})))
+    }
+
+    /// Raises the entry format the group writes. The leader checked that every member
+    /// applies `format` before proposing this; here only what every voter decides alike is
+    /// checked (whatever its build), so all apply it the same way.
+    pub fn set_entry_format(&mut self, s: SetEntryFormat) -> OpResult<MetaReply> {
+        let current =
+            decode_entry_format(self.txn.get(Cf::SmMeta, ENTRY_FORMAT_KEY)?.as_deref()).map_err(OpError::Storage)?;
+        let format = u16::try_from(s.format).ok().filter(|&f| f >= current).ok_or_else(|| {
+            refuse(
+                Errno::Einval,
+                format!(
+                    "entry format {} is below the group's {current}: formats are never lowered",
+                    s.format
+                ),
+            )
+        })?;
+        self.txn
+            .put(Cf::SmMeta, ENTRY_FORMAT_KEY.to_vec(), format.to_le_bytes().to_vec());
         Ok(reply(meta_reply::Result::Done(Empty {})))
     }
 

@@ -85,7 +85,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         sm,
     )
     .await?;
-    let proposer = Proposer::start(raft.clone());
+    let proposer = Proposer::start(raft.clone(), db.clone());
 
     let listener = tokio::net::TcpListener::bind(me.addr)
         .await
@@ -105,7 +105,11 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(AdminService { raft: raft.clone() }))
+        .add_service(AdminServer::new(AdminService {
+            raft: raft.clone(),
+            db: db.clone(),
+            proposer: proposer.clone(),
+        }))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown_signal());
 
     if bootstrap {
@@ -179,7 +183,7 @@ async fn housekeeping(raft: Raft<TypeConfig>, db: Db, nodes: Vec<MetadataEntry>)
             }
         };
         if due {
-            if let Err(e) = Proposer::expire_sessions(&raft).await {
+            if let Err(e) = Proposer::expire_sessions(&raft, &db).await {
                 warn!("expiring sessions: {}", e.message);
             }
         }

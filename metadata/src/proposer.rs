@@ -11,8 +11,10 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::Raft;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::db::Db;
 use crate::errors::meta_error;
-use crate::types::{NodeInfo, Proposal, TypeConfig, ENTRY_FORMAT};
+use crate::records::entry_format;
+use crate::types::{NodeInfo, Proposal, TypeConfig};
 
 /// Requests in one entry.
 const BATCH_REQUESTS_MAX: usize = 512;
@@ -41,7 +43,7 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-fn not_leader(leader: Option<(u64, NodeInfo)>) -> MetaError {
+pub fn not_leader(leader: Option<(u64, NodeInfo)>) -> MetaError {
     let mut e = meta_error(Errno::NotLeader, "this node is not the leader");
     if let Some((id, node)) = leader {
         e.leader_id = id;
@@ -68,11 +70,21 @@ pub fn read_error(e: RaftError<u64, CheckIsLeaderError<u64, NodeInfo>>) -> MetaE
     }
 }
 
+/// An entry in the format the group writes now (the leader's applied state says which).
+fn proposal(db: &Db, requests: Vec<Vec<u8>>, expire_sessions: bool) -> Result<Proposal, MetaError> {
+    Ok(Proposal {
+        format: entry_format(db).map_err(|e| meta_error(Errno::Eio, format!("reading the entry format: {e}")))?,
+        now_ns: now_ns(),
+        requests,
+        expire_sessions,
+    })
+}
+
 impl Proposer {
-    pub fn start(raft: Raft<TypeConfig>) -> Proposer {
+    pub fn start(raft: Raft<TypeConfig>, db: Db) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (barrier, barrier_rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(propose_loop(raft.clone(), rx));
+        tokio::spawn(propose_loop(raft.clone(), db, rx));
         tokio::spawn(barrier_loop(raft, barrier_rx));
         Proposer { tx, barrier }
     }
@@ -99,18 +111,13 @@ impl Proposer {
     }
 
     /// An entry of its own that ends expired write sessions.
-    pub async fn expire_sessions(raft: &Raft<TypeConfig>) -> Result<(), MetaError> {
-        let p = Proposal {
-            format: ENTRY_FORMAT,
-            now_ns: now_ns(),
-            requests: Vec::new(),
-            expire_sessions: true,
-        };
+    pub async fn expire_sessions(raft: &Raft<TypeConfig>, db: &Db) -> Result<(), MetaError> {
+        let p = proposal(db, Vec::new(), true)?;
         raft.client_write(p).await.map(|_| ()).map_err(write_error)
     }
 }
 
-async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
+async fn propose_loop(raft: Raft<TypeConfig>, db: Db, mut rx: mpsc::Receiver<Pending>) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -130,16 +137,14 @@ async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let (raft, db) = (raft.clone(), db.clone());
         tokio::spawn(async move {
             let (requests, answers): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.request, p.answer)).unzip();
-            let proposal = Proposal {
-                format: ENTRY_FORMAT,
-                now_ns: now_ns(),
-                requests,
-                expire_sessions: false,
+            let written = match proposal(&db, requests, false) {
+                Ok(p) => raft.client_write(p).await.map_err(write_error),
+                Err(e) => Err(e),
             };
-            match raft.client_write(proposal).await {
+            match written {
                 Ok(resp) => {
                     let mut replies = resp.data.replies.into_iter();
                     for answer in answers {
@@ -150,7 +155,6 @@ async fn propose_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Pending>) {
                     }
                 }
                 Err(e) => {
-                    let e = write_error(e);
                     for answer in answers {
                         let _ = answer.send(Err(e.clone()));
                     }

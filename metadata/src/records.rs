@@ -107,6 +107,27 @@ pub fn shard_ref_key(dataserver: u32, stripe_id: &[u8], index: u32, inode: u64) 
 pub const DRAINING_KEY: &[u8] = b"draining";
 pub const LOST_KEY: &[u8] = b"lost";
 
+/// Under this key in `sm_meta`: the Raft entry format the group writes (a little-endian
+/// u16); absent means `ENTRY_FORMAT_MIN`.
+pub const ENTRY_FORMAT_KEY: &[u8] = b"entry_format";
+
+pub fn decode_entry_format(bytes: Option<&[u8]>) -> Result<u16, String> {
+    match bytes {
+        None => Ok(cairn_common::versions::ENTRY_FORMAT_MIN),
+        Some(b) => <[u8; 2]>::try_from(b)
+            .map(u16::from_le_bytes)
+            .map_err(|_| format!("entry format record of {} bytes", b.len())),
+    }
+}
+
+/// The entry format the group writes, as this node has applied it.
+pub fn entry_format(db: &crate::db::Db) -> Result<u16, String> {
+    let bytes = db
+        .get(crate::db::Cf::SmMeta, ENTRY_FORMAT_KEY)
+        .map_err(|e| e.to_string())?;
+    decode_entry_format(bytes.as_deref())
+}
+
 pub fn decode_ids(bytes: Option<&[u8]>) -> Result<Vec<u32>, String> {
     bytes.map_or(Ok(Vec::new()), |b| {
         postcard::from_bytes(b).map_err(|e| format!("dataserver list: {e}"))

@@ -7,10 +7,11 @@ use std::pin::Pin;
 
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
-    admin_server::Admin, metadata_server::Metadata, raft_server::Raft as RaftRpc, AddLearnerRequest, AdminReply,
-    ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus, RaftEnvelope, ShardRef, ShardRefsChunk,
-    ShardRefsRequest, StatusRequest,
+    admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
+    AddLearnerRequest, AdminReply, ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus,
+    RaftEnvelope, RaiseEntryFormatRequest, SetEntryFormat, ShardRef, ShardRefsChunk, ShardRefsRequest, StatusRequest,
 };
+use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN, ENTRY_FORMAT_MAX, ENTRY_FORMAT_MIN};
 use futures::Stream;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Raft, ServerState};
@@ -19,12 +20,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::apply::idempotency_key;
+use crate::apply::{idempotency_key, CLIENT_ID_BYTES};
+use crate::client::member_status;
 use crate::db::{read_u64, Cf, Db};
 use crate::errors::{error_reply, meta_error};
 use crate::network::{envelope, open_envelope};
-use crate::proposer::{write_error, Proposer};
+use crate::proposer::{not_leader, write_error, Proposer};
 use crate::reads::read;
+use crate::records::entry_format;
 use crate::types::{NodeInfo, TypeConfig};
 
 fn encode_reply<T: Serialize>(value: &T) -> Result<Response<RaftEnvelope>, Status> {
@@ -69,6 +72,13 @@ const SHARD_REFS_PER_CHUNK: usize = 1024;
 
 impl MetadataService {
     async fn call(&self, req: MetaRequest) -> MetaReply {
+        let version = req.api_version.max(1);
+        if !(API_VERSION_MIN..=API_VERSION_MAX).contains(&version) {
+            return error_reply(meta_error(
+                Errno::Version,
+                format!("API version {version}: this node serves {API_VERSION_MIN}..={API_VERSION_MAX}"),
+            ));
+        }
         let Some(op) = &req.op else {
             return error_reply(meta_error(Errno::Einval, "request names no operation"));
         };
@@ -155,9 +165,11 @@ fn stream_shard_refs(db: &Db, dataserver: u32, tx: &mpsc::Sender<Result<ShardRef
 #[derive(Clone)]
 pub struct AdminService {
     pub raft: Raft<TypeConfig>,
+    pub db: Db,
+    pub proposer: Proposer,
 }
 
-pub fn node_status(raft: &Raft<TypeConfig>) -> NodeStatus {
+pub fn node_status(raft: &Raft<TypeConfig>, db: &Db) -> NodeStatus {
     let m = raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
     let voters: BTreeSet<u64> = membership.voter_ids().collect();
@@ -181,6 +193,10 @@ pub fn node_status(raft: &Raft<TypeConfig>) -> NodeStatus {
         voters: voters.into_iter().collect(),
         learners,
         quorum_ack_age_ms: m.millis_since_quorum_ack.unwrap_or(0),
+        // 0: the record does not read, which the apply path reports as a storage error.
+        entry_format: entry_format(db).map_or(0, u32::from),
+        entry_format_min: u32::from(ENTRY_FORMAT_MIN),
+        entry_format_max: u32::from(ENTRY_FORMAT_MAX),
     }
 }
 
@@ -188,8 +204,55 @@ impl AdminService {
     fn reply(&self, result: Result<(), MetaError>) -> Response<AdminReply> {
         Response::new(AdminReply {
             error: result.err(),
-            status: Some(node_status(&self.raft)),
+            status: Some(node_status(&self.raft, &self.db)),
         })
+    }
+
+    /// Raises the group's entry format to the highest one every member applies, asking
+    /// each member (voters and learners: a learner becomes a voter without a check) for
+    /// the formats its build reads. Refused while one does not answer.
+    async fn raise_entry_format(&self) -> Result<(), MetaError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            let leader = m.current_leader.and_then(|id| {
+                let node = m.membership_config.membership().get_node(&id).cloned();
+                node.map(|n| (id, n))
+            });
+            return Err(not_leader(leader));
+        }
+        let mut readable = Vec::new();
+        for (id, node) in m.membership_config.membership().nodes() {
+            let max = if *id == m.id {
+                u32::from(ENTRY_FORMAT_MAX)
+            } else {
+                member_status(&node.addr)
+                    .await
+                    .map_err(|e| {
+                        meta_error(
+                            Errno::Unavailable,
+                            format!("metadata-{id} does not answer, so the formats it reads are unknown: {e}"),
+                        )
+                    })?
+                    .entry_format_max
+            };
+            readable.push(max);
+        }
+        let current = entry_format(&self.db).map_err(|e| meta_error(Errno::Eio, e))?;
+        let Some(target) = format_every_member_reads(&readable).filter(|&t| t > u32::from(current)) else {
+            return Ok(());
+        };
+        let request = MetaRequest {
+            client_id: rand::random::<[u8; CLIENT_ID_BYTES]>().to_vec(),
+            request_id: 1,
+            api_version: API_VERSION_MIN,
+            op: Some(Op::SetEntryFormat(SetEntryFormat { format: target })),
+        };
+        let bytes = self.proposer.propose(request.encode_to_vec()).await?;
+        match MetaReply::decode(bytes.as_slice()).map(|r| r.result) {
+            Ok(Some(meta_reply::Result::Error(e))) => Err(e),
+            Ok(_) => Ok(()),
+            Err(e) => Err(meta_error(Errno::Eio, format!("reply does not decode: {e}"))),
+        }
     }
 
     async fn change(&self, change: ChangeMembers<u64, NodeInfo>) -> Result<(), MetaError> {
@@ -204,7 +267,12 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        Ok(Response::new(node_status(&self.raft)))
+        Ok(Response::new(node_status(&self.raft, &self.db)))
+    }
+
+    async fn raise_entry_format(&self, _req: Request<RaiseEntryFormatRequest>) -> Result<Response<AdminReply>, Status> {
+        let result = AdminService::raise_entry_format(self).await;
+        Ok(self.reply(result))
     }
 
     async fn add_learner(&self, req: Request<AddLearnerRequest>) -> Result<Response<AdminReply>, Status> {
@@ -267,5 +335,25 @@ impl Admin for AdminService {
         }
         .await;
         Ok(self.reply(result))
+    }
+}
+
+/// The highest entry format that every member reads, from each member's highest; a
+/// member that reports none (0) runs a build from before formats were reported, which
+/// reads format 1 only.
+fn format_every_member_reads(highest: &[u32]) -> Option<u32> {
+    highest.iter().map(|&max| max.max(1)).min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_every_member_reads;
+
+    #[test]
+    fn the_entry_format_rises_only_as_far_as_the_oldest_member_reads() {
+        assert_eq!(format_every_member_reads(&[2, 2, 2]), Some(2));
+        assert_eq!(format_every_member_reads(&[2, 1, 2]), Some(1));
+        assert_eq!(format_every_member_reads(&[2, 0]), Some(1));
+        assert_eq!(format_every_member_reads(&[]), None);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use cairn_common::versions::{ENTRY_FORMAT_MAX, ENTRY_FORMAT_MIN};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftSnapshotBuilder, StorageError,
@@ -16,7 +17,7 @@ use crate::apply::apply_proposal;
 use crate::db::{sm_read_error, sm_write_error, storage_error, Cf, Db};
 use crate::snapshot::{Meta, Snapshots};
 use crate::txn::Txn;
-use crate::types::{Applied, NodeInfo, TypeConfig, ENTRY_FORMAT};
+use crate::types::{Applied, NodeInfo, TypeConfig};
 
 const LAST_APPLIED: &[u8] = b"last_applied";
 const MEMBERSHIP: &[u8] = b"membership";
@@ -126,11 +127,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let applied = match &entry.payload {
                 EntryPayload::Blank => Applied::default(),
                 EntryPayload::Normal(p) => {
-                    if p.format > ENTRY_FORMAT {
+                    if !(ENTRY_FORMAT_MIN..=ENTRY_FORMAT_MAX).contains(&p.format) {
                         return Err(msg_error(
                             ErrorVerb::Read,
                             format!(
-                                "entry {} has format {}, newer than this binary reads ({ENTRY_FORMAT}); upgrade this voter",
+                                "entry {} has format {}; this build applies {ENTRY_FORMAT_MIN}..={ENTRY_FORMAT_MAX}: \
+                                 run a build that reads it",
                                 entry.log_id, p.format
                             ),
                         ));

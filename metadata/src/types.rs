@@ -4,10 +4,6 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of [`Proposal`]'s layout. A voter refuses to apply an entry newer than it can
-/// read (it stops rather than guess), which is what lets rolling upgrades go voter by voter.
-pub const ENTRY_FORMAT: u16 = 1;
-
 openraft::declare_raft_types!(
     /// Cairn's metadata group.
     pub TypeConfig:
@@ -35,6 +31,9 @@ impl fmt::Display for NodeInfo {
 /// with the leader's clock so that every voter applies them identically.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// Version of this layout: the group's committed entry format (`SetEntryFormat`). A
+    /// voter refuses to apply an entry of a format its build does not read (it stops
+    /// rather than guess); the format is raised only once every member reads the new one.
     pub format: u16,
     /// Leader's wall clock in ns since the epoch; the state machine never lets it go back.
     pub now_ns: i64,

@@ -7,8 +7,9 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
-    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, Rename, SetAttr, ShardLocation, Stripe,
+    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, Mkdir, Rename, SetAttr, ShardLocation, Stripe,
 };
+use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN};
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use cairn_tests::metadata::MetadataCluster;
 
@@ -309,6 +310,7 @@ async fn a_retried_request_applies_once_and_gets_the_first_answer() -> anyhow::R
         .call(MetaRequest {
             client_id: vec![1; 3],
             request_id: 1,
+            api_version: API_VERSION_MIN,
             op: Some(create()),
         })
         .await?
@@ -319,6 +321,28 @@ async fn a_retried_request_applies_once_and_gets_the_first_answer() -> anyhow::R
     }
     let reply = g.call(MetaRequest::default()).await?.into_inner();
     assert!(matches!(reply.result, Some(meta_reply::Result::Error(_))));
+    // A request in an API version this node does not serve gets a typed refusal, and the
+    // mutation it carries is not applied.
+    let unknown = Op::Mkdir(Mkdir {
+        parent: ROOT,
+        name: b"from-the-future".to_vec(),
+        mode: 0o755,
+        ..Mkdir::default()
+    });
+    let reply = g
+        .call(MetaRequest {
+            client_id: vec![2; 16],
+            request_id: 1,
+            api_version: API_VERSION_MAX + 1,
+            op: Some(unknown),
+        })
+        .await?
+        .into_inner();
+    match reply.result {
+        Some(meta_reply::Result::Error(e)) => assert_eq!(e.errno(), Errno::Version, "{}", e.message),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(errno(c.lookup(ROOT, b"from-the-future").await), Errno::Enoent);
 
     // A follower answers NotLeader with the leader's address; the client library follows it.
     // (A follower that has not heard from the leader yet answers NotLeader without an address.)

@@ -132,6 +132,12 @@ fn pid_of(dir: &Path, name: &str) -> Option<Pid> {
     Pid::from_raw(raw).filter(|pid| running(*pid))
 }
 
+/// The executable that process `name` runs, while it runs. It stays runnable through
+/// `/proc` even once the file it was started from has been replaced.
+pub fn running_binary(dir: &Path, name: &str) -> Option<PathBuf> {
+    pid_of(dir, name).map(|pid| PathBuf::from(format!("/proc/{}/exe", pid.as_raw_nonzero())))
+}
+
 /// Whether `pid` runs: a zombie (dead, not yet reaped by whoever adopted it) does not.
 fn running(pid: Pid) -> bool {
     if test_kill_process(pid).is_err() {
@@ -477,12 +483,13 @@ struct NodeRow {
 pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
     let c = Config::load(config)?;
     let mut rows = Vec::new();
-    let mut leader = None;
+    let (mut leader, mut entry_format) = (None, None);
     for n in &c.metadata_nodes {
         let s = crate::metadata_admin::status(&n.addr.to_string()).await;
         if let Ok(s) = &s {
             if s.role == "leader" {
                 leader = Some(n.node_id);
+                entry_format = Some(s.entry_format);
             }
         }
         rows.push(NodeRow {
@@ -493,7 +500,10 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             healthy: s.is_ok(),
             protocol: None,
             detail: match s {
-                Ok(s) => format!("{} term {} applied {}", s.role, s.term, s.applied_index),
+                Ok(s) => format!(
+                    "{} term {} applied {}, entry format {} (build applies {}..={})",
+                    s.role, s.term, s.applied_index, s.entry_format, s.entry_format_min, s.entry_format_max
+                ),
                 Err(e) => format!("unreachable: {e}"),
             },
         });
@@ -561,6 +571,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "healthy": healthy,
             "metadata_leader": leader,
+            "entry_format": entry_format,
             "capacity_bytes": capacity.0,
             "free_bytes": capacity.1,
             "nodes": rows,

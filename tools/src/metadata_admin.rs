@@ -6,9 +6,9 @@ use cairn_common::config::MetadataEntry;
 use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{
-    AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, StatusRequest,
+    AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, RaiseEntryFormatRequest,
 };
-use cairn_metadata::client::MetadataClient;
+use cairn_metadata::client::{admin, member_status, MetadataClient};
 use clap::Subcommand;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -33,6 +33,10 @@ pub enum MdCommand {
         #[arg(long, value_delimiter = ',')]
         remove: Vec<u64>,
     },
+    /// After a rolling upgrade: raise the Raft entry format to the newest one every member
+    /// applies (the leader asks each). From then on the group writes it, so the previous
+    /// build can no longer run here: `rolling-restart` refuses to roll back past it.
+    FinalizeUpgrade,
     /// List a directory given by its path from the root.
     Ls {
         #[arg(default_value = "/")]
@@ -63,16 +67,8 @@ async fn resolve(c: &MetadataClient, path: &str) -> anyhow::Result<u64> {
     Ok(dir)
 }
 
-async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("address {addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30));
-    Ok(AdminClient::new(endpoint.connect().await?))
-}
-
 pub async fn status(addr: &str) -> anyhow::Result<NodeStatus> {
-    Ok(admin(addr).await?.status(StatusRequest {}).await?.into_inner())
+    member_status(addr).await.map_err(anyhow::Error::msg)
 }
 
 /// Whether the member at `addr` reports itself leader.
@@ -80,13 +76,17 @@ async fn leads(addr: &str) -> bool {
     status(addr).await.is_ok_and(|s| s.role == "leader")
 }
 
-async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
+async fn leader_addr(addrs: &[String]) -> anyhow::Result<String> {
     for a in addrs {
         if leads(a).await {
-            return admin(a).await;
+            return Ok(a.clone());
         }
     }
     bail!("no member reports itself leader")
+}
+
+async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
+    admin(&leader_addr(addrs).await?).await.map_err(anyhow::Error::msg)
 }
 
 /// The node id of the member that reports itself leader, if one does.
@@ -141,6 +141,25 @@ pub async fn run(addrs: &[String], command: MdCommand) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             report(reply)?;
+        }
+        MdCommand::FinalizeUpgrade => {
+            let leader = leader_addr(addrs).await?;
+            let before = status(&leader).await?.entry_format;
+            let reply = admin(&leader)
+                .await
+                .map_err(anyhow::Error::msg)?
+                .raise_entry_format(RaiseEntryFormatRequest {})
+                .await?
+                .into_inner();
+            if let Some(e) = reply.error {
+                bail!("refused: {}", e.message);
+            }
+            let after = reply.status.map_or(0, |s| s.entry_format);
+            if after > before {
+                println!("metadata entries are now written in format {after} (was {before})");
+            } else {
+                println!("metadata entries stay in format {after}: the newest every member applies");
+            }
         }
         MdCommand::Ls { path } => {
             let c = MetadataClient::new(addrs.to_vec(), Duration::from_secs(30));

@@ -5,13 +5,17 @@
 //! group elects once. Handing leadership over before the leader stops needs a leader
 //! transfer, which openraft 0.9 does not have (0.10's `transfer_leader`; a voter that
 //! stands for election is refused while the leader's lease holds): until then the
-//! others elect a leader once the old one has stopped.
+//! others elect a leader once the old one has stopped. With new binaries, the roll starts
+//! only if each of them reads what every running process writes and the other way round,
+//! and reads the metadata group's entry format (DESIGN.md, "Versions and rolling
+//! upgrades").
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cairn_common::config::Config;
+use cairn_common::versions::Versions;
 
 use crate::local;
 use crate::metadata_admin::{leader_id, status};
@@ -89,6 +93,58 @@ async fn caught_up(c: &Config, node: u64) -> anyhow::Result<()> {
     }
 }
 
+/// What the binary at `path` reads and writes (`<binary> versions`).
+fn versions_of(path: &Path) -> anyhow::Result<Versions> {
+    let out = std::process::Command::new(path)
+        .arg("versions")
+        .output()
+        .with_context(|| format!("running {} versions", path.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} versions: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Versions::parse(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("{} versions printed no version line", path.display()))
+}
+
+/// Refuses an upgrade (or a roll back) that could not run beside every running node:
+/// each new binary against each running process, and against the entry format the
+/// metadata group writes. Nothing is stopped when it refuses.
+async fn check_versions(dir: &Path, c: &Config, binaries: &Path) -> anyhow::Result<()> {
+    let leader = leader_id(&c.metadata_nodes).await.context("no metadata leader")?;
+    let addr = c
+        .metadata_nodes
+        .iter()
+        .find(|n| n.node_id == leader)
+        .map(|n| n.addr.to_string())
+        .context("the leader is not in the config")?;
+    let entry_format = status(&addr).await?.entry_format;
+    let mut running = Vec::new();
+    for (name, _) in local::members(dir)? {
+        if let Some(exe) = local::running_binary(dir, &name) {
+            running.push((
+                name.clone(),
+                versions_of(&exe).with_context(|| format!("the build {name} runs"))?,
+            ));
+        }
+    }
+    for b in BINARIES {
+        let new = versions_of(&binaries.join(b))?;
+        for (name, old) in &running {
+            if let Some(why) = new.cannot_replace(old, entry_format) {
+                bail!(
+                    "refusing to roll: {} cannot run beside {name}: {why}",
+                    binaries.join(b).display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Restarts every node of the cluster in `dir` in turn (only those of tier `only` when
 /// given), with the binaries in `binaries` (an upgrade) or those beside cairnctl; `each`
 /// hears of every node done and how long it took. Stops at the first node that does not
@@ -113,6 +169,9 @@ pub async fn rolling_restart(
     local::wait_healthy_in(dir)
         .await
         .context("the cluster is not healthy: nothing restarted")?;
+    if let Some(d) = binaries {
+        check_versions(dir, &c, d).await?;
+    }
     let tiers = only.map_or(Tier::ALL.to_vec(), |t| vec![t]);
     let order = order(dir, &c, &tiers).await?;
     for name in &order {
