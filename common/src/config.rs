@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -144,14 +145,10 @@ pub struct DataserverConfig {
     /// How often the orphan collector runs; 0 turns it off.
     #[serde(default = "defaults::orphan_pass_secs")]
     pub orphan_pass_secs: u64,
-    /// How often the rebuild worker looks at its peers and the draining dataservers; 0
-    /// turns it off.
+    /// How often the rebuild worker looks at the draining and silent dataservers; 0 turns
+    /// it off.
     #[serde(default = "defaults::rebuild_pass_secs")]
     pub rebuild_pass_secs: u64,
-    /// A peer unreachable this long is marked lost (drained, its shards rebuilt
-    /// elsewhere) until it answers again; 0 never marks one.
-    #[serde(default = "defaults::lost_after_secs")]
-    pub lost_after_secs: u64,
     /// The most bytes per second this dataserver rebuilds, so that foreground I/O keeps
     /// most of the disks and the network; 0 is no limit.
     #[serde(default = "defaults::rebuild_bytes_per_sec")]
@@ -185,7 +182,18 @@ pub struct MetadataConfig {
     /// RocksDB block cache; with the memtables this bounds the node's memory.
     #[serde(default = "defaults::cache_bytes")]
     pub cache_bytes: u64,
+    /// The leader marks a dataserver lost (drained, its shards rebuilt elsewhere) once it
+    /// has heard no heartbeat from it for this long, until it is heard again; 0 never
+    /// marks one.
+    #[serde(default = "defaults::dataserver_lost_after_secs")]
+    pub dataserver_lost_after_secs: u64,
 }
+
+/// Every dataserver sends the metadata leader a heartbeat this often.
+pub const DATASERVER_HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// A dataserver whose heartbeats the leader has missed for this long (three of them) is
+/// silent: no rebuild places a shard on it.
+pub const DATASERVER_SILENT_AFTER: Duration = Duration::from_secs(6);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -240,7 +248,7 @@ mod defaults {
     }
     /// Ten minutes, as Ceph marks a down OSD out: a hall back from a short power cut is
     /// not worth rebuilding everything it holds.
-    pub fn lost_after_secs() -> u64 {
+    pub fn dataserver_lost_after_secs() -> u64 {
         600
     }
     pub fn rebuild_bytes_per_sec() -> u64 {

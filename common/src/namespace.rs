@@ -22,6 +22,7 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::GetLayout(_)
             | Op::Statfs(_)
             | Op::ListDraining(_)
+            | Op::Heartbeat(_)
     )
 }
 

@@ -1,21 +1,23 @@
 //! What a dataserver asks the metadata group: which of its shards committed layouts
 //! reference (the orphan collector, rebuild), a file's layout (scrub repair, rebuild) and
-//! the draining dataservers, and what it asks it to do: mark a peer lost or back, move a
-//! rebuilt shard in a layout. Each request goes to the members in turn until the leader
+//! the draining and silent dataservers, and what it tells it: that it is alive
+//! (heartbeats), that a rebuilt shard moved in a layout. Each request goes to the members in turn until the leader
 //! answers. The metadata crate's client is
 //! not used: the dataserver sits beside the metadata crate, not above it (DESIGN.md).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cairn_common::config::DATASERVER_HEARTBEAT_EVERY;
 use cairn_common::ids::{ShardId, StripeId};
 use cairn_common::namespace::STRIPE_ID_BYTES;
 use cairn_common::proto::metadata::metadata_client::MetadataClient;
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Dataservers, Errno, GetLayout, Layout, ListDraining, MetaError, MetaRequest,
-    SetDraining, ShardRefsRequest,
+    meta_reply, meta_request::Op, Dataservers, Errno, GetLayout, Heartbeat, Layout, ListDraining, MetaError,
+    MetaRequest, ShardRefsRequest,
 };
 use cairn_common::versions::API_VERSION_MIN;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -131,16 +133,42 @@ pub async fn draining(metadata: &[SocketAddr]) -> Result<Dataservers, String> {
     }
 }
 
-/// Marks dataserver `node` lost (drained until it answers again), or back.
-pub async fn set_lost(metadata: &[SocketAddr], node: u32, lost: bool) -> Result<(), String> {
-    ask(
-        metadata,
-        Op::SetDraining(SetDraining {
-            dataserver: node,
-            draining: lost,
-            lost: true,
-        }),
-    )
-    .await
-    .map(drop)
+/// Tells the metadata leader every `DATASERVER_HEARTBEAT_EVERY` that dataserver `node`
+/// is alive, until `stop` fires. The connection to the member that last answered is
+/// kept; a refusal (a follower) or an error moves on to the next member.
+pub async fn send_heartbeats(metadata: Vec<SocketAddr>, node: u32, stop: CancellationToken) {
+    let mut leader: Option<MetadataClient<Channel>> = None;
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(DATASERVER_HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for _ in 0..metadata.len() {
+            let mut client = match leader.take() {
+                Some(c) => c,
+                None => {
+                    let addr = metadata[next % metadata.len()];
+                    next += 1;
+                    match connect(addr).await {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let request = MetaRequest {
+                api_version: API_VERSION_MIN,
+                op: Some(Op::Heartbeat(Heartbeat { dataserver: node })),
+                ..MetaRequest::default()
+            };
+            let answer = tokio::time::timeout(DATASERVER_HEARTBEAT_EVERY, client.call(request)).await;
+            if let Ok(Ok(reply)) = answer {
+                if !matches!(reply.get_ref().result, Some(meta_reply::Result::Error(_))) {
+                    leader = Some(client);
+                    break;
+                }
+            }
+        }
+    }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::disk;
+use crate::metadata;
 use crate::metrics::Metrics;
 use crate::orphans::{self, OrphanConfig};
 use crate::rebuild::{self, RebuildConfig};
@@ -31,6 +32,8 @@ pub struct Node {
     scrub: ScrubConfig,
     orphans: Option<OrphanConfig>,
     rebuild: Option<RebuildConfig>,
+    /// The metadata members and this node's id, for its heartbeats to the leader.
+    heartbeats: Option<(Vec<SocketAddr>, u32)>,
 }
 
 impl Node {
@@ -84,6 +87,7 @@ impl Node {
         for d in &config.dataservers {
             halls.insert(d.node_id, HallId::new(d.hall.clone())?);
         }
+        let heartbeats = (!metadata.is_empty()).then(|| (metadata.clone(), ds.node_id));
         let rebuild = (ds.rebuild_pass_secs > 0 && !metadata.is_empty()).then(|| RebuildConfig {
             node: ds.node_id,
             metadata,
@@ -91,7 +95,6 @@ impl Node {
             halls,
             block_bytes: config.erasure.block_bytes,
             every: Duration::from_secs(ds.rebuild_pass_secs),
-            lost_after: (ds.lost_after_secs > 0).then(|| Duration::from_secs(ds.lost_after_secs)),
             bytes_per_sec: ds.rebuild_bytes_per_sec,
         });
         Ok(Node {
@@ -102,6 +105,7 @@ impl Node {
             scrub,
             orphans,
             rebuild,
+            heartbeats,
         })
     }
 
@@ -115,8 +119,11 @@ impl Node {
         let rebuilder = self
             .rebuild
             .map(|c| rebuild::spawn_background(self.store.clone(), c, shutdown.clone()));
+        let heartbeats = self
+            .heartbeats
+            .map(|(members, node)| tokio::spawn(metadata::send_heartbeats(members, node, shutdown.clone())));
         self.server.serve(self.listener, shutdown).await;
-        for task in scrubber.into_iter().chain(collector).chain(rebuilder) {
+        for task in scrubber.into_iter().chain(collector).chain(rebuilder).chain(heartbeats) {
             let _ = task.await;
         }
     }

@@ -1,11 +1,9 @@
-//! The rebuild worker: every dataserver runs one. Each pass it
-//!
-//! - probes its peers, marks lost in the metadata group a peer unreachable for longer
-//!   than `lost_after` (drained: logic nodes place nothing on it, its shards are rebuilt
-//!   elsewhere) and clears the mark of a lost peer that answers again (an operator's
-//!   `cairnctl drain` stays until cancelled);
-//! - takes the shards that committed layouts place on draining dataservers, worst
-//!   stripes first (most shards on draining or unreachable dataservers), and rebuilds the
+//! The rebuild worker: every dataserver runs one. Each pass it asks the metadata leader
+//! which dataservers are draining (an operator's `cairnctl drain`, or marked lost by the
+//! leader after missing their heartbeats for `dataserver_lost_after_secs`) and which are
+//! silent (heartbeats missed lately), then
+//! takes the shards that committed layouts place on draining dataservers, worst
+//!   stripes first (most shards on draining or silent dataservers), and rebuilds the
 //!   ones whose new home is itself: copied from the draining dataserver when it still
 //!   serves them, decoded from the rest of the stripe otherwise, stored, then moved in
 //!   the layout by a compare-and-set (`ReplaceShard`: a writer's newer layout is never
@@ -13,14 +11,11 @@
 //!
 //! The new home of a shard is a pure function of the stripe and the usable dataservers
 //! (the placement's rendezvous hash under the hall rule), so the dataservers split the
-//! work among themselves without talking to each other; when their views of who is
-//! reachable differ, two may rebuild the same shard and the compare-and-set keeps one.
-//! Rebuilt bytes are paced to `bytes_per_sec` so foreground I/O keeps most of the disks
-//! and the network.
-//!
-//! Every dataserver probes every other each pass: a few hundred small requests per pass
-//! in clusters of tens of dataservers. Far larger clusters want the metadata group to
-//! track liveness from heartbeats instead.
+//! work among themselves without talking to each other. Liveness comes from the one
+//! place every worker asks (the leader's heartbeat table), so their views agree; when a
+//! leader change makes them differ for a pass, two may rebuild the same shard and the
+//! compare-and-set keeps one. Rebuilt bytes are paced to `bytes_per_sec` so foreground
+//! I/O keeps most of the disks and the network.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -38,14 +33,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::client::DataserverClient;
 use crate::metadata;
 use crate::repair::{fetch, rebuild_shard};
 use crate::store::ShardStore;
 
 /// Shards one dataserver rebuilds at once.
 const PARALLEL: usize = 4;
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct RebuildConfig {
@@ -56,8 +49,6 @@ pub struct RebuildConfig {
     pub halls: HashMap<u32, HallId>,
     pub block_bytes: u32,
     pub every: Duration,
-    /// How long a peer stays unreachable before it is marked lost; None never marks one.
-    pub lost_after: Option<Duration>,
     /// The most rebuilt bytes per second; 0 is no limit.
     pub bytes_per_sec: u64,
 }
@@ -88,8 +79,6 @@ pub struct PassReport {
 pub struct Rebuilder {
     store: ShardStore,
     config: RebuildConfig,
-    /// When each peer that does not answer stopped answering.
-    down_since: HashMap<u32, Instant>,
     /// When the next rebuilt shard may start, for the pacing.
     next_start: tokio::sync::Mutex<Instant>,
 }
@@ -99,68 +88,25 @@ impl Rebuilder {
         Rebuilder {
             store,
             config,
-            down_since: HashMap::new(),
             next_start: tokio::sync::Mutex::new(Instant::now()),
         }
     }
 
-    /// The peers that answer `stat` now (this node counts as answering).
-    async fn reachable(&self) -> HashSet<u32> {
-        let me = self.config.node;
-        let peers: Vec<(u32, SocketAddr)> = self.config.peers.iter().map(|(&id, &addr)| (id, addr)).collect();
-        let probes = peers.into_iter().map(|(id, addr)| async move {
-            if id == me {
-                return Some(id);
-            }
-            let ok = tokio::time::timeout(PROBE_TIMEOUT, async {
-                DataserverClient::connect(addr).await?.stat().await
-            })
-            .await
-            .is_ok_and(|r| r.is_ok());
-            ok.then_some(id)
-        });
-        futures::future::join_all(probes).await.into_iter().flatten().collect()
-    }
-
-    /// One pass: liveness marks, then this node's share of the rebuild.
-    pub async fn pass(&mut self) -> Result<PassReport, String> {
-        let reachable = self.reachable().await;
-        let now = Instant::now();
-        self.down_since.retain(|id, _| !reachable.contains(id));
-        for id in self.config.peers.keys().filter(|id| !reachable.contains(id)) {
-            self.down_since.entry(*id).or_insert(now);
-        }
+    /// One pass: this node's share of the rebuild.
+    pub async fn pass(&self) -> Result<PassReport, String> {
         let listed = metadata::draining(&self.config.metadata).await?;
         let mut report = PassReport::default();
-        let mut draining: HashSet<u32> = listed.ids.iter().copied().collect();
-        if let Some(after) = self.config.lost_after {
-            for (&id, since) in &self.down_since {
-                if now.duration_since(*since) >= after && !draining.contains(&id) {
-                    metadata::set_lost(&self.config.metadata, id, true).await?;
-                    warn!(
-                        dataserver = id,
-                        "unreachable past the lost timeout: marked lost, rebuilding its shards"
-                    );
-                    draining.insert(id);
-                }
-            }
-        }
-        for &id in listed.lost.iter().filter(|id| reachable.contains(id)) {
-            metadata::set_lost(&self.config.metadata, id, false).await?;
-            info!(dataserver = id, "a lost dataserver answers again: back in service");
-            draining.remove(&id);
-        }
+        let draining: HashSet<u32> = listed.ids.iter().copied().collect();
         let mut unusable = draining.clone();
-        unusable.extend(self.config.peers.keys().filter(|id| !reachable.contains(id)));
+        unusable.extend(&listed.silent);
         let work = self.work(&draining, &unusable).await?;
         report.pending = work.len();
         let mine: Vec<Work> = work
             .into_iter()
             .filter(|w| self.target(w, &unusable) == Some(self.config.node))
             .collect();
-        let this = &*self;
         // Collected first: a lazy map over borrowed work trips the compiler's Send check.
-        let moves: Vec<_> = mine.iter().map(|w| this.move_here(w)).collect();
+        let moves: Vec<_> = mine.iter().map(|w| self.move_here(w)).collect();
         let results: Vec<Result<bool, String>> = stream::iter(moves).buffer_unordered(PARALLEL).collect().await;
         for r in results {
             match r {
@@ -312,7 +258,7 @@ pub fn spawn_background(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = config.every;
-        let mut rebuilder = Rebuilder::new(store, config);
+        let rebuilder = Rebuilder::new(store, config);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

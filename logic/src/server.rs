@@ -69,11 +69,12 @@ impl LogicNode {
 
     pub async fn handle(&self, req: FileRequest) -> FileReply {
         match req {
-            // Moving shards, draining dataservers and raising the entry format are the
-            // admin tools' (they talk to the metadata group directly); a client cannot
-            // redirect a stripe's shards.
+            // Moving shards, draining dataservers, their heartbeats and raising the entry
+            // format are the admin tools' and the dataservers' (they talk to the metadata
+            // group directly); a client cannot redirect a stripe's shards or keep a dead
+            // dataserver from being declared lost.
             FileRequest::Meta(MetaRequest {
-                op: Some(Op::ReplaceShard(_) | Op::SetDraining(_) | Op::SetEntryFormat(_)),
+                op: Some(Op::ReplaceShard(_) | Op::SetDraining(_) | Op::SetEntryFormat(_) | Op::Heartbeat(_)),
                 ..
             }) => meta_error(Errno::Eperm, "an admin operation, not taken from clients".into()),
             FileRequest::Meta(m) => match self.meta.send(m).await {

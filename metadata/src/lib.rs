@@ -13,6 +13,7 @@ pub mod client;
 pub mod db;
 pub mod errors;
 pub mod layout;
+pub mod liveness;
 pub mod log_store;
 pub mod names;
 pub mod namespace;

@@ -3,21 +3,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cairn_common::config::{Config, MetadataEntry};
+use cairn_common::config::{Config, MetadataEntry, DATASERVER_SILENT_AFTER};
 use cairn_common::proto::metadata::{
-    admin_server::AdminServer, metadata_server::MetadataServer, raft_server::RaftServer,
+    admin_server::AdminServer, meta_request::Op, metadata_server::MetadataServer, raft_server::RaftServer, SetDraining,
 };
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
 use crate::apply::earliest_expiry;
-use crate::db::Db;
+use crate::db::{Cf, Db};
+use crate::liveness::Liveness;
 use crate::log_store::LogStore;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::proposer::{now_ns, Proposer};
+use crate::records::{decode_ids, DRAINING_KEY, LOST_KEY};
 use crate::service::{AdminService, MetadataService, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{NodeInfo, TypeConfig};
@@ -86,6 +88,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     )
     .await?;
     let proposer = Proposer::start(raft.clone(), db.clone());
+    let liveness = Arc::new(Liveness::default());
 
     let listener = tokio::net::TcpListener::bind(me.addr)
         .await
@@ -101,6 +104,9 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             MetadataServer::new(MetadataService {
                 db: db.clone(),
                 proposer: proposer.clone(),
+                raft: raft.clone(),
+                liveness: liveness.clone(),
+                dataservers: Arc::new(config.dataservers.iter().map(|d| d.node_id).collect()),
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
@@ -120,7 +126,18 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             raft.initialize(voters).await.context("forming the group")?;
         }
     }
-    let housekeeping = tokio::spawn(housekeeping(raft.clone(), db, config.metadata_nodes.clone()));
+    let lost = Lost {
+        liveness,
+        dataservers: config.dataservers.iter().map(|d| d.node_id).collect(),
+        after: (md.dataserver_lost_after_secs > 0).then(|| Duration::from_secs(md.dataserver_lost_after_secs)),
+    };
+    let housekeeping = tokio::spawn(housekeeping(
+        raft.clone(),
+        db,
+        proposer,
+        config.metadata_nodes.clone(),
+        lost,
+    ));
     let served = server.await;
     housekeeping.abort();
     let _ = raft.shutdown().await;
@@ -154,8 +171,56 @@ async fn shutdown_signal() {
     info!("shutting down");
 }
 
-/// On the leader: bring configured nodes in as learners, and end expired write sessions.
-async fn housekeeping(raft: Raft<TypeConfig>, db: Db, nodes: Vec<MetadataEntry>) {
+/// What the leader needs to mark dataservers lost.
+struct Lost {
+    liveness: Arc<Liveness>,
+    dataservers: Vec<u32>,
+    after: Option<Duration>,
+}
+
+impl Lost {
+    /// Marks lost the dataservers silent past `after`, and clears the mark of those heard
+    /// from again (an operator's drain stays: `SetDraining` with `lost` keeps it).
+    async fn mark(&self, term: u64, db: &Db, proposer: &Proposer) -> Result<(), String> {
+        let Some(after) = self.after else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let ids = |key| {
+            db.get(Cf::SmMeta, key)
+                .map_err(|e| e.to_string())
+                .and_then(|v| decode_ids(v.as_deref()))
+        };
+        let (draining, lost) = (ids(DRAINING_KEY)?, ids(LOST_KEY)?);
+        let gone = self.liveness.silent_for(term, &self.dataservers, after, now);
+        let back = self.liveness.heard_within(term, DATASERVER_SILENT_AFTER, now);
+        for id in gone.into_iter().filter(|id| !draining.contains(id)) {
+            warn!(
+                dataserver = id,
+                "no heartbeat past the lost timeout: marked lost, its shards are rebuilt"
+            );
+            set_lost(proposer, id, true).await?;
+        }
+        for id in back.into_iter().filter(|id| lost.contains(id)) {
+            info!(dataserver = id, "a lost dataserver is heard again: back in service");
+            set_lost(proposer, id, false).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn set_lost(proposer: &Proposer, dataserver: u32, lost: bool) -> Result<(), String> {
+    let op = Op::SetDraining(SetDraining {
+        dataserver,
+        draining: lost,
+        lost: true,
+    });
+    proposer.propose_op(op).await.map(|_| ()).map_err(|e| e.message)
+}
+
+/// On the leader: bring configured nodes in as learners, end expired write sessions, and
+/// mark dataservers lost or back.
+async fn housekeeping(raft: Raft<TypeConfig>, db: Db, proposer: Proposer, nodes: Vec<MetadataEntry>, lost: Lost) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
         tick.tick().await;
@@ -186,6 +251,9 @@ async fn housekeeping(raft: Raft<TypeConfig>, db: Db, nodes: Vec<MetadataEntry>)
             if let Err(e) = Proposer::expire_sessions(&raft, &db).await {
                 warn!("expiring sessions: {}", e.message);
             }
+        }
+        if let Err(e) = lost.mark(metrics.current_term, &db, &proposer).await {
+            warn!("marking lost dataservers: {e}");
         }
     }
 }

@@ -6,11 +6,14 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use cairn_common::proto::metadata::{Errno, MetaError};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
+use cairn_common::versions::API_VERSION_MIN;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::Raft;
+use prost::Message;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::apply::CLIENT_ID_BYTES;
 use crate::db::Db;
 use crate::errors::meta_error;
 use crate::records::entry_format;
@@ -97,6 +100,24 @@ impl Proposer {
             .await
             .map_err(|_| unavailable("node is shutting down"))?;
         rx.await.map_err(|_| unavailable("node is shutting down"))?
+    }
+
+    /// Apply `op`, a mutation this node makes itself (housekeeping, admin), under a fresh
+    /// idempotency key; a refusal is an error.
+    pub async fn propose_op(&self, op: Op) -> Result<meta_reply::Result, MetaError> {
+        let request = MetaRequest {
+            client_id: rand::random::<[u8; CLIENT_ID_BYTES]>().to_vec(),
+            request_id: 1,
+            api_version: API_VERSION_MIN,
+            op: Some(op),
+        };
+        let bytes = self.propose(request.encode_to_vec()).await?;
+        match MetaReply::decode(bytes.as_slice()).map(|r| r.result) {
+            Ok(Some(meta_reply::Result::Error(e))) => Err(e),
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(meta_error(Errno::Eio, "empty reply")),
+            Err(e) => Err(meta_error(Errno::Eio, format!("reply does not decode: {e}"))),
+        }
     }
 
     /// Returns once this node is the leader and has applied everything committed before

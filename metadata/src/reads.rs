@@ -102,6 +102,8 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
         Op::ListDraining(_) => Ok(reply(meta_reply::Result::Draining(Dataservers {
             ids: ids(&view, DRAINING_KEY)?,
             lost: ids(&view, LOST_KEY)?,
+            // The leader's liveness table fills it in (`service`).
+            silent: Vec::new(),
         }))),
         _ => Err(refuse(Errno::Einval, "not a read")),
     }

@@ -5,25 +5,30 @@
 use std::collections::BTreeSet;
 use std::pin::Pin;
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_common::config::DATASERVER_SILENT_AFTER;
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
     admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
-    AddLearnerRequest, AdminReply, ChangeVotersRequest, Errno, MetaError, MetaReply, MetaRequest, NodeStatus,
+    AddLearnerRequest, AdminReply, ChangeVotersRequest, Empty, Errno, MetaError, MetaReply, MetaRequest, NodeStatus,
     RaftEnvelope, RaiseEntryFormatRequest, SetEntryFormat, ShardRef, ShardRefsChunk, ShardRefsRequest, StatusRequest,
 };
 use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN, ENTRY_FORMAT_MAX, ENTRY_FORMAT_MIN};
 use futures::Stream;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, ServerState};
+use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::apply::{idempotency_key, CLIENT_ID_BYTES};
+use crate::apply::idempotency_key;
 use crate::client::member_status;
 use crate::db::{read_u64, Cf, Db};
 use crate::errors::{error_reply, meta_error};
+use crate::liveness::Liveness;
 use crate::network::{envelope, open_envelope};
 use crate::proposer::{not_leader, write_error, Proposer};
 use crate::reads::read;
@@ -61,10 +66,16 @@ impl RaftRpc for RaftService {
     }
 }
 
-#[derive(Clone, Debug)]
+// openraft::Raft has no Debug.
+#[allow(missing_debug_implementations)]
+#[derive(Clone)]
 pub struct MetadataService {
     pub db: Db,
     pub proposer: Proposer,
+    pub raft: Raft<TypeConfig>,
+    pub liveness: Arc<Liveness>,
+    /// The configured dataservers: silent until heard from.
+    pub dataservers: Arc<Vec<u32>>,
 }
 
 /// Shard references per streamed chunk.
@@ -82,6 +93,9 @@ impl MetadataService {
         let Some(op) = &req.op else {
             return error_reply(meta_error(Errno::Einval, "request names no operation"));
         };
+        if let Op::Heartbeat(h) = op {
+            return self.heartbeat(h.dataserver);
+        }
         if is_mutation(op) {
             if let Err(e) = idempotency_key(&req) {
                 return e.into_reply();
@@ -97,11 +111,41 @@ impl MetadataService {
         }
         let db = self.db.clone();
         let op = op.clone();
+        let listing_dataservers = matches!(op, Op::ListDraining(_));
         match tokio::task::spawn_blocking(move || read(&db, &op)).await {
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(mut reply)) => {
+                if let (true, Some(meta_reply::Result::Draining(d))) = (listing_dataservers, &mut reply.result) {
+                    d.silent = self.silent();
+                }
+                reply
+            }
             Ok(Err(e)) => e.into_reply(),
             Err(e) => error_reply(meta_error(Errno::Eio, e.to_string())),
         }
+    }
+}
+
+impl MetadataService {
+    /// A dataserver's heartbeat: only the leader keeps the table.
+    fn heartbeat(&self, dataserver: u32) -> MetaReply {
+        if dataserver == 0 {
+            return error_reply(meta_error(Errno::Einval, "dataserver id 0 is reserved"));
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return error_reply(not_leader(leader_of(&m)));
+        }
+        self.liveness.heard(m.current_term, dataserver, Instant::now());
+        MetaReply {
+            result: Some(meta_reply::Result::Done(Empty {})),
+        }
+    }
+
+    /// The dataservers this leader has not heard from lately.
+    fn silent(&self) -> Vec<u32> {
+        let term = self.raft.metrics().borrow().current_term;
+        self.liveness
+            .silent_for(term, &self.dataservers, DATASERVER_SILENT_AFTER, Instant::now())
     }
 }
 
@@ -169,6 +213,14 @@ pub struct AdminService {
     pub proposer: Proposer,
 }
 
+/// The leader `m` names, with its address, when known.
+fn leader_of(m: &RaftMetrics<u64, NodeInfo>) -> Option<(u64, NodeInfo)> {
+    m.current_leader.and_then(|id| {
+        let node = m.membership_config.membership().get_node(&id).cloned();
+        node.map(|n| (id, n))
+    })
+}
+
 pub fn node_status(raft: &Raft<TypeConfig>, db: &Db) -> NodeStatus {
     let m = raft.metrics().borrow().clone();
     let membership = m.membership_config.membership();
@@ -214,11 +266,7 @@ impl AdminService {
     async fn raise_entry_format(&self) -> Result<(), MetaError> {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
-            let leader = m.current_leader.and_then(|id| {
-                let node = m.membership_config.membership().get_node(&id).cloned();
-                node.map(|n| (id, n))
-            });
-            return Err(not_leader(leader));
+            return Err(not_leader(leader_of(&m)));
         }
         let mut readable = Vec::new();
         for (id, node) in m.membership_config.membership().nodes() {
@@ -241,18 +289,10 @@ impl AdminService {
         let Some(target) = format_every_member_reads(&readable).filter(|&t| t > u32::from(current)) else {
             return Ok(());
         };
-        let request = MetaRequest {
-            client_id: rand::random::<[u8; CLIENT_ID_BYTES]>().to_vec(),
-            request_id: 1,
-            api_version: API_VERSION_MIN,
-            op: Some(Op::SetEntryFormat(SetEntryFormat { format: target })),
-        };
-        let bytes = self.proposer.propose(request.encode_to_vec()).await?;
-        match MetaReply::decode(bytes.as_slice()).map(|r| r.result) {
-            Ok(Some(meta_reply::Result::Error(e))) => Err(e),
-            Ok(_) => Ok(()),
-            Err(e) => Err(meta_error(Errno::Eio, format!("reply does not decode: {e}"))),
-        }
+        self.proposer
+            .propose_op(Op::SetEntryFormat(SetEntryFormat { format: target }))
+            .await
+            .map(|_| ())
     }
 
     async fn change(&self, change: ChangeMembers<u64, NodeInfo>) -> Result<(), MetaError> {

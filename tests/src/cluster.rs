@@ -75,18 +75,20 @@ pub struct FileCluster {
 
 impl FileCluster {
     pub async fn start(logic_nodes: usize, erasure: ErasureConfig) -> anyhow::Result<FileCluster> {
-        FileCluster::start_with(logic_nodes, erasure, "").await
+        FileCluster::start_with(logic_nodes, erasure, "", "").await
     }
 
     /// Like [`FileCluster::start`], with `dataserver_extra` lines in each dataserver's
-    /// `[dataserver]` section; then each dataserver also knows the others (for repair).
+    /// `[dataserver]` section (then each dataserver also knows the others, for repair)
+    /// and `metadata_extra` lines in each voter's `[metadata]`.
     pub async fn start_with(
         logic_nodes: usize,
         erasure: ErasureConfig,
         dataserver_extra: &str,
+        metadata_extra: &str,
     ) -> anyhow::Result<FileCluster> {
         let dir = tempfile::tempdir()?;
-        let meta = MetadataCluster::start(3, "").await?;
+        let meta = MetadataCluster::start(3, metadata_extra).await?;
         let mut dataservers = Vec::new();
         let mut members = String::new();
         for n in &meta.nodes {

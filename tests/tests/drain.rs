@@ -151,16 +151,17 @@ async fn listed(meta: &MetadataClient) -> anyhow::Result<Dataservers> {
     }
 }
 
-/// A dataserver that stays unreachable past `lost_after_secs` is marked lost by its
-/// peers, which rebuild its shards elsewhere with no command; when it answers again the
-/// mark goes, while an operator's drain survives the same peers' "back" notice.
+/// A dataserver whose heartbeats stop for `dataserver_lost_after_secs` is marked lost by
+/// the metadata leader, and its peers rebuild its shards elsewhere with no command; when
+/// it is heard again the mark goes, while an operator's drain survives a "back" notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_dataserver_is_rebuilt_elsewhere_and_welcomed_back() -> anyhow::Result<()> {
     const LOST: u32 = 3;
     let mut cluster = FileCluster::start_with(
         1,
         small_stripes(),
-        "lost_after_secs = 3\nrebuild_pass_secs = 1\nrebuild_bytes_per_sec = 0",
+        "rebuild_pass_secs = 1\nrebuild_bytes_per_sec = 0",
+        "dataserver_lost_after_secs = 3",
     )
     .await?;
     let client = cluster.client();
@@ -198,6 +199,10 @@ async fn a_lost_dataserver_is_rebuilt_elsewhere_and_welcomed_back() -> anyhow::R
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Every dataserver's heartbeats reach the leader: none is silent.
+    let d = listed(&meta).await?;
+    ensure!(d.silent.is_empty(), "dataservers silent while all run: {d:?}");
 
     // An operator's drain is not undone by "back".
     let drain = |draining, lost| {

@@ -40,7 +40,8 @@ async fn census(cluster: &FileCluster) -> anyhow::Result<Vec<(BTreeSet<(Vec<u8>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreferenced_shards_go_and_referenced_ones_stay() -> anyhow::Result<()> {
-    let cluster = FileCluster::start_with(1, small_stripes(), "orphan_grace_secs = 4\norphan_pass_secs = 1").await?;
+    let cluster =
+        FileCluster::start_with(1, small_stripes(), "orphan_grace_secs = 4\norphan_pass_secs = 1", "").await?;
     let client = cluster.client();
     let dir = client.make_dirs("/orphans", 0o755).await?;
     let mut files = Vec::new();

@@ -104,6 +104,7 @@ async fn scrub_repairs_a_corrupt_shard_no_reader_touched() -> anyhow::Result<()>
         1,
         small_stripes(),
         "scrub_bytes_per_sec = 1000000000\nscrub_interval_secs = 1",
+        "",
     )
     .await?;
     // A parity shard: no read of the file touches it while its data shards are whole.
