@@ -107,6 +107,14 @@ fn score(stripe: StripeId, node: NodeId, free_bytes: u64) -> f64 {
     -u.ln() / free_bytes as f64
 }
 
+/// Which of `partitions` parts stripe `stripe` falls in, the same on every build: how
+/// nodes split per-stripe work (rebuild) among themselves without talking to each other.
+pub fn partition_of(stripe: StripeId, partitions: u32) -> u32 {
+    let h = mix(stripe.0 as u64 ^ mix((stripe.0 >> 64) as u64));
+    // The remainder is below `partitions`, a u32.
+    (h % u64::from(partitions.max(1))) as u32
+}
+
 /// splitmix64's finalizer. Written here rather than taken from std's hasher because
 /// placement must give the same answer on every build and every platform.
 fn mix(mut x: u64) -> u64 {
@@ -120,6 +128,18 @@ fn mix(mut x: u64) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn stripes_spread_evenly_over_partitions() {
+        let mut counts = [0u32; 7];
+        for i in 0..70_000u128 {
+            let p = partition_of(StripeId(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)), 7);
+            counts[p as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (9_000..11_000).contains(&c)), "{counts:?}");
+        assert_eq!(partition_of(StripeId(42), 1), 0);
+        assert_eq!(partition_of(StripeId(42), 0), 0);
+    }
 
     fn topology(nodes_per_hall: &[usize], free: impl Fn(usize) -> u64) -> Vec<Candidate> {
         let mut out = Vec::new();

@@ -54,9 +54,23 @@ where
 /// Every shard of dataserver `node` that a committed layout references, with the inode
 /// whose layout does.
 pub async fn shard_refs(metadata: &[SocketAddr], node: u32) -> Result<Vec<(ShardId, u64)>, String> {
+    shard_refs_in(metadata, node, None).await
+}
+
+/// [`shard_refs`] of the stripes in part `part.0` of `part.1` (`placement::partition_of`).
+pub async fn shard_refs_in(
+    metadata: &[SocketAddr],
+    node: u32,
+    part: Option<(u32, u32)>,
+) -> Result<Vec<(ShardId, u64)>, String> {
+    let (partition, partitions) = part.unwrap_or((0, 0));
     first_answer(metadata, |mut client| async move {
         let mut stream = client
-            .shard_refs(ShardRefsRequest { dataserver: node })
+            .shard_refs(ShardRefsRequest {
+                dataserver: node,
+                partition,
+                partitions,
+            })
             .await
             .map_err(|e| e.message().to_owned())?
             .into_inner();

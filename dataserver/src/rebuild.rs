@@ -2,20 +2,22 @@
 //! which dataservers are draining (an operator's `cairnctl drain`, or marked lost by the
 //! leader after missing their heartbeats for `dataserver_lost_after_secs`) and which are
 //! silent (heartbeats missed lately), then
-//! takes the shards that committed layouts place on draining dataservers, worst
-//!   stripes first (most shards on draining or silent dataservers), and rebuilds the
-//!   ones whose new home is itself: copied from the draining dataserver when it still
-//!   serves them, decoded from the rest of the stripe otherwise, stored, then moved in
-//!   the layout by a compare-and-set (`ReplaceShard`: a writer's newer layout is never
-//!   undone, and a shard stored for a stripe that changed meanwhile is an orphan).
+//! takes its part of the shards that committed layouts place on draining dataservers,
+//! worst stripes first (most shards on draining or silent dataservers), and rebuilds
+//! each: copied from the draining dataserver when it still serves it, decoded from the
+//! rest of the stripe otherwise, stored on its new home (this node or a peer), then moved
+//! in the layout by a compare-and-set (`ReplaceShard`: a writer's newer layout is never
+//! undone, and a shard stored for a stripe that changed meanwhile is an orphan).
 //!
-//! The new home of a shard is a pure function of the stripe and the usable dataservers
-//! (the placement's rendezvous hash under the hall rule), so the dataservers split the
-//! work among themselves without talking to each other. Liveness comes from the one
-//! place every worker asks (the leader's heartbeat table), so their views agree; when a
-//! leader change makes them differ for a pass, two may rebuild the same shard and the
-//! compare-and-set keeps one. Rebuilt bytes are paced to `bytes_per_sec` so foreground
-//! I/O keeps most of the disks and the network.
+//! The usable dataservers (neither draining nor silent), in id order, split the stripes
+//! by `placement::partition_of`: each lists and rebuilds only its part, so a pass costs
+//! the cluster one listing of the references, not one per dataserver. A shard's new
+//! home is a pure function of the stripe and the usable dataservers (the placement's
+//! rendezvous hash under the hall rule). Liveness comes from the one place every worker
+//! asks (the leader's heartbeat table), so their views agree; when a leader change makes
+//! them differ for a pass, two may rebuild the same shard and the compare-and-set keeps
+//! one. Rebuilt bytes are paced to `bytes_per_sec` so foreground I/O keeps most of the
+//! disks and the network.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -33,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::client::DataserverClient;
 use crate::metadata;
 use crate::repair::{fetch, rebuild_shard};
 use crate::store::ShardStore;
@@ -69,9 +72,9 @@ struct Work {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
-    /// Referenced shards on draining dataservers.
+    /// Referenced shards on draining dataservers, of this node's part.
     pub pending: usize,
-    /// Those of them this node moved to itself.
+    /// Those of them this node rebuilt and moved.
     pub rebuilt: u64,
 }
 
@@ -99,14 +102,33 @@ impl Rebuilder {
         let draining: HashSet<u32> = listed.ids.iter().copied().collect();
         let mut unusable = draining.clone();
         unusable.extend(&listed.silent);
-        let work = self.work(&draining, &unusable).await?;
+        if draining.is_empty() {
+            return Ok(report);
+        }
+        let mut usable: Vec<u32> = self
+            .config
+            .halls
+            .keys()
+            .filter(|id| !unusable.contains(id))
+            .copied()
+            .collect();
+        usable.sort_unstable();
+        // A draining or silent node rebuilds nothing: the others split its part.
+        let Some(rank) = usable.iter().position(|&id| id == self.config.node) else {
+            return Ok(report);
+        };
+        let part = (
+            u32::try_from(rank).unwrap_or(0),
+            u32::try_from(usable.len()).unwrap_or(1),
+        );
+        let work = self.work(&draining, &unusable, part).await?;
         report.pending = work.len();
-        let mine: Vec<Work> = work
-            .into_iter()
-            .filter(|w| self.target(w, &unusable) == Some(self.config.node))
+        let planned: Vec<(&Work, u32)> = work
+            .iter()
+            .filter_map(|w| self.target(w, &unusable).map(|to| (w, to)))
             .collect();
         // Collected first: a lazy map over borrowed work trips the compiler's Send check.
-        let moves: Vec<_> = mine.iter().map(|w| self.move_here(w)).collect();
+        let moves: Vec<_> = planned.iter().map(|&(w, to)| self.rebuild(w, to)).collect();
         let results: Vec<Result<bool, String>> = stream::iter(moves).buffer_unordered(PARALLEL).collect().await;
         for r in results {
             match r {
@@ -118,12 +140,18 @@ impl Rebuilder {
         Ok(report)
     }
 
-    /// The shards committed layouts place on the `draining` dataservers, worst first.
-    async fn work(&self, draining: &HashSet<u32>, unusable: &HashSet<u32>) -> Result<Vec<Work>, String> {
+    /// The shards committed layouts place on the `draining` dataservers, of the stripes
+    /// in part `part.0` of `part.1`, worst first.
+    async fn work(
+        &self,
+        draining: &HashSet<u32>,
+        unusable: &HashSet<u32>,
+        part: (u32, u32),
+    ) -> Result<Vec<Work>, String> {
         let mut layouts: HashMap<u64, Option<Arc<Layout>>> = HashMap::new();
         let mut out = Vec::new();
         for &from in draining {
-            for (id, inode) in metadata::shard_refs(&self.config.metadata, from).await? {
+            for (id, inode) in metadata::shard_refs_in(&self.config.metadata, from, Some(part)).await? {
                 let layout = match layouts.entry(inode) {
                     Entry::Occupied(e) => e.into_mut(),
                     // A file removed since the references were read has no layout.
@@ -194,9 +222,10 @@ impl Rebuilder {
         place(&free, w.stripe_id, 1, m).ok()?.first().map(|n| n.0)
     }
 
-    /// Rebuilds one shard here and moves it in the layout; false when the stripe changed
-    /// meanwhile (rewritten, truncated or removed: the stored shard is an orphan now).
-    async fn move_here(&self, w: &Work) -> Result<bool, String> {
+    /// Rebuilds one shard, stores it on dataserver `to` (this node or a peer) and moves it
+    /// in the layout; false when the stripe changed meanwhile (rewritten, truncated or
+    /// removed: the stored shard is an orphan now).
+    async fn rebuild(&self, w: &Work, to: u32) -> Result<bool, String> {
         let id = ShardId::new(w.stripe_id, w.index);
         let data: Bytes = match fetch(&self.config.peers, w.from, id, w.crc).await {
             Some(bytes) => bytes,
@@ -204,11 +233,25 @@ impl Rebuilder {
         };
         self.pace(data.len() as u64).await;
         let len = data.len() as u64;
-        let checksums = block_checksums(&data, self.config.block_bytes);
-        self.store
-            .put(id, self.config.block_bytes, checksums, data)
-            .await
-            .map_err(|e| format!("storing shard {id}: {e}"))?;
+        if to == self.config.node {
+            let checksums = block_checksums(&data, self.config.block_bytes);
+            self.store
+                .put(id, self.config.block_bytes, checksums, data)
+                .await
+                .map_err(|e| format!("storing shard {id}: {e}"))?;
+        } else {
+            let addr = self
+                .config
+                .peers
+                .get(&to)
+                .ok_or_else(|| format!("dataserver {to} has no address"))?;
+            let peer = DataserverClient::connect(*addr)
+                .await
+                .map_err(|e| format!("storing shard {id} on dataserver {to}: {e}"))?;
+            peer.put(id, self.config.block_bytes, data)
+                .await
+                .map_err(|e| format!("storing shard {id} on dataserver {to}: {e}"))?;
+        }
         let moved = metadata::call(
             &self.config.metadata,
             Op::ReplaceShard(ReplaceShard {
@@ -216,7 +259,7 @@ impl Rebuilder {
                 stripe_id: w.stripe.stripe_id.clone(),
                 index: u32::from(w.index),
                 from_dataserver: w.from,
-                to_dataserver: self.config.node,
+                to_dataserver: to,
             }),
         )
         .await;

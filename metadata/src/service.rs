@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_common::config::DATASERVER_SILENT_AFTER;
+use cairn_common::ids::StripeId;
 use cairn_common::namespace::is_mutation;
+use cairn_common::placement::partition_of;
 use cairn_common::proto::metadata::{
     admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
     AddLearnerRequest, AdminReply, ChangeVotersRequest, Empty, Errno, MetaError, MetaReply, MetaRequest, NodeStatus,
@@ -164,15 +166,25 @@ impl Metadata for MetadataService {
             .read_barrier()
             .await
             .map_err(|e| Status::failed_precondition(format!("{}: {}", e.errno, e.message)))?;
-        let dataserver = req.into_inner().dataserver;
+        let r = req.into_inner();
+        let part = match (r.partition, r.partitions) {
+            (_, 0 | 1) => None,
+            (p, n) if p < n => Some((p, n)),
+            (p, n) => return Err(Status::invalid_argument(format!("partition {p} of {n}"))),
+        };
         let (tx, rx) = mpsc::channel(4);
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || stream_shard_refs(&db, dataserver, &tx));
+        tokio::task::spawn_blocking(move || stream_shard_refs(&db, r.dataserver, part, &tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 
-fn stream_shard_refs(db: &Db, dataserver: u32, tx: &mpsc::Sender<Result<ShardRefsChunk, Status>>) {
+fn stream_shard_refs(
+    db: &Db,
+    dataserver: u32,
+    part: Option<(u32, u32)>,
+    tx: &mpsc::Sender<Result<ShardRefsChunk, Status>>,
+) {
     let prefix = dataserver.to_be_bytes();
     let mut chunk = Vec::with_capacity(SHARD_REFS_PER_CHUNK);
     // One iterator: a consistent view of the references at the time of the barrier.
@@ -186,6 +198,12 @@ fn stream_shard_refs(db: &Db, dataserver: u32, tx: &mpsc::Sender<Result<ShardRef
         };
         if !key.starts_with(&prefix) || key.len() != 4 + 16 + 1 + 8 {
             break;
+        }
+        if let Some((p, n)) = part {
+            let stripe = <[u8; 16]>::try_from(&key[4..20]).map_or(0, u128::from_be_bytes);
+            if partition_of(StripeId(stripe), n) != p {
+                continue;
+            }
         }
         chunk.push(ShardRef {
             stripe_id: key[4..20].to_vec(),

@@ -12,7 +12,9 @@ use anyhow::ensure;
 
 use cairn_client::CairnClient;
 use cairn_common::config::Config;
+use cairn_common::placement::partition_of;
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Dataservers, GetLayout, ListDraining, SetDraining};
+use cairn_dataserver::metadata::shard_refs_in;
 use cairn_metadata::client::MetadataClient;
 use cairn_tests::bin_path;
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
@@ -171,6 +173,23 @@ async fn a_lost_dataserver_is_rebuilt_elsewhere_and_welcomed_back() -> anyhow::R
         !cluster.meta.shard_refs(LOST).await?.is_empty(),
         "dataserver {LOST} holds no shard"
     );
+    // The rebuild workers split the references by stripe: parts cover them once each.
+    let addrs: Vec<std::net::SocketAddr> = cluster.meta.nodes.iter().map(|n| n.addr).collect();
+    let mut all = shard_refs_in(&addrs, LOST, None).await.map_err(anyhow::Error::msg)?;
+    let mut parts = Vec::new();
+    for p in 0..3 {
+        let part = shard_refs_in(&addrs, LOST, Some((p, 3)))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            part.iter().all(|(id, _)| partition_of(id.stripe, 3) == p),
+            "part {p} holds another part's stripe"
+        );
+        parts.extend(part);
+    }
+    all.sort_unstable();
+    parts.sort_unstable();
+    ensure!(parts == all, "the parts do not add up to the references");
 
     cluster.dataservers[LOST as usize - 1].kill9();
     let start = Instant::now();
