@@ -23,6 +23,8 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::Statfs(_)
             | Op::ListDraining(_)
             | Op::Heartbeat(_)
+            | Op::GetXattr(_)
+            | Op::ListXattr(_)
     )
 }
 

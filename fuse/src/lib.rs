@@ -30,14 +30,15 @@ use std::time::{Duration, SystemTime};
 
 use cairn_client::{CairnClient, FileReader, FileWriter};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Create, FileKind, GetAttr, Link, ReadLink, Rename, Rmdir, SetAttr, StatFs,
-    Symlink, Unlink,
+    meta_reply, meta_request::Op, Attr, Create, FileKind, GetAttr, GetXattr, Link, ListXattr, ReadLink, RemoveXattr,
+    Rename, Rmdir, SetAttr, SetXattr, StatFs, Symlink, Unlink,
 };
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use rustix::fs::XattrFlags;
 use tracing::warn;
 
 use crate::attrs::{errno, file_attr, kind, ns};
@@ -99,6 +100,16 @@ pub struct CairnFs {
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
+}
+
+/// An extended attribute's value or name list as the kernel asks for it: its size when
+/// `size` is 0, the bytes when they fit, ERANGE when not.
+fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
+    match u32::try_from(data.len()) {
+        Ok(len) if size == 0 => reply.size(len),
+        Ok(len) if len <= size => reply.data(data),
+        _ => reply.error(Errno::ERANGE),
+    }
 }
 
 impl CairnFs {
@@ -675,6 +686,63 @@ impl Filesystem for CairnFs {
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.state().dirs.remove(&fh.0);
         reply.ok();
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let flags = XattrFlags::from_bits_retain(flags as u32);
+        let op = Op::SetXattr(SetXattr {
+            inode: self.inode(ino),
+            name: name_bytes(name),
+            value: value.to_vec(),
+            create: flags.contains(XattrFlags::CREATE),
+            replace: flags.contains(XattrFlags::REPLACE),
+        });
+        done(reply, self.meta(op).map(|_| ()));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let op = Op::GetXattr(GetXattr {
+            inode: self.inode(ino),
+            name: name_bytes(name),
+        });
+        match self.meta(op) {
+            Ok(meta_reply::Result::XattrValue(v)) => xattr_reply(reply, size, &v),
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.meta(Op::ListXattr(ListXattr { inode: self.inode(ino) })) {
+            Ok(meta_reply::Result::XattrNames(n)) => {
+                // The kernel's format: every name followed by a NUL.
+                let list: Vec<u8> = n
+                    .names
+                    .iter()
+                    .flat_map(|name| name.iter().copied().chain([0]))
+                    .collect();
+                xattr_reply(reply, size, &list);
+            }
+            Ok(_) => reply.error(Errno::EIO),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let op = Op::RemoveXattr(RemoveXattr {
+            inode: self.inode(ino),
+            name: name_bytes(name),
+        });
+        done(reply, self.meta(op).map(|_| ()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

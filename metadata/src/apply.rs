@@ -101,6 +101,8 @@ fn run(a: &mut Apply<'_, '_>, op: Op) -> OpResult<MetaReply> {
         Op::ReplaceShard(r) => a.replace_shard(r),
         Op::SetDraining(d) => a.set_draining(d),
         Op::SetEntryFormat(s) => a.set_entry_format(s),
+        Op::SetXattr(s) => a.set_xattr(s),
+        Op::RemoveXattr(r) => a.remove_xattr(r),
         // What `is_mutation` calls a read is answered without the log.
         _ => Err(refuse(Errno::Einval, "reads are not proposed to the log")),
     }

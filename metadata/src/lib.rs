@@ -27,3 +27,4 @@ pub mod snapshot;
 pub mod state_machine;
 pub mod txn;
 pub mod types;
+pub mod xattrs;

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
     meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
-    OpenSession, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, SetEntryFormat, Symlink,
+    OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, SetEntryFormat, SetXattr,
+    Symlink,
 };
 use prost::Message;
 
@@ -20,6 +21,7 @@ use crate::records::{
     InodeRecord, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
+use crate::xattrs;
 
 pub const SESSION_TTL_MS_MIN: u32 = 100;
 pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
@@ -54,7 +56,7 @@ pub fn inode_record(stored: Option<Vec<u8>>, ino: u64) -> OpResult<Option<InodeR
         None if ino == ROOT => Ok(Some(InodeRecord {
             format: RECORD_FORMAT,
             attr: Some(root_attr()),
-            symlink: Vec::new(),
+            ..InodeRecord::default()
         })),
         None => Ok(None),
     }
@@ -278,6 +280,7 @@ impl Apply<'_, '_> {
             format: RECORD_FORMAT,
             attr: Some(attr),
             symlink: s.target,
+            xattrs: Vec::new(),
         };
         self.txn.put(Cf::Inodes, u64_key(attr.inode), rec.encode_to_vec());
         self.touch_dir(dir, 1, 0)?;
@@ -454,6 +457,32 @@ impl Apply<'_, '_> {
             self.put_attr(attr)?;
         }
         Ok(done())
+    }
+
+    /// Runs `change` on inode `ino`'s record and stamps its ctime.
+    fn change_record(
+        &mut self,
+        ino: u64,
+        change: impl FnOnce(&mut InodeRecord) -> OpResult<()>,
+    ) -> OpResult<MetaReply> {
+        let mut rec = self
+            .inode(ino)?
+            .ok_or_else(|| refuse(Errno::Enoent, format!("inode {ino} does not exist")))?;
+        change(&mut rec)?;
+        let mut attr = attr_of(rec.clone())?;
+        attr.ctime_ns = self.now;
+        rec.attr = Some(attr);
+        rec.format = RECORD_FORMAT;
+        self.txn.put(Cf::Inodes, u64_key(ino), rec.encode_to_vec());
+        Ok(reply(meta_reply::Result::Done(Empty {})))
+    }
+
+    pub fn set_xattr(&mut self, s: SetXattr) -> OpResult<MetaReply> {
+        self.change_record(s.inode, |rec| xattrs::set(rec, s))
+    }
+
+    pub fn remove_xattr(&mut self, r: RemoveXattr) -> OpResult<MetaReply> {
+        self.change_record(r.inode, |rec| xattrs::remove(rec, &r.name))
     }
 
     pub fn setattr(&mut self, s: SetAttr) -> OpResult<MetaReply> {

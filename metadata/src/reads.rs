@@ -3,7 +3,7 @@
 
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, MetaReply,
-    StatFsReply,
+    StatFsReply, XattrNames,
 };
 use prost::Message;
 use rocksdb::{Direction, IteratorMode};
@@ -14,6 +14,7 @@ use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
 use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
 use crate::txn::load_counters;
+use crate::xattrs;
 
 /// Entries one readdir page may ask for.
 pub const READDIR_LIMIT_MAX: u32 = 10_000;
@@ -104,6 +105,13 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
             lost: ids(&view, LOST_KEY)?,
             // The leader's liveness table fills it in (`service`).
             silent: Vec::new(),
+        }))),
+        Op::GetXattr(g) => Ok(reply(meta_reply::Result::XattrValue(xattrs::get(
+            &inode(&view, g.inode)?,
+            &g.name,
+        )?))),
+        Op::ListXattr(l) => Ok(reply(meta_reply::Result::XattrNames(XattrNames {
+            names: xattrs::names(&inode(&view, l.inode)?),
         }))),
         _ => Err(refuse(Errno::Einval, "not a read")),
     }

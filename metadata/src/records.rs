@@ -15,6 +15,17 @@ pub struct InodeRecord {
     pub attr: Option<Attr>,
     #[prost(bytes = "vec", tag = "3")]
     pub symlink: Vec<u8>,
+    /// Extended attributes, by name (kept sorted).
+    #[prost(message, repeated, tag = "4")]
+    pub xattrs: Vec<Xattr>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Xattr {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -182,6 +182,52 @@ async fn files_of_every_size_and_the_posix_programs_rely_on() -> anyhow::Result<
         std::fs::remove_file(&b)?;
         std::fs::remove_file(&c)?;
 
+        // Extended attributes: set, get, list, the create and replace flags, remove; ACLs
+        // are refused rather than stored unenforced; only who may write the file may set
+        // them.
+        let tagged = root.join("data/tagged");
+        std::fs::write(&tagged, b"content")?;
+        let script = r#"
+import errno, os, sys
+p = sys.argv[1]
+big = bytes(range(256)) * 128
+os.setxattr(p, "user.checksum", b"crc32c:1234")
+os.setxattr(p, "user.empty", b"")
+os.setxattr(p, "user.big", big, os.XATTR_CREATE)
+assert os.getxattr(p, "user.checksum") == b"crc32c:1234"
+assert os.getxattr(p, "user.empty") == b""
+assert os.getxattr(p, "user.big") == big
+assert sorted(os.listxattr(p)) == ["user.big", "user.checksum", "user.empty"], os.listxattr(p)
+def fails(code, f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        assert e.errno == code, (e, code)
+        return
+    raise AssertionError("no error %d" % code)
+fails(errno.EEXIST, os.setxattr, p, "user.empty", b"1", os.XATTR_CREATE)
+fails(errno.ENODATA, os.setxattr, p, "user.none", b"1", os.XATTR_REPLACE)
+fails(errno.ENODATA, os.getxattr, p, "user.none")
+fails(errno.EOPNOTSUPP, os.setxattr, p, "system.posix_acl_access", b"\x02\x00\x00\x00")
+os.removexattr(p, "user.big")
+fails(errno.ENODATA, os.removexattr, p, "user.big")
+assert sorted(os.listxattr(p)) == ["user.checksum", "user.empty"], os.listxattr(p)
+assert open(p, "rb").read() == b"content"
+"#;
+        let out = Command::new("python3").arg("-c").arg(script).arg(&tagged).output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::set_permissions(&tagged, std::fs::Permissions::from_mode(0o644))?;
+        let set_by = |who: &str| {
+            format!(
+                "python3 -c \"import os; os.setxattr('{}', 'user.by', b'{who}')\"",
+                tagged.display()
+            )
+        };
+        std::fs::set_permissions(root.join("data"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
+        assert!(!as_nobody(&set_by("nobody"))?, "nobody set an attribute of root's file");
+        std::fs::remove_file(&tagged)?;
+
         // Permissions are checked against the caller.
         let private = root.join("data/private");
         std::fs::write(&private, b"secret")?;
