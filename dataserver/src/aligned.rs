@@ -28,11 +28,17 @@ impl AlignedBuf {
         AlignedBuf { vec, start, len }
     }
 
-    /// `data` copied into an aligned buffer padded with zeros to the alignment.
+    /// `data` copied into an aligned buffer padded with zeros to the alignment. Only the
+    /// bytes before the aligned start and the padding are zeroed: a shard is written once,
+    /// not zeroed first and then overwritten.
     pub fn padded_copy(data: &[u8]) -> AlignedBuf {
-        let mut buf = AlignedBuf::zeroed(padded_len(data.len() as u64) as usize);
-        buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-        buf
+        let len = padded_len(data.len() as u64) as usize;
+        let mut vec: Vec<u8> = Vec::with_capacity(len + ALIGN);
+        let start = vec.as_ptr().align_offset(ALIGN);
+        vec.resize(start, 0);
+        vec.extend_from_slice(data);
+        vec.resize(start + len, 0);
+        AlignedBuf { vec, start, len }
     }
 
     pub fn len(&self) -> usize {
@@ -76,5 +82,13 @@ mod tests {
         assert_eq!(&bytes[..5], b"hello");
         assert_eq!(padded_len(0), 0);
         assert_eq!(padded_len(4097), 8192);
+        for n in [ALIGN, 3 * ALIGN + 1] {
+            let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8 + 1).collect();
+            let b = AlignedBuf::padded_copy(&data);
+            assert_eq!(b.len(), padded_len(n as u64) as usize);
+            assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
+            assert_eq!(&b.as_slice()[..n], &data[..]);
+            assert!(b.as_slice()[n..].iter().all(|&x| x == 0));
+        }
     }
 }
