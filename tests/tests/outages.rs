@@ -63,9 +63,25 @@ fn a_dark_hall_fails_no_io_and_comes_back() {
         let in_hall_2 = node["hall"] == "hall-2";
         assert_eq!(node["healthy"], !in_hall_2, "{node}");
     }
+    // The metadata leader misses the dark hall's heartbeats: its dataservers go silent
+    // (a new leader first waits out the silent interval).
+    let dark: Vec<Value> = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["hall"] == "hall-2" && n["kind"] == "dataserver")
+        .map(|n| n["id"].as_str().and_then(|id| id.parse::<u64>().ok()).into())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status(&cluster)["silent_dataservers"].as_array() != Some(&dark) {
+        assert!(std::time::Instant::now() < deadline, "{}", status(&cluster));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let back = cairnctl(&["local", "start-hall", "2", "--dir", &dir]);
     assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
-    assert_eq!(status(&cluster)["healthy"], true);
+    let s = status(&cluster);
+    assert_eq!(s["healthy"], true, "{s}");
+    assert_eq!(s["silent_dataservers"], serde_json::json!([]), "{s}");
     let bad = cairnctl(&["local", "kill-hall", "9", "--dir", &dir]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no hall 9"));

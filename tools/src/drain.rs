@@ -130,18 +130,19 @@ pub struct Draining {
     pub lost: bool,
 }
 
-/// The draining dataservers and what each still holds. For `status`: it gives up after a
+/// The draining dataservers and what each still holds, and the dataservers whose
+/// heartbeats the metadata leader has missed lately. For `status`: it gives up after a
 /// few seconds without a metadata leader.
-pub async fn remaining(config: &Config) -> anyhow::Result<Vec<Draining>> {
+pub async fn remaining(config: &Config) -> anyhow::Result<(Vec<Draining>, Vec<u32>)> {
     let meta_addrs: Vec<SocketAddr> = config.metadata_nodes.iter().map(|n| n.addr).collect();
     let listed = metadata_client(config, STATUS_DEADLINE).draining().await?;
     let mut out = Vec::new();
-    for node in listed.ids {
+    for &node in &listed.ids {
         out.push(Draining {
             node,
             shards_left: shards_on(&meta_addrs, node).await?,
             lost: listed.lost.contains(&node),
         });
     }
-    Ok(out)
+    Ok((out, listed.silent))
 }

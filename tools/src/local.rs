@@ -552,11 +552,22 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             detail: if up { "listening".into() } else { "unreachable".into() },
         });
     }
-    // Draining dataservers: how many referenced shards each still holds.
-    let draining = match leader {
+    // Draining dataservers (how many referenced shards each still holds) and those the
+    // metadata leader has not heard from lately.
+    let (draining, silent) = match leader {
         Some(_) => crate::drain::remaining(&c).await.unwrap_or_default(),
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
+    for id in &silent {
+        if let Some(r) = rows
+            .iter_mut()
+            .find(|r| r.kind == "dataserver" && r.id == id.to_string())
+        {
+            // It may answer here, but the leader will mark it lost if this goes on.
+            r.healthy = false;
+            r.detail = format!("SILENT: no heartbeat reaches the metadata leader; {}", r.detail);
+        }
+    }
     for d in &draining {
         if let Some(r) = rows
             .iter_mut()
@@ -572,6 +583,7 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
             "healthy": healthy,
             "metadata_leader": leader,
             "entry_format": entry_format,
+            "silent_dataservers": silent,
             "capacity_bytes": capacity.0,
             "free_bytes": capacity.1,
             "nodes": rows,
