@@ -89,6 +89,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     .await?;
     let proposer = Proposer::start(raft.clone(), db.clone());
     let liveness = Arc::new(Liveness::default());
+    let dataservers: Arc<Vec<u32>> = Arc::new(config.dataservers.iter().map(|d| d.node_id).collect());
 
     let listener = tokio::net::TcpListener::bind(me.addr)
         .await
@@ -106,7 +107,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
                 proposer: proposer.clone(),
                 raft: raft.clone(),
                 liveness: liveness.clone(),
-                dataservers: Arc::new(config.dataservers.iter().map(|d| d.node_id).collect()),
+                dataservers: dataservers.clone(),
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
@@ -128,7 +129,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     }
     let lost = Lost {
         liveness,
-        dataservers: config.dataservers.iter().map(|d| d.node_id).collect(),
+        dataservers,
         after: (md.dataserver_lost_after_secs > 0).then(|| Duration::from_secs(md.dataserver_lost_after_secs)),
     };
     let housekeeping = tokio::spawn(housekeeping(
@@ -174,7 +175,8 @@ async fn shutdown_signal() {
 /// What the leader needs to mark dataservers lost.
 struct Lost {
     liveness: Arc<Liveness>,
-    dataservers: Vec<u32>,
+    /// The configured dataservers: silent until heard from.
+    dataservers: Arc<Vec<u32>>,
     after: Option<Duration>,
 }
 
