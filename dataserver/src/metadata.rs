@@ -1,9 +1,9 @@
 //! What a dataserver asks the metadata group: which of its shards committed layouts
 //! reference (the orphan collector, rebuild), a file's layout (scrub repair, rebuild) and
 //! the draining and silent dataservers, and what it tells it: that it is alive
-//! (heartbeats), that a rebuilt shard moved in a layout. Each request goes to the members in turn until the leader
-//! answers. The metadata crate's client is
-//! not used: the dataserver sits beside the metadata crate, not above it (DESIGN.md).
+//! (heartbeats), that a rebuilt shard moved in a layout. Each request goes to the members
+//! in turn until the leader answers. The metadata crate's client is not used: the
+//! dataserver sits beside the metadata crate, not above it (DESIGN.md).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -19,7 +19,8 @@ pub struct Metrics {
     pub repaired_shards: IntCounterVec,
     /// Unreferenced shards deleted by the orphan collector.
     pub orphans_deleted: IntCounter,
-    /// Shards of draining or lost dataservers this node rebuilt and took over.
+    /// Shards of draining or lost dataservers this node rebuilt (stored here or on the
+    /// peer that is their new home).
     pub rebuilt_shards: IntCounter,
     pub rebuilt_bytes: IntCounter,
     pub connections: IntGauge,
@@ -55,9 +56,12 @@ impl Metrics {
             .unwrap_or_else(|e| unreachable!("{e}")),
             orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
                 .unwrap_or_else(|e| unreachable!("{e}")),
-            rebuilt_shards: IntCounter::new("rebuilt_shards_total", "Shards of drained dataservers rebuilt here")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            rebuilt_bytes: IntCounter::new("rebuilt_bytes_total", "Bytes of shards rebuilt here")
+            rebuilt_shards: IntCounter::new(
+                "rebuilt_shards_total",
+                "Shards of drained dataservers rebuilt by this node",
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
+            rebuilt_bytes: IntCounter::new("rebuilt_bytes_total", "Bytes of shards rebuilt by this node")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             connections: IntGauge::new("connections", "Open client connections")
                 .unwrap_or_else(|e| unreachable!("{e}")),

@@ -14,12 +14,12 @@ use openraft::{Raft, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
 use crate::apply::earliest_expiry;
-use crate::db::{Cf, Db};
+use crate::db::Db;
 use crate::liveness::Liveness;
 use crate::log_store::LogStore;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::proposer::{now_ns, Proposer};
-use crate::records::{decode_ids, DRAINING_KEY, LOST_KEY};
+use crate::records::{ids, DRAINING_KEY, LOST_KEY};
 use crate::service::{AdminService, MetadataService, RaftService};
 use crate::state_machine::StateMachine;
 use crate::types::{NodeInfo, TypeConfig};
@@ -188,12 +188,7 @@ impl Lost {
             return Ok(());
         };
         let now = Instant::now();
-        let ids = |key| {
-            db.get(Cf::SmMeta, key)
-                .map_err(|e| e.to_string())
-                .and_then(|v| decode_ids(v.as_deref()))
-        };
-        let (draining, lost) = (ids(DRAINING_KEY)?, ids(LOST_KEY)?);
+        let (draining, lost) = (ids(db, DRAINING_KEY)?, ids(db, LOST_KEY)?);
         let gone = self.liveness.silent_for(term, &self.dataservers, after, now);
         let back = self.liveness.heard_within(term, DATASERVER_SILENT_AFTER, now);
         for id in gone.into_iter().filter(|id| !draining.contains(id)) {

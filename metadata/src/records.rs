@@ -114,7 +114,7 @@ pub fn shard_ref_key(dataserver: u32, stripe_id: &[u8], index: u32, inode: u64) 
 }
 
 /// Under these keys in `sm_meta`, as postcard lists of ids: the dataservers being drained,
-/// and those of them the dataservers marked lost (a subset).
+/// and those of them the leader marked lost (a subset).
 pub const DRAINING_KEY: &[u8] = b"draining";
 pub const LOST_KEY: &[u8] = b"lost";
 
@@ -143,4 +143,11 @@ pub fn decode_ids(bytes: Option<&[u8]>) -> Result<Vec<u32>, String> {
     bytes.map_or(Ok(Vec::new()), |b| {
         postcard::from_bytes(b).map_err(|e| format!("dataserver list: {e}"))
     })
+}
+
+/// The dataserver list under `key` (`DRAINING_KEY`, `LOST_KEY`), as this node has
+/// applied it.
+pub fn ids(db: &crate::db::Db, key: &[u8]) -> Result<Vec<u32>, String> {
+    let bytes = db.get(crate::db::Cf::SmMeta, key).map_err(|e| e.to_string())?;
+    decode_ids(bytes.as_deref())
 }

@@ -20,7 +20,7 @@ use cairn_common::proto::metadata::{
 use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN, ENTRY_FORMAT_MAX, ENTRY_FORMAT_MIN};
 use futures::Stream;
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
+use openraft::{ChangeMembers, Raft, ServerState};
 use prost::Message;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -125,21 +125,20 @@ impl MetadataService {
             Err(e) => error_reply(meta_error(Errno::Eio, e.to_string())),
         }
     }
-}
 
-impl MetadataService {
     /// A dataserver's heartbeat: only the leader keeps the table.
     fn heartbeat(&self, dataserver: u32) -> MetaReply {
         if dataserver == 0 {
             return error_reply(meta_error(Errno::Einval, "dataserver id 0 is reserved"));
         }
-        let m = self.raft.metrics().borrow().clone();
-        if m.state != ServerState::Leader {
-            return error_reply(not_leader(leader_of(&m)));
-        }
-        self.liveness.heard(m.current_term, dataserver, Instant::now());
-        MetaReply {
-            result: Some(meta_reply::Result::Done(Empty {})),
+        match leader_term(&self.raft) {
+            Ok(term) => {
+                self.liveness.heard(term, dataserver, Instant::now());
+                MetaReply {
+                    result: Some(meta_reply::Result::Done(Empty {})),
+                }
+            }
+            Err(e) => error_reply(e),
         }
     }
 
@@ -231,12 +230,19 @@ pub struct AdminService {
     pub proposer: Proposer,
 }
 
-/// The leader `m` names, with its address, when known.
-fn leader_of(m: &RaftMetrics<u64, NodeInfo>) -> Option<(u64, NodeInfo)> {
-    m.current_leader.and_then(|id| {
+/// This node's term while it leads; otherwise NotLeader naming the leader it knows. Reads
+/// the metrics in place: dataservers' heartbeats come here.
+fn leader_term(raft: &Raft<TypeConfig>) -> Result<u64, MetaError> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if m.state == ServerState::Leader {
+        return Ok(m.current_term);
+    }
+    let leader = m.current_leader.and_then(|id| {
         let node = m.membership_config.membership().get_node(&id).cloned();
         node.map(|n| (id, n))
-    })
+    });
+    Err(not_leader(leader))
 }
 
 pub fn node_status(raft: &Raft<TypeConfig>, db: &Db) -> NodeStatus {
@@ -282,10 +288,8 @@ impl AdminService {
     /// each member (voters and learners: a learner becomes a voter without a check) for
     /// the formats its build reads. Refused while one does not answer.
     async fn raise_entry_format(&self) -> Result<(), MetaError> {
+        leader_term(&self.raft)?;
         let m = self.raft.metrics().borrow().clone();
-        if m.state != ServerState::Leader {
-            return Err(not_leader(leader_of(&m)));
-        }
         let mut readable = Vec::new();
         for (id, node) in m.membership_config.membership().nodes() {
             let max = if *id == m.id {

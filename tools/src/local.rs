@@ -480,6 +480,11 @@ struct NodeRow {
     detail: String,
 }
 
+fn dataserver_row(rows: &mut [NodeRow], id: u32) -> Option<&mut NodeRow> {
+    rows.iter_mut()
+        .find(|r| r.kind == "dataserver" && r.id == id.to_string())
+}
+
 pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
     let c = Config::load(config)?;
     let mut rows = Vec::new();
@@ -558,21 +563,15 @@ pub async fn status(config: &Path, json: bool) -> anyhow::Result<()> {
         Some(_) => crate::drain::remaining(&c).await.unwrap_or_default(),
         None => (Vec::new(), Vec::new()),
     };
-    for id in &silent {
-        if let Some(r) = rows
-            .iter_mut()
-            .find(|r| r.kind == "dataserver" && r.id == id.to_string())
-        {
+    for &id in &silent {
+        if let Some(r) = dataserver_row(&mut rows, id) {
             // It may answer here, but the leader will mark it lost if this goes on.
             r.healthy = false;
             r.detail = format!("SILENT: no heartbeat reaches the metadata leader; {}", r.detail);
         }
     }
     for d in &draining {
-        if let Some(r) = rows
-            .iter_mut()
-            .find(|r| r.kind == "dataserver" && r.id == d.node.to_string())
-        {
+        if let Some(r) = dataserver_row(&mut rows, d.node) {
             let what = if d.lost { "LOST" } else { "DRAINING" };
             r.detail = format!("{what}: {} shards to rebuild; {}", d.shards_left, r.detail);
         }

@@ -76,17 +76,20 @@ async fn leads(addr: &str) -> bool {
     status(addr).await.is_ok_and(|s| s.role == "leader")
 }
 
-async fn leader_addr(addrs: &[String]) -> anyhow::Result<String> {
+/// The member that reports itself leader: its address and what it reports.
+pub async fn leader_status(addrs: &[String]) -> anyhow::Result<(String, NodeStatus)> {
     for a in addrs {
-        if leads(a).await {
-            return Ok(a.clone());
+        if let Ok(s) = status(a).await {
+            if s.role == "leader" {
+                return Ok((a.clone(), s));
+            }
         }
     }
     bail!("no member reports itself leader")
 }
 
 async fn leader(addrs: &[String]) -> anyhow::Result<AdminClient<Channel>> {
-    admin(&leader_addr(addrs).await?).await.map_err(anyhow::Error::msg)
+    admin(&leader_status(addrs).await?.0).await.map_err(anyhow::Error::msg)
 }
 
 /// The node id of the member that reports itself leader, if one does.
@@ -143,8 +146,8 @@ pub async fn run(addrs: &[String], command: MdCommand) -> anyhow::Result<()> {
             report(reply)?;
         }
         MdCommand::FinalizeUpgrade => {
-            let leader = leader_addr(addrs).await?;
-            let before = status(&leader).await?.entry_format;
+            let (leader, before) = leader_status(addrs).await?;
+            let before = before.entry_format;
             let reply = admin(&leader)
                 .await
                 .map_err(anyhow::Error::msg)?

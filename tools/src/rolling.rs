@@ -18,7 +18,7 @@ use cairn_common::config::Config;
 use cairn_common::versions::Versions;
 
 use crate::local;
-use crate::metadata_admin::{leader_id, status};
+use crate::metadata_admin::{leader_id, leader_status, status};
 
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"];
@@ -114,14 +114,8 @@ fn versions_of(path: &Path) -> anyhow::Result<Versions> {
 /// each new binary against each running process, and against the entry format the
 /// metadata group writes. Nothing is stopped when it refuses.
 async fn check_versions(dir: &Path, c: &Config, binaries: &Path) -> anyhow::Result<()> {
-    let leader = leader_id(&c.metadata_nodes).await.context("no metadata leader")?;
-    let addr = c
-        .metadata_nodes
-        .iter()
-        .find(|n| n.node_id == leader)
-        .map(|n| n.addr.to_string())
-        .context("the leader is not in the config")?;
-    let entry_format = status(&addr).await?.entry_format;
+    let addrs: Vec<String> = c.metadata_nodes.iter().map(|n| n.addr.to_string()).collect();
+    let entry_format = leader_status(&addrs).await?.1.entry_format;
     let mut running = Vec::new();
     for (name, _) in local::members(dir)? {
         if let Some(exe) = local::running_binary(dir, &name) {
