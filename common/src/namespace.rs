@@ -25,6 +25,7 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::Heartbeat(_)
             | Op::GetXattr(_)
             | Op::ListXattr(_)
+            | Op::GetLock(_)
     )
 }
 

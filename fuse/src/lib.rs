@@ -16,6 +16,7 @@
 //! keeps the inode alive, so it stays readable and writable, as POSIX wants.
 
 mod attrs;
+mod locks;
 pub mod passthrough;
 mod removals;
 pub mod session;
@@ -25,23 +26,24 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use cairn_client::{CairnClient, FileReader, FileWriter};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Create, FileKind, GetAttr, GetXattr, Link, ListXattr, ReadLink, RemoveXattr,
-    Rename, Rmdir, SetAttr, SetXattr, StatFs, Symlink, Unlink,
+    meta_reply, meta_request::Op, Attr, Create, FileKind, GetAttr, GetXattr, Link, ListXattr, LockKind, ReadLink,
+    RemoveXattr, Rename, Rmdir, SetAttr, SetXattr, StatFs, Symlink, Unlink,
 };
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::XattrFlags;
 use tracing::warn;
 
 use crate::attrs::{errno, file_attr, kind, ns};
+use crate::locks::{caller_interrupted, kind_of, typ_of, MountLocks, Want};
 use crate::removals::Removals;
 use crate::session::{done, REQUEST_BYTES_MAX};
 
@@ -52,6 +54,26 @@ const O_EXCL: i32 = 0o200;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This mount's readers of `inode` forget what they read ahead.
+fn changed(st: &mut State, inode: u64) {
+    if st.open_per_inode.contains_key(&inode) {
+        *st.commits.entry(inode).or_default() += 1;
+    }
+}
+
+/// A lock was taken: what another mount committed before it released the lock must be
+/// what this mount reads now, so the kernel's cached pages and attributes of the file
+/// and this mount's read-ahead go.
+fn lock_taken(state: &Mutex<State>, notifier: &OnceLock<Notifier>, ino: INodeNo, inode: u64) {
+    changed(&mut lock(state), inode);
+    if let Some(n) = notifier.get() {
+        if let Err(e) = n.inval_inode(ino, 0, -1) {
+            // The kernel no longer knows the inode: nothing of it is cached.
+            tracing::debug!(inode, "dropping cached pages after a lock: {e}");
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -93,9 +115,13 @@ pub struct CairnFs {
     /// as inode 1 (`FUSE_ROOT_ID`); every other inode keeps its number.
     root: u64,
     runtime: tokio::runtime::Runtime,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     removals: Removals,
     next_fh: AtomicU64,
+    locks: Arc<MountLocks>,
+    /// Set once the session is mounted: drops the kernel's cached pages of a file whose
+    /// lock this mount takes.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -113,8 +139,9 @@ fn xattr_reply(reply: ReplyXattr, size: u32, data: &[u8]) {
 }
 
 impl CairnFs {
-    /// A file system of the directory `subtree` ("/" for the whole namespace).
-    pub fn new(client: Arc<CairnClient>, subtree: &str) -> Result<CairnFs, String> {
+    /// A file system of the directory `subtree` ("/" for the whole namespace); a lock of
+    /// this mount lasts `lock_lease` past the mount's end.
+    pub fn new(client: Arc<CairnClient>, subtree: &str, lock_lease: Duration) -> Result<CairnFs, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -125,14 +152,23 @@ impl CairnFs {
         if root.kind() != FileKind::Directory {
             return Err(format!("subtree {subtree:?} is not a directory"));
         }
+        let locks = MountLocks::new(client.clone(), lock_lease);
+        runtime.spawn(locks.clone().renew_forever());
         Ok(CairnFs {
             client,
             root: root.inode,
             runtime,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             removals: Removals::default(),
             next_fh: AtomicU64::new(1),
+            locks,
+            notifier: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Where the mounted session's notifier goes (see `notifier`).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
     }
 
     /// The namespace inode behind the kernel's inode `ino`.
@@ -260,9 +296,29 @@ impl CairnFs {
     }
 
     fn changed(&self, inode: u64) {
-        if let Some(n) = self.state().commits.get_mut(&inode) {
-            *n += 1;
+        changed(&mut self.state(), inode);
+    }
+
+    /// A lock request of the kernel's as Cairn's.
+    #[allow(clippy::too_many_arguments)]
+    fn want(&self, ino: INodeNo, owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Result<Want, Errno> {
+        Ok(Want {
+            inode: self.inode(ino),
+            owner: owner.0,
+            start,
+            end,
+            kind: kind_of(typ)?,
+            pid,
+        })
+    }
+
+    /// Releases every lock `owner` took on `inode` through this mount (a close).
+    fn unlock_all(&self, inode: u64, owner: LockOwner) -> Result<(), Errno> {
+        if !self.locks.took(inode, owner.0) {
+            return Ok(());
         }
+        self.commit(inode)?;
+        self.runtime.block_on(self.locks.set(Want::everything(inode, owner.0)))
     }
 
     /// Publishes what this mount wrote to `inode` and has not committed yet.
@@ -359,6 +415,10 @@ impl CairnFs {
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         session::request_sizes(config);
+        // Locks go to this file system (and so to every mount), not the kernel's table.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS) {
+            warn!("the kernel offers no {missing:?}: locks are local to this machine");
+        }
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -632,7 +692,7 @@ impl Filesystem for CairnFs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         let r = self.file(fh).and_then(|f| {
             if f.writes.load(Ordering::Acquire) {
                 self.commit(f.inode)
@@ -640,7 +700,9 @@ impl Filesystem for CairnFs {
                 Ok(())
             }
         });
-        done(reply, r);
+        // A close releases the closing process's POSIX locks on the file.
+        let unlocked = self.unlock_all(self.inode(ino), lock_owner);
+        done(reply, r.and(unlocked));
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -650,14 +712,83 @@ impl Filesystem for CairnFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        done(reply, self.release_handle(fh));
+        // With an owner: the open file took a flock, which goes with its last close.
+        let unlocked = match lock_owner {
+            Some(owner) => self.unlock_all(self.inode(ino), owner),
+            None => Ok(()),
+        };
+        done(reply, self.release_handle(fh).and(unlocked));
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let found = self
+            .want(ino, lock_owner, start, end, typ, pid)
+            .and_then(|want| self.runtime.block_on(self.locks.conflict(want)));
+        match found {
+            Ok(Some(l)) => reply.locked(l.start, l.end, typ_of(l.kind()), l.pid),
+            Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let want = match self.want(ino, lock_owner, start, end, typ, pid) {
+            Ok(w) => w,
+            Err(e) => return reply.error(e),
+        };
+        if want.kind == LockKind::Unlock {
+            // What this mount wrote under the lock is published before it is released.
+            let r = self
+                .commit(want.inode)
+                .and_then(|()| self.runtime.block_on(self.locks.set(want)));
+            return done(reply, r);
+        }
+        if !sleep {
+            let r = self.runtime.block_on(self.locks.set(want));
+            if r.is_ok() {
+                lock_taken(&self.state, &self.notifier, ino, want.inode);
+            }
+            return done(reply, r);
+        }
+        // A waiting lock must not hold one of the mount's few threads.
+        let (locks, state, notifier, tid) = (self.locks.clone(), self.state.clone(), self.notifier.clone(), req.pid());
+        self.runtime.spawn(async move {
+            let r = locks.wait(want, || caller_interrupted(tid)).await;
+            if r.is_ok() {
+                lock_taken(&state, &notifier, ino, want.inode);
+            }
+            done(reply, r);
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -24,6 +24,10 @@ struct Cli {
     /// Threads serving kernel requests.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// How long the locks of this mount outlive it (or its loss of the cluster); renewed
+    /// every third of it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lock_lease_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -45,7 +49,7 @@ fn main() -> ExitCode {
         config.erasure.clone(),
         Duration::from_secs(60),
     );
-    let fs = match CairnFs::new(client, &cli.subtree) {
+    let fs = match CairnFs::new(client, &cli.subtree, Duration::from_secs(cli.lock_lease_secs)) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("cairn-fuse: {e}");
@@ -59,7 +63,12 @@ fn main() -> ExitCode {
     // Every user of the machine (a training job rarely runs as root), with the kernel
     // checking mode bits against the caller (DefaultPermissions).
     options.acl = fuser::SessionACL::All;
-    match fuser::mount(fs, &cli.mountpoint, &options) {
+    let notifier = fs.notifier_slot();
+    let mounted = fuser::Session::new(fs, &cli.mountpoint, &options).and_then(|session| {
+        let _ = notifier.set(session.notifier());
+        session.run()
+    });
+    match mounted {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairn-fuse: mounting at {}: {e}", cli.mountpoint.display());

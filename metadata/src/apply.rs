@@ -103,6 +103,8 @@ fn run(a: &mut Apply<'_, '_>, op: Op) -> OpResult<MetaReply> {
         Op::SetEntryFormat(s) => a.set_entry_format(s),
         Op::SetXattr(s) => a.set_xattr(s),
         Op::RemoveXattr(r) => a.remove_xattr(r),
+        Op::OpenLockSession(o) => a.open_lock_session(o),
+        Op::SetLock(l) => a.set_lock(l),
         // What `is_mutation` calls a read is answered without the log.
         _ => Err(refuse(Errno::Einval, "reads are not proposed to the log")),
     }

@@ -34,11 +34,13 @@ pub enum Cf {
     DedupeAge,
     /// dataserver (u32 BE) ++ stripe id (16) ++ shard index (u8) ++ inode (u64 BE) → ()
     ShardRefs,
+    /// inode (u64 BE) → LockTable (the byte-range locks held on it)
+    Locks,
 }
 
 impl Cf {
     /// What a snapshot carries.
-    pub const STATE_MACHINE: [Cf; 9] = [
+    pub const STATE_MACHINE: [Cf; 10] = [
         Cf::SmMeta,
         Cf::Inodes,
         Cf::Dentries,
@@ -48,6 +50,7 @@ impl Cf {
         Cf::Dedupe,
         Cf::DedupeAge,
         Cf::ShardRefs,
+        Cf::Locks,
     ];
 
     /// Every column family: the log store's and the state machine's.
@@ -68,6 +71,7 @@ impl Cf {
             Cf::Dedupe => "dedupe",
             Cf::DedupeAge => "dedupe_age",
             Cf::ShardRefs => "shard_refs",
+            Cf::Locks => "locks",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod errors;
 pub mod layout;
 pub mod liveness;
+pub mod locks;
 pub mod log_store;
 pub mod names;
 pub mod namespace;

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
-    meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, MetaReply, Mkdir,
-    OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining, SetEntryFormat, SetXattr,
-    Symlink,
+    meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, Lock, LockKind,
+    MetaReply, Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr,
+    SetDraining, SetEntryFormat, SetLock, SetXattr, Symlink,
 };
 use prost::Message;
 
@@ -18,12 +18,14 @@ use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
     decode_entry_format, decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key,
-    InodeRecord, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
+    InodeRecord, LockTable, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
-use crate::xattrs;
+use crate::{locks, xattrs};
 
 pub const SESSION_TTL_MS_MIN: u32 = 100;
+/// The inode a lock session names: none (inode 0 never exists).
+const LOCK_SESSION: u64 = 0;
 pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
 
 /// The attributes of the root directory before anything changed it.
@@ -207,6 +209,8 @@ impl Apply<'_, '_> {
             self.put_layout(attr.inode, &old, None);
         }
         self.txn.delete(Cf::Inodes, u64_key(attr.inode));
+        // Its lock sessions still name it; they find no table when they end.
+        self.txn.delete(Cf::Locks, u64_key(attr.inode));
         Ok(())
     }
 
@@ -544,6 +548,26 @@ impl Apply<'_, '_> {
         self.now.saturating_add(i64::from(ttl_ms) * 1_000_000)
     }
 
+    /// A new session record with its expiry, counted.
+    fn new_session(&mut self, inode: u64, ttl_ms: u32) -> (u64, i64) {
+        let session = self.txn.counters.next_session;
+        self.txn.counters.next_session += 1;
+        self.txn.counters.sessions += 1;
+        let expires_ns = self.expiry(ttl_ms);
+        let rec = SessionRecord {
+            inode,
+            expires_ns,
+            locked: Vec::new(),
+        };
+        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+        self.txn.put(
+            Cf::SessionExpiry,
+            session_expiry_key(expires_ns, session).to_vec(),
+            Vec::new(),
+        );
+        (session, expires_ns)
+    }
+
     pub fn open_session(&mut self, o: OpenSession) -> OpResult<MetaReply> {
         Self::check_ttl(o.ttl_ms)?;
         let mut attr = self.attr(o.inode)?;
@@ -555,20 +579,7 @@ impl Apply<'_, '_> {
         if attr.nlink == 0 {
             return Err(refuse(Errno::Enoent, "the file was unlinked"));
         }
-        let session = self.txn.counters.next_session;
-        self.txn.counters.next_session += 1;
-        self.txn.counters.sessions += 1;
-        let expires_ns = self.expiry(o.ttl_ms);
-        let rec = SessionRecord {
-            inode: o.inode,
-            expires_ns,
-        };
-        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
-        self.txn.put(
-            Cf::SessionExpiry,
-            session_expiry_key(expires_ns, session).to_vec(),
-            Vec::new(),
-        );
+        let (session, expires_ns) = self.new_session(o.inode, o.ttl_ms);
         attr.sessions += 1;
         self.put_attr(attr)?;
         let layout = self.layout(o.inode)?;
@@ -580,11 +591,22 @@ impl Apply<'_, '_> {
         })))
     }
 
+    pub fn open_lock_session(&mut self, o: OpenLockSession) -> OpResult<MetaReply> {
+        Self::check_ttl(o.ttl_ms)?;
+        let (session, expires_ns) = self.new_session(LOCK_SESSION, o.ttl_ms);
+        Ok(reply(meta_reply::Result::Session(SessionReply {
+            session,
+            expires_ns,
+            attr: None,
+            layout: None,
+        })))
+    }
+
     fn session(&self, session: u64) -> OpResult<SessionRecord> {
         let bytes = self
             .txn
             .get(Cf::Sessions, &u64_key(session))?
-            .ok_or_else(|| refuse(Errno::Estale, format!("write session {session} expired or was closed")))?;
+            .ok_or_else(|| refuse(Errno::Estale, format!("session {session} expired or was closed")))?;
         Ok(SessionRecord::decode(bytes.as_slice())?)
     }
 
@@ -619,6 +641,14 @@ impl Apply<'_, '_> {
         self.txn
             .delete(Cf::SessionExpiry, session_expiry_key(rec.expires_ns, session).to_vec());
         self.txn.counters.sessions = self.txn.counters.sessions.saturating_sub(1);
+        if rec.inode == LOCK_SESSION {
+            for &inode in &rec.locked {
+                let mut held = self.locks(inode)?;
+                locks::drop_session(&mut held, session);
+                self.put_locks(inode, &held);
+            }
+            return Ok(());
+        }
         let Some(inode) = self.inode(rec.inode)? else {
             return Ok(());
         };
@@ -641,6 +671,81 @@ impl Apply<'_, '_> {
             self.end_session(session, &rec)?;
         }
         Ok(())
+    }
+
+    // ----- byte-range locks -----
+
+    fn locks(&self, inode: u64) -> OpResult<Vec<Lock>> {
+        Ok(match self.txn.get(Cf::Locks, &u64_key(inode))? {
+            Some(bytes) => LockTable::decode(bytes.as_slice())?.locks,
+            None => Vec::new(),
+        })
+    }
+
+    fn put_locks(&mut self, inode: u64, held: &[Lock]) {
+        if held.is_empty() {
+            self.txn.delete(Cf::Locks, u64_key(inode));
+        } else {
+            let table = LockTable { locks: held.to_vec() };
+            self.txn.put(Cf::Locks, u64_key(inode), table.encode_to_vec());
+        }
+    }
+
+    pub fn set_lock(&mut self, s: SetLock) -> OpResult<MetaReply> {
+        let want = s
+            .lock
+            .ok_or_else(|| refuse(Errno::Einval, "a lock request names no lock"))?;
+        let kind = locks::check(&want)?;
+        let mut session = self.session(want.session)?;
+        if session.inode != LOCK_SESSION {
+            return Err(refuse(
+                Errno::Einval,
+                format!("session {} is a write session, not a lock session", want.session),
+            ));
+        }
+        self.attr(s.inode)?;
+        let mut held = self.locks(s.inode)?;
+        if kind != LockKind::Unlock {
+            if let Some(c) = locks::conflict(&held, &want) {
+                return Err(refuse(
+                    Errno::Eagain,
+                    format!(
+                        "bytes {}..={} are locked by owner {} of lock session {} (pid {})",
+                        c.start, c.end, c.owner, c.session, c.pid
+                    ),
+                ));
+            }
+        }
+        locks::set(&mut held, want);
+        if held.len() > locks::LOCKS_PER_INODE_MAX {
+            return Err(refuse(
+                Errno::Enolck,
+                format!("an inode carries at most {} locks", locks::LOCKS_PER_INODE_MAX),
+            ));
+        }
+        let at = session.locked.binary_search(&s.inode);
+        match (at, locks::holds(&held, want.session)) {
+            (Err(i), true) => {
+                if session.locked.len() >= locks::LOCKED_INODES_PER_SESSION_MAX {
+                    return Err(refuse(
+                        Errno::Enolck,
+                        format!(
+                            "a lock session holds locks on at most {} inodes",
+                            locks::LOCKED_INODES_PER_SESSION_MAX
+                        ),
+                    ));
+                }
+                session.locked.insert(i, s.inode);
+            }
+            (Ok(i), false) => {
+                session.locked.remove(i);
+            }
+            _ => {}
+        }
+        self.txn
+            .put(Cf::Sessions, u64_key(want.session), session.encode_to_vec());
+        self.put_locks(s.inode, &held);
+        Ok(done())
     }
 
     pub fn replace_shard(&mut self, r: ReplaceShard) -> OpResult<MetaReply> {

@@ -2,8 +2,8 @@
 //! barrier has passed (see `service`).
 
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, MetaReply,
-    StatFsReply, XattrNames,
+    meta_reply, meta_request::Op, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, LockReply,
+    MetaReply, StatFsReply, XattrNames,
 };
 use prost::Message;
 use rocksdb::{Direction, IteratorMode};
@@ -12,9 +12,9 @@ use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, OpError, OpResult};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
-use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
+use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, LockTable, DRAINING_KEY, LOST_KEY};
 use crate::txn::load_counters;
-use crate::xattrs;
+use crate::{locks, xattrs};
 
 /// Entries one readdir page may ask for.
 pub const READDIR_LIMIT_MAX: u32 = 10_000;
@@ -110,6 +110,21 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
             &inode(&view, g.inode)?,
             &g.name,
         )?))),
+        Op::GetLock(g) => {
+            let want = g
+                .lock
+                .as_ref()
+                .ok_or_else(|| refuse(Errno::Einval, "a lock request names no lock"))?;
+            locks::check(want)?;
+            inode(&view, g.inode)?;
+            let held = match view.get(Cf::Locks, &u64_key(g.inode))? {
+                Some(bytes) => LockTable::decode(bytes.as_slice())?.locks,
+                None => Vec::new(),
+            };
+            Ok(reply(meta_reply::Result::Lock(LockReply {
+                conflict: locks::conflict(&held, want).copied(),
+            })))
+        }
         Op::ListXattr(l) => Ok(reply(meta_reply::Result::XattrNames(XattrNames {
             names: xattrs::names(&inode(&view, l.inode)?),
         }))),

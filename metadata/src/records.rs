@@ -28,12 +28,23 @@ pub struct Xattr {
     pub value: Vec<u8>,
 }
 
+/// A write session (on `inode`) or, with inode 0, a mount's lock session.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionRecord {
     #[prost(uint64, tag = "1")]
     pub inode: u64,
     #[prost(int64, tag = "2")]
     pub expires_ns: i64,
+    /// A lock session: the inodes it holds locks on (sorted), released with it.
+    #[prost(uint64, repeated, tag = "3")]
+    pub locked: Vec<u64>,
+}
+
+/// The byte-range locks held on one inode, by start.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockTable {
+    #[prost(message, repeated, tag = "1")]
+    pub locks: Vec<cairn_common::proto::metadata::Lock>,
 }
 
 /// The first answer to a mutation, returned again to a retry.

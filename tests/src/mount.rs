@@ -24,8 +24,19 @@ pub fn is_mounted(path: &Path) -> bool {
 impl Mount {
     /// Mounts directory `subtree` of the cluster ("/": all of it) at `path`.
     pub async fn start(config: &Path, path: &Path, subtree: &str, log: &Path) -> anyhow::Result<Mount> {
+        Mount::start_with(config, path, subtree, log, &[]).await
+    }
+
+    /// As `start`, with `extra` arguments for `cairn-fuse`.
+    pub async fn start_with(
+        config: &Path,
+        path: &Path,
+        subtree: &str,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Mount> {
         std::fs::create_dir_all(path)?;
-        let args = [
+        let mut args = vec![
             "--config".as_ref(),
             config.as_os_str(),
             "--mountpoint".as_ref(),
@@ -33,6 +44,7 @@ impl Mount {
             "--subtree".as_ref(),
             subtree.as_ref(),
         ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         let mut mount = Mount {
             path: path.to_owned(),
             process: Process::start("cairn-fuse", &args, log)?,
