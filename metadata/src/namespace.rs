@@ -703,6 +703,9 @@ impl Apply<'_, '_> {
                 format!("session {} is a write session, not a lock session", want.session),
             ));
         }
+        if session.expires_ns < self.now {
+            return Err(refuse(Errno::Estale, format!("lock session {} expired", want.session)));
+        }
         self.attr(s.inode)?;
         let mut held = self.locks(s.inode)?;
         if kind != LockKind::Unlock {

@@ -7,7 +7,8 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
-    meta_reply, Create, Errno, FileKind, Layout, MetaRequest, Mkdir, Rename, SetAttr, ShardLocation, Stripe,
+    meta_reply, Create, Errno, FileKind, GetLock, Layout, Lock, LockKind, MetaRequest, Mkdir, OpenLockSession, Rename,
+    SetAttr, SetLock, ShardLocation, Stripe,
 };
 use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN};
 use cairn_metadata::client::{MetaClientError, MetadataClient};
@@ -375,5 +376,133 @@ async fn a_retried_request_applies_once_and_gets_the_first_answer() -> anyhow::R
     }
     let only_follower = MetadataClient::new(vec![cluster.nodes[follower].addr.to_string()], Duration::from_secs(10));
     assert_eq!(only_follower.lookup(ROOT, b"once").await?.kind(), FileKind::Regular);
+    Ok(())
+}
+
+async fn lock_session(c: &MetadataClient, ttl_ms: u32) -> anyhow::Result<u64> {
+    match c.call(Op::OpenLockSession(OpenLockSession { ttl_ms })).await? {
+        meta_reply::Result::Session(s) => Ok(s.session),
+        other => anyhow::bail!("not a session: {other:?}"),
+    }
+}
+
+fn lock(session: u64, start: u64, end: u64, kind: LockKind) -> Lock {
+    Lock {
+        session,
+        owner: 7,
+        start,
+        end,
+        kind: kind as i32,
+        pid: 42,
+    }
+}
+
+async fn set_lock(c: &MetadataClient, inode: u64, lock: Lock) -> Result<meta_reply::Result, MetaClientError> {
+    c.call(Op::SetLock(SetLock {
+        inode,
+        lock: Some(lock),
+    }))
+    .await
+}
+
+async fn conflict(c: &MetadataClient, inode: u64, lock: Lock) -> anyhow::Result<Option<Lock>> {
+    match c
+        .call(Op::GetLock(GetLock {
+            inode,
+            lock: Some(lock),
+        }))
+        .await?
+    {
+        meta_reply::Result::Lock(l) => Ok(l.conflict),
+        other => anyhow::bail!("not a lock reply: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locks_refuse_bad_requests_and_go_with_their_session() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "").await?;
+    let c = cluster.client();
+    let f = c.create(ROOT, b"locked", 0o644, true).await?;
+    let (one, two) = (lock_session(&c, 30_000).await?, lock_session(&c, 30_000).await?);
+    assert_eq!(c.statfs().await?.open_sessions, 2);
+
+    // Bad requests: typed errors, nothing locked.
+    let write_session = c.open_session(f.inode, 30_000).await?.session;
+    let mut unknown_kind = lock(one, 0, 9, LockKind::Write);
+    unknown_kind.kind = 9;
+    for (inode, bad, want) in [
+        (f.inode, lock(one, 10, 9, LockKind::Write), Errno::Einval),
+        (f.inode, unknown_kind, Errno::Einval),
+        (f.inode, lock(write_session, 0, 9, LockKind::Write), Errno::Einval),
+        (f.inode, lock(999_999, 0, 9, LockKind::Write), Errno::Estale),
+        (999_999, lock(one, 0, 9, LockKind::Write), Errno::Enoent),
+    ] {
+        assert_eq!(errno(set_lock(&c, inode, bad).await), want, "{bad:?}");
+    }
+    let no_lock = c
+        .call(Op::SetLock(SetLock {
+            inode: f.inode,
+            lock: None,
+        }))
+        .await;
+    assert_eq!(errno(no_lock), Errno::Einval);
+    assert_eq!(
+        conflict(&c, f.inode, lock(two, 0, u64::MAX, LockKind::Write)).await?,
+        None
+    );
+    c.close_session(write_session).await?;
+
+    // One session's write lock excludes the other's, which sees who holds it.
+    set_lock(&c, f.inode, lock(one, 0, 99, LockKind::Write)).await?;
+    assert_eq!(
+        errno(set_lock(&c, f.inode, lock(two, 50, 50, LockKind::Read)).await),
+        Errno::Eagain
+    );
+    let held = conflict(&c, f.inode, lock(two, 99, 200, LockKind::Read)).await?;
+    assert_eq!(held.map(|l| (l.session, l.start, l.end, l.pid)), Some((one, 0, 99, 42)));
+    set_lock(&c, f.inode, lock(two, 100, 100, LockKind::Write)).await?;
+
+    // An inode carries a bounded number of locks.
+    let limit = cairn_metadata::locks::LOCKS_PER_INODE_MAX as u64;
+    let spread = |i: u64| lock(one, 1000 + 2 * i, 1000 + 2 * i, LockKind::Read);
+    for i in 0..limit - 2 {
+        set_lock(&c, f.inode, spread(i)).await?;
+    }
+    assert_eq!(errno(set_lock(&c, f.inode, spread(limit)).await), Errno::Enolck);
+
+    // Closing a session releases its locks; another session's stay.
+    c.close_session(one).await?;
+    assert_eq!(conflict(&c, f.inode, lock(99, 0, 99, LockKind::Write)).await?, None);
+    assert!(conflict(&c, f.inode, lock(99, 0, u64::MAX, LockKind::Write))
+        .await?
+        .is_some());
+    assert_eq!(
+        errno(set_lock(&c, f.inode, lock(one, 0, 0, LockKind::Read)).await),
+        Errno::Estale
+    );
+
+    // A session whose lease runs out loses its locks, even on a file since removed.
+    let short = lock_session(&c, 1_000).await?;
+    let g = c.create(ROOT, b"gone", 0o644, true).await?;
+    set_lock(&c, g.inode, lock(short, 0, u64::MAX, LockKind::Write)).await?;
+    set_lock(&c, f.inode, lock(short, 500, 500, LockKind::Write)).await?;
+    c.unlink(ROOT, b"gone").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while conflict(&c, f.inode, lock(99, 500, 500, LockKind::Write))
+        .await?
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an expired session still holds its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.close_session(two).await?;
+    assert_eq!(
+        conflict(&c, f.inode, lock(99, 0, u64::MAX, LockKind::Write)).await?,
+        None
+    );
+    assert_eq!(c.statfs().await?.open_sessions, 0);
     Ok(())
 }
