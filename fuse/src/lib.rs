@@ -300,7 +300,6 @@ impl CairnFs {
     }
 
     /// A lock request of the kernel's as Cairn's.
-    #[allow(clippy::too_many_arguments)]
     fn want(&self, ino: INodeNo, owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Result<Want, Errno> {
         Ok(Want {
             inode: self.inode(ino),
