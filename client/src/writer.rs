@@ -21,8 +21,8 @@ use bytes::{Bytes, BytesMut};
 use cairn_common::file_wire::{FileReply, FileRequest};
 use cairn_common::namespace::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, Layout, OpenSession, RenewSession,
-    SessionReply, Stripe,
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, GetLayout, Layout, OpenSession,
+    RenewSession, SessionReply, Stripe,
 };
 use tokio::task::JoinSet;
 use tracing::warn;
@@ -170,6 +170,22 @@ impl FileWriter {
         self.attr = attr;
         self.base = layout;
         self.written.clear();
+    }
+
+    /// A writer with nothing uncommitted starts over from the file's committed state:
+    /// another client may have committed since it opened (a mount that takes a lock
+    /// does this, so that what it writes under the lock builds on the last holder's).
+    pub async fn refresh(&mut self) -> Result<(), ClientError> {
+        if self.is_dirty() || self.failed.is_some() {
+            return Ok(());
+        }
+        match self.client.meta(Op::GetLayout(GetLayout { inode: self.inode })).await? {
+            meta_reply::Result::Layout(l) => {
+                self.rebase(l.attr.unwrap_or_default(), l.layout.unwrap_or_default());
+                Ok(())
+            }
+            other => Err(bad_reply(other)),
+        }
     }
 
     /// Keeps the write session alive; one that lapsed (a file held open and idle) is

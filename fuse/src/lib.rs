@@ -40,6 +40,7 @@ use fuser::{
     ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::XattrFlags;
+use tokio::runtime::Handle;
 use tracing::warn;
 
 use crate::attrs::{errno, file_attr, kind, ns};
@@ -64,10 +65,22 @@ fn changed(st: &mut State, inode: u64) {
 }
 
 /// A lock was taken: what another mount committed before it released the lock must be
-/// what this mount reads now, so the kernel's cached pages and attributes of the file
-/// and this mount's read-ahead go.
-fn lock_taken(state: &Mutex<State>, notifier: &OnceLock<Notifier>, ino: INodeNo, inode: u64) {
-    changed(&mut lock(state), inode);
+/// what this mount reads now and builds on, so the kernel's cached pages and attributes
+/// of the file and this mount's read-ahead go, and a clean writer of the file starts
+/// over from the committed content.
+fn lock_taken(state: &Mutex<State>, notifier: &OnceLock<Notifier>, rt: &Handle, ino: INodeNo, inode: u64) {
+    let shared = {
+        let mut st = lock(state);
+        changed(&mut st, inode);
+        st.writers.get(&inode).map(|w| (w.writer.clone(), w.size.clone()))
+    };
+    if let Some((writer, size)) = shared {
+        let mut w = lock(&writer);
+        if let Err(e) = rt.block_on(w.refresh()) {
+            warn!(inode, "reading the committed layout after a lock: {e}");
+        }
+        size.store(w.size(), Ordering::Release);
+    }
     if let Some(n) = notifier.get() {
         if let Err(e) = n.inval_inode(ino, 0, -1) {
             // The kernel no longer knows the inode: nothing of it is cached.
@@ -316,8 +329,10 @@ impl CairnFs {
         if !self.locks.took(inode, owner.0) {
             return Ok(());
         }
-        self.commit(inode)?;
-        self.runtime.block_on(self.locks.set(Want::everything(inode, owner.0)))
+        // The lock goes even when publishing what was written under it fails.
+        let committed = self.commit(inode);
+        let unlocked = self.runtime.block_on(self.locks.set(Want::everything(inode, owner.0)));
+        committed.and(unlocked)
     }
 
     /// Publishes what this mount wrote to `inode` and has not committed yet.
@@ -766,25 +781,26 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         if want.kind == LockKind::Unlock {
-            // What this mount wrote under the lock is published before it is released.
-            let r = self
-                .commit(want.inode)
-                .and_then(|()| self.runtime.block_on(self.locks.set(want)));
-            return done(reply, r);
+            // What this mount wrote under the lock is published before it is released
+            // (and the lock goes even when that fails).
+            let committed = self.commit(want.inode);
+            let unlocked = self.runtime.block_on(self.locks.set(want));
+            return done(reply, committed.and(unlocked));
         }
+        let rt = self.runtime.handle().clone();
         if !sleep {
-            let r = self.runtime.block_on(self.locks.set(want));
+            let r = rt.block_on(self.locks.set(want));
             if r.is_ok() {
-                lock_taken(&self.state, &self.notifier, ino, want.inode);
+                lock_taken(&self.state, &self.notifier, &rt, ino, want.inode);
             }
             return done(reply, r);
         }
         // A waiting lock must not hold one of the mount's few threads.
         let (locks, state, notifier, tid) = (self.locks.clone(), self.state.clone(), self.notifier.clone(), req.pid());
-        self.runtime.spawn(async move {
-            let r = locks.wait(want, || caller_interrupted(tid)).await;
+        std::thread::spawn(move || {
+            let r = rt.block_on(locks.wait(want, || caller_interrupted(tid)));
             if r.is_ok() {
-                lock_taken(&state, &notifier, ino, want.inode);
+                lock_taken(&state, &notifier, &rt, ino, want.inode);
             }
             done(reply, r);
         });

@@ -35,6 +35,21 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// The Python of the test virtual environment (with torch), where `scripts/test.sh` puts it.
+pub fn venv_python() -> anyhow::Result<PathBuf> {
+    let venv = std::env::var_os("CAIRN_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn/venv")))
+        .context("neither CAIRN_VENV nor HOME is set")?;
+    let python = venv.join("bin/python");
+    anyhow::ensure!(
+        python.exists(),
+        "{} not found: scripts/test.sh installs torch into that virtual environment",
+        python.display()
+    );
+    Ok(python)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -4,7 +4,7 @@
 //! neither a killed process nor a dead mount holds a lock for good.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
@@ -255,5 +255,67 @@ async fn locks_exclude_across_mounts_and_go_with_their_holders() -> anyhow::Resu
     .await??;
     eprintln!("a dead mount's lock freed after {waited:?} (lease {LEASE_SECS} s)");
     holder.kill9()?;
+    Ok(())
+}
+
+/// One rank of a gloo group whose rendezvous is a `FileStore` on the mount given: the
+/// store takes flock on its file and appends under it, so ranks on different mounts meet
+/// only if locks and what is written under them cross mounts.
+const RANK: &str = r#"
+import datetime, sys, torch, torch.distributed as dist
+store, rank = sys.argv[1], int(sys.argv[2])
+dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=60))
+t = torch.full((4,), float(rank + 1))
+dist.all_reduce(t)
+assert t.tolist() == [3.0] * 4, t
+dist.barrier()
+dist.destroy_process_group()
+print("ok", rank)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torch_ranks_on_two_mounts_meet_through_a_file_store() -> anyhow::Result<()> {
+    let python = cairn_tests::venv_python()?;
+    let cluster = FileCluster::start(2, small_stripes()).await?;
+    let tmp = tempfile::tempdir()?;
+    let config = cluster.client_config()?;
+    let mut mounts = Vec::new();
+    for name in ["a", "b"] {
+        let dir = tmp.path().join(name);
+        let log = cluster.dir.path().join(format!("fuse-{name}.log"));
+        mounts.push(Mount::start(&config, &dir, "/", &log).await?);
+    }
+    let stores: Vec<PathBuf> = mounts.iter().map(|m| m.path.join("rendezvous")).collect();
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::process::Output>> {
+        let ranks: Vec<Child> = stores
+            .iter()
+            .enumerate()
+            .map(|(rank, store)| {
+                Command::new(&python)
+                    .args(["-c", RANK])
+                    .arg(store)
+                    .arg(rank.to_string())
+                    .env("GLOO_SOCKET_IFNAME", "lo")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .context("a rank starts")
+            })
+            .collect::<anyhow::Result<_>>()?;
+        ranks
+            .into_iter()
+            .map(|r| r.wait_with_output().context("a rank ends"))
+            .collect()
+    })
+    .await??;
+    for (rank, o) in out.iter().enumerate() {
+        ensure!(
+            o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == format!("ok {rank}"),
+            "rank {rank}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     Ok(())
 }

@@ -417,23 +417,9 @@ async fn a_reader_never_sees_a_half_renamed_file() -> anyhow::Result<()> {
 }
 
 /// The Python of the cached virtual environment with torch (`scripts/test.sh` makes it).
-fn python() -> anyhow::Result<PathBuf> {
-    let venv = std::env::var_os("CAIRN_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn/venv")))
-        .context("neither CAIRN_VENV nor HOME is set")?;
-    let python = venv.join("bin/python");
-    ensure!(
-        python.exists(),
-        "{} not found: scripts/test.sh installs torch into that virtual environment",
-        python.display()
-    );
-    Ok(python)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn torch_save_and_load_a_models_state_dict() -> anyhow::Result<()> {
-    let python = python()?;
+    let python = cairn_tests::venv_python()?;
     let m = mounted().await?;
     let script = r#"
 import sys, torch
