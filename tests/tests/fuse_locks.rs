@@ -43,6 +43,8 @@ for line in sys.stdin:
             out = " " + os.pread(fd, 100, 0).decode()
         elif cmd == "write":
             os.pwrite(fd, a[0].encode(), 0)
+        elif cmd == "fsync":
+            os.fsync(fd)
         elif cmd == "close":
             os.close(fd)
         print("ok" + out, flush=True)
@@ -225,6 +227,21 @@ async fn locks_exclude_across_mounts_and_go_with_their_holders() -> anyhow::Resu
         flocker.ask("close")?;
         ensure!(rival.answer(Duration::from_secs(10))? == "ok", "flock waiter");
         rival.ask("close")?;
+
+        // A mount that wrote the file before (and still has it open) builds on what the
+        // last holder wrote once it takes the lock, and its unlock publishes its bytes.
+        let mut early = Agent::start(&b)?;
+        early.ask("write b1")?;
+        early.ask("fsync")?;
+        let mut holder = Agent::start(&a)?;
+        holder.ask("lockf w nb 0 0")?;
+        holder.ask("write a2")?;
+        holder.ask("close")?;
+        early.ask("lockf w wait 0 0")?;
+        ensure!(early.ask("read")? == "a2");
+        early.ask("write b3")?;
+        early.ask("lockf u nb 0 0")?;
+        ensure!(Agent::start(&a)?.ask("read")? == "b3");
         Ok(())
     })
     .await??;
