@@ -97,6 +97,18 @@ struct OpenFile {
     seen_commits: AtomicU64,
     /// Whether this handle wrote (its `flush` commits).
     writes: AtomicBool,
+    /// The lock owners that took a lock through this handle: an open file's own locks
+    /// (OFD locks) go with its last close, which only this tells apart.
+    lock_owners: Mutex<Vec<u64>>,
+}
+
+impl OpenFile {
+    fn took_lock(&self, owner: u64) {
+        let mut owners = lock(&self.lock_owners);
+        if !owners.contains(&owner) {
+            owners.push(owner);
+        }
+    }
 }
 
 /// The writer of an inode, shared by its handles; it closes with the inode's last handle.
@@ -258,6 +270,7 @@ impl CairnFs {
                 reader: Mutex::new(self.client.open_reader(inode)),
                 seen_commits: AtomicU64::new(commits),
                 writes: AtomicBool::new(false),
+                lock_owners: Mutex::new(Vec::new()),
             }),
         );
         *st.open_per_inode.entry(inode).or_default() += 1;
@@ -733,11 +746,18 @@ impl Filesystem for CairnFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // With an owner: the open file took a flock, which goes with its last close.
-        let unlocked = match lock_owner {
-            Some(owner) => self.unlock_all(self.inode(ino), owner),
-            None => Ok(()),
-        };
+        // The open file's last close: its flock (the owner given) and any lock taken
+        // through it go; a process's record locks went with its `flush` already.
+        let inode = self.inode(ino);
+        let mut owners = self
+            .file(fh)
+            .map(|f| std::mem::take(&mut *lock(&f.lock_owners)))
+            .unwrap_or_default();
+        owners.extend(lock_owner.map(|o| o.0));
+        let unlocked = owners
+            .into_iter()
+            .map(|owner| self.unlock_all(inode, LockOwner(owner)))
+            .fold(Ok(()), Result::and);
         done(reply, self.release_handle(fh).and(unlocked));
     }
 
@@ -767,7 +787,7 @@ impl Filesystem for CairnFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         lock_owner: LockOwner,
         start: u64,
         end: u64,
@@ -787,10 +807,15 @@ impl Filesystem for CairnFs {
             let unlocked = self.runtime.block_on(self.locks.set(want));
             return done(reply, committed.and(unlocked));
         }
+        let file = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
         let rt = self.runtime.handle().clone();
         if !sleep {
             let r = rt.block_on(self.locks.set(want));
             if r.is_ok() {
+                file.took_lock(want.owner);
                 lock_taken(&self.state, &self.notifier, &rt, ino, want.inode);
             }
             return done(reply, r);
@@ -800,6 +825,7 @@ impl Filesystem for CairnFs {
         std::thread::spawn(move || {
             let r = rt.block_on(locks.wait(want, || caller_interrupted(tid)));
             if r.is_ok() {
+                file.took_lock(want.owner);
                 lock_taken(&state, &notifier, &rt, ino, want.inode);
             }
             done(reply, r);

@@ -33,6 +33,10 @@ for line in sys.stdin:
             fcntl.lockf(fd, kinds[a[0]] | nb, int(a[3]), int(a[2]))
         elif cmd == "flock":  # kind wait|nb
             fcntl.flock(fd, kinds[a[0]] | (fcntl.LOCK_NB if a[1] == "nb" else 0))
+        elif cmd == "ofd":  # kind wait|nb start len: a lock of the open file, not the process
+            t = {"r": fcntl.F_RDLCK, "w": fcntl.F_WRLCK, "u": fcntl.F_UNLCK}[a[0]]
+            op = fcntl.F_OFD_SETLKW if a[1] == "wait" else fcntl.F_OFD_SETLK
+            fcntl.fcntl(fd, op, struct.pack("hhqqi", t, 0, int(a[2]), int(a[3]), 0))
         elif cmd == "getlk":  # kind start len -> type start len pid
             t = fcntl.F_WRLCK if a[0] == "w" else fcntl.F_RDLCK
             got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack("hhqqi", t, 0, int(a[1]), int(a[2]), 0))
@@ -242,6 +246,21 @@ async fn locks_exclude_across_mounts_and_go_with_their_holders() -> anyhow::Resu
         early.ask("write b3")?;
         early.ask("lockf u nb 0 0")?;
         ensure!(Agent::start(&a)?.ask("read")? == "b3");
+        drop(early);
+
+        // An open file's own lock (OFD) goes with the file's last close, the process
+        // living on.
+        let mut ofd = Agent::start(&a)?;
+        let mut rival = Agent::start(&b)?;
+        ofd.ask("ofd w nb 0 10")?;
+        rival.refused("ofd r nb 5 1")?;
+        rival.refused("lockf w nb 0 1")?;
+        ofd.ask("close")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rival.ask("ofd w nb 0 10").is_err() {
+            ensure!(Instant::now() < deadline, "an OFD lock outlived its open file");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(())
     })
     .await??;
