@@ -9,7 +9,8 @@
 //! publishes this mount's pending writes to the inode (read-your-writes).
 //!
 //! Caching: attributes and entries for one second; the kernel keeps a file's page cache
-//! across opens only while its layout version is unchanged.
+//! across opens only while its layout version is unchanged, and drops it when this mount
+//! takes a lock on the file (locks are the cluster's, see `locks`).
 //!
 //! A writer lives until its inode's last handle here closes. Unlink (or rename over) an
 //! inode this mount still has open opens its writer if needed: the writer's write session
