@@ -2,9 +2,10 @@
 //! lock only among the processes of this machine; here every lock is a record of the
 //! metadata group, so the processes of every mount of the cluster exclude each other.
 //!
-//! The mount opens one lock session on its first lock and renews it while it lives; a
-//! mount that dies (or loses the cluster for longer than the lease) loses its locks when
-//! the lease runs out, so a crashed machine never holds a lock for good. A waiting lock
+//! The mount opens one lock session when it takes a lock, renews it while it may hold
+//! one, and closes it once it holds none; a mount that dies (or loses the cluster for
+//! longer than the lease) loses its locks when the lease runs out, so a crashed machine
+//! never holds a lock for good. A waiting lock
 //! (`F_SETLKW`, blocking `flock`) polls with a read first and proposes only when the
 //! conflict is gone; locks are not granted in arrival order, and deadlocks between
 //! mounts are not detected (EDEADLK is never returned).
@@ -15,12 +16,16 @@ use std::time::Duration;
 
 use cairn_client::{CairnClient, ClientError};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Errno as MetaErrno, GetLock, Lock, LockKind, OpenLockSession, RenewSession, SetLock,
+    meta_reply, meta_request::Op, CloseSession, Errno as MetaErrno, GetLock, Lock, LockKind, OpenLockSession,
+    RenewSession, SetLock,
 };
 use fuser::Errno;
 use tracing::{error, warn};
 
 use crate::attrs::errno;
+
+/// The kernel's end of a lock that reaches past the end of the file (OFFSET_MAX).
+const TO_END_OF_FILE: u64 = i64::MAX as u64;
 
 /// The first and the longest pause of a waiting lock between two looks.
 const WAIT_FIRST: Duration = Duration::from_millis(5);
@@ -84,7 +89,7 @@ impl Want {
 pub struct MountLocks {
     client: Arc<CairnClient>,
     lease: Duration,
-    session: Mutex<Option<u64>>,
+    session: tokio::sync::Mutex<Option<u64>>,
     /// The (inode, owner) pairs that took a lock here: a close that holds none sends nothing.
     takers: Mutex<HashSet<(u64, u64)>>,
 }
@@ -102,7 +107,7 @@ impl MountLocks {
         Arc::new(MountLocks {
             client,
             lease,
-            session: Mutex::new(None),
+            session: tokio::sync::Mutex::new(None),
             takers: Mutex::new(HashSet::new()),
         })
     }
@@ -111,38 +116,37 @@ impl MountLocks {
         u32::try_from(self.lease.as_millis()).unwrap_or(u32::MAX)
     }
 
-    /// This mount's lock session, opened on first use.
-    async fn session(&self) -> Result<u64, ClientError> {
-        if let Some(s) = *guard(&self.session) {
-            return Ok(s);
-        }
+    async fn open_session(&self) -> Result<u64, ClientError> {
         let opened = self
             .client
             .meta(Op::OpenLockSession(OpenLockSession {
                 ttl_ms: self.lease_ms(),
             }))
             .await?;
-        let meta_reply::Result::Session(s) = opened else {
-            return Err(ClientError::BadReply(format!("{opened:?}")));
-        };
-        let mut held = guard(&self.session);
-        match *held {
-            // Another request opened one meanwhile; this one just lapses.
-            Some(other) => Ok(other),
-            None => {
-                *held = Some(s.session);
-                Ok(s.session)
-            }
+        match opened {
+            meta_reply::Result::Session(s) => Ok(s.session),
+            other => Err(ClientError::BadReply(format!("{other:?}"))),
         }
     }
 
-    /// Renews the lease every third of it, for as long as the mount lives.
+    /// Renews the lease every third of it while the mount may hold a lock, and closes
+    /// the session once it holds none (an idle mount costs the group nothing).
     pub async fn renew_forever(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.lease / 3).await;
-            let Some(session) = *guard(&self.session) else {
+            // Held across the request: no lock is taken under a session being closed.
+            let mut current = self.session.lock().await;
+            let Some(session) = *current else {
                 continue;
             };
+            if guard(&self.takers).is_empty() {
+                *current = None;
+                if let Err(e) = self.client.meta(Op::CloseSession(CloseSession { session })).await {
+                    // Its lease runs out on its own.
+                    warn!(session, "closing the idle lock session: {e}");
+                }
+                continue;
+            }
             let renew = Op::RenewSession(RenewSession {
                 session,
                 ttl_ms: self.lease_ms(),
@@ -153,11 +157,8 @@ impl MountLocks {
                     // The lease ran out (the cluster was out of reach for longer than
                     // it): every lock of this mount is gone, and others may hold them.
                     error!(session, "the lock session expired: this mount's locks were released");
-                    let mut held = guard(&self.session);
-                    if *held == Some(session) {
-                        *held = None;
-                        guard(&self.takers).clear();
-                    }
+                    *current = None;
+                    guard(&self.takers).clear();
                 }
                 Err(e) => warn!(session, "renewing the lock session: {e}"),
             }
@@ -166,16 +167,40 @@ impl MountLocks {
 
     /// Takes or releases `want` once: EAGAIN when another owner holds a conflicting lock.
     pub async fn set(&self, want: Want) -> Result<(), Errno> {
-        let session = self.session().await.map_err(|e| errno(&e))?;
-        let op = Op::SetLock(SetLock {
-            inode: want.inode,
-            lock: Some(want.lock(session)),
-        });
-        self.client.meta(op).await.map_err(|e| errno(&e))?;
+        let mut current = self.session.lock().await;
+        let mut fresh = false;
+        loop {
+            let session = match *current {
+                Some(s) => s,
+                None => {
+                    let s = self.open_session().await.map_err(|e| errno(&e))?;
+                    *current = Some(s);
+                    fresh = true;
+                    s
+                }
+            };
+            let op = Op::SetLock(SetLock {
+                inode: want.inode,
+                lock: Some(want.lock(session)),
+            });
+            match self.client.meta(op).await {
+                Ok(_) => break,
+                // The session lapsed: nothing is held under it any more.
+                Err(e) if refused_with(&e, MetaErrno::Estale) && !fresh => {
+                    error!(session, "the lock session expired: this mount's locks were released");
+                    *current = None;
+                    guard(&self.takers).clear();
+                    if want.kind == LockKind::Unlock {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(errno(&e)),
+            }
+        }
         let mut takers = guard(&self.takers);
         if want.kind != LockKind::Unlock {
             takers.insert((want.inode, want.owner));
-        } else if want.start == 0 && want.end == u64::MAX {
+        } else if want.start == 0 && want.end >= TO_END_OF_FILE {
             takers.remove(&(want.inode, want.owner));
         }
         Ok(())
@@ -205,8 +230,8 @@ impl MountLocks {
 
     /// The first lock another owner holds that `want` conflicts with.
     pub async fn conflict(&self, want: Want) -> Result<Option<Lock>, Errno> {
-        // A mount that never locked asks as a session no one holds.
-        let session = guard(&self.session).unwrap_or(0);
+        // A mount that holds no session asks as a session no one holds.
+        let session = self.session.lock().await.unwrap_or(0);
         let op = Op::GetLock(GetLock {
             inode: want.inode,
             lock: Some(want.lock(session)),

@@ -34,7 +34,6 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1.
 /// The Python of the test virtual environment (with torch), where `scripts/test.sh` puts it.
 pub fn venv_python() -> anyhow::Result<PathBuf> {
     let venv = std::env::var_os("CAIRN_VENV")
@@ -50,11 +49,25 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// First port tests hand out, and the end of the range: below Linux's ephemeral ports
+/// (32768 and up), so that a node restarted on its port never finds it taken by some
+/// connection's local end meanwhile.
+const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
+
+/// `n` consecutive TCP ports on 127.0.0.1, free now, outside the ephemeral range.
+pub fn free_ports(n: u16) -> u16 {
+    for _ in 0..500 {
+        let base = TEST_PORTS.start + rand::random::<u16>() % (TEST_PORTS.end - TEST_PORTS.start - n);
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports in {TEST_PORTS:?}");
+}
+
+/// A free TCP port on 127.0.0.1 (see `free_ports`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+    free_ports(1)
 }
 
 /// A child process, killed with SIGKILL (as a power loss looks to it) when dropped, even

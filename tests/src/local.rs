@@ -1,11 +1,10 @@
 //! A cluster started by `cairnctl local up` in a temporary directory on free ports, and
 //! stopped (`cairnctl local down`) when dropped, even when a test fails.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::bin_path;
+use crate::{bin_path, free_ports};
 
 /// Processes of the default local cluster: 4 voters, 8 dataservers, 2 logic nodes.
 pub const PROCESSES: u16 = 14;
@@ -18,15 +17,6 @@ pub fn cairnctl(args: &[&str]) -> Output {
 }
 
 /// `n` consecutive free loopback ports.
-pub fn free_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 30_000;
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {n} consecutive free ports");
-}
 
 #[derive(Debug)]
 pub struct LocalCluster {

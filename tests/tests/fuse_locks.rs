@@ -10,6 +10,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, StatFs};
 use cairn_tests::cluster::{small_stripes, FileCluster};
 use cairn_tests::mount::Mount;
 
@@ -264,6 +265,25 @@ async fn locks_exclude_across_mounts_and_go_with_their_holders() -> anyhow::Resu
         Ok(())
     })
     .await??;
+
+    // Holding no lock any more, the mounts close their lock sessions: an idle mount
+    // costs the metadata group nothing.
+    let c = cluster.client();
+    let deadline = Instant::now() + Duration::from_secs(LEASE_SECS * 3);
+    loop {
+        let meta_reply::Result::Statfs(s) = c.meta(Op::Statfs(StatFs {})).await? else {
+            bail!("not a statfs reply");
+        };
+        if s.open_sessions == 0 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{} sessions stay open with no lock held",
+            s.open_sessions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A mount that dies holds its locks until its lease runs out, then loses them.
     let (a, b) = (a_dir.join("shared"), b_dir.join("shared"));

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use cairn_tests::local::{cairnctl, free_ports, PROCESSES};
+use cairn_tests::free_ports;
+use cairn_tests::local::{cairnctl, PROCESSES};
 use cairn_tests::mount::is_mounted;
 
 /// Stops the cluster even when the test fails.
