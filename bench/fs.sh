@@ -57,8 +57,8 @@ rm -rf "$DATA/cluster"
 fstest "$DATA/cairn-mnt" cairn
 cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
 "$BIN/cairnctl" local down --dir "$DATA/cluster"
-# Deleted files' shards stay on the dataservers until the orphan collector (not yet
-# built) removes them: drop the whole cluster rather than leave 6 GiB behind.
+# Deleted files' shards stay on the dataservers until the orphan collector's grace
+# period has passed: drop the whole cluster rather than leave 6 GiB behind.
 rm -rf "$DATA/cluster"
 
 log "limits (after)"
