@@ -9,3 +9,9 @@ cluster_peak_rss() {
     echo "rss $name peak_MiB=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$pid/status")"
   done
 }
+
+# rocksdb_sync_limit DIR: synced RocksDB WriteBatches per second in DIR (the rate a Raft
+# voter's log can sync entries at), with the release binaries in $BIN.
+rocksdb_sync_limit() {
+  "$BIN/cairn-bench" rocksdb-sync --dir "$1" --count 1000 | grep -oE 'batches_per_s=[0-9.]+' | cut -d= -f2
+}

@@ -9,6 +9,7 @@
 #      mount to a waiter on the other.
 # Run as root from the repository root:  bench/locks.sh      (env: PAIRS=500 ROUNDS=40)
 source "$(dirname "$0")/../scripts/env.sh"
+source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 DATA="$OUT/locks"
 mkdir -p "$DATA"
@@ -24,10 +25,7 @@ cleanup() {
   "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-limit() {
-  "$BIN/cairn-bench" rocksdb-sync --dir "$DATA/limit-db" --count 1000 | grep -oE 'batches_per_s=[0-9.]+' |
-    sed 's/^/limit rocksdb synced /' | tee -a "$RESULTS"
-}
+limit() { echo "limit rocksdb synced batches_per_s=$(rocksdb_sync_limit "$DATA/limit-db")" | tee -a "$RESULTS"; }
 
 log "limit (before)"
 limit

@@ -10,6 +10,7 @@
 #   4. each voter's peak RSS (VmHWM) with the 1M-inode namespace.
 # Run as root from the repository root:  bench/metadata.sh   (env: SIZES, LOAD_COUNT)
 source "$(dirname "$0")/../scripts/env.sh"
+source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 DATA="$OUT/metadata"
 SIZES="${SIZES:-10000 100000 1000000}"
@@ -48,7 +49,7 @@ start_cluster() { # start_cluster DIR
 }
 kill_cluster() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null || true; PIDS=(); }
 now_ns() { date +%s%N; }
-limit() { "$BIN/cairn-bench" rocksdb-sync --dir "$DATA/limit-db" --count 1000 | grep -oE 'batches_per_s=[0-9.]+' | cut -d= -f2; }
+limit() { rocksdb_sync_limit "$DATA/limit-db"; }
 
 log "limit: synced RocksDB WriteBatches on $(df --output=source "$DATA" | tail -1)"
 limit0=$(limit)

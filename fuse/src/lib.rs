@@ -343,9 +343,14 @@ impl CairnFs {
         if !self.locks.took(inode, owner.0) {
             return Ok(());
         }
-        // The lock goes even when publishing what was written under it fails.
-        let committed = self.commit(inode);
-        let unlocked = self.runtime.block_on(self.locks.set(Want::everything(inode, owner.0)));
+        self.unlock(Want::everything(inode, owner.0))
+    }
+
+    /// Releases `want`: what this mount wrote is published first, so the next holder
+    /// reads it, and the lock goes even when that fails.
+    fn unlock(&self, want: Want) -> Result<(), Errno> {
+        let committed = self.commit(want.inode);
+        let unlocked = self.runtime.block_on(self.locks.set(want));
         committed.and(unlocked)
     }
 
@@ -802,11 +807,7 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(e),
         };
         if want.kind == LockKind::Unlock {
-            // What this mount wrote under the lock is published before it is released
-            // (and the lock goes even when that fails).
-            let committed = self.commit(want.inode);
-            let unlocked = self.runtime.block_on(self.locks.set(want));
-            return done(reply, committed.and(unlocked));
+            return done(reply, self.unlock(want));
         }
         let file = match self.file(fh) {
             Ok(f) => f,

@@ -23,6 +23,7 @@ use fuser::Errno;
 use tracing::{error, warn};
 
 use crate::attrs::errno;
+use crate::lock;
 
 /// The kernel's end of a lock that reaches past the end of the file (OFFSET_MAX).
 const TO_END_OF_FILE: u64 = i64::MAX as u64;
@@ -95,10 +96,6 @@ pub struct MountLocks {
     takers: Mutex<HashSet<(u64, u64)>>,
 }
 
-fn guard<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn refused_with(e: &ClientError, what: MetaErrno) -> bool {
     e.errno() == Some(what)
 }
@@ -130,6 +127,14 @@ impl MountLocks {
         }
     }
 
+    /// The session's lease ran out (the cluster was out of reach for longer than it):
+    /// every lock of this mount is gone, and others may hold them now.
+    fn lapsed(&self, current: &mut Option<u64>, session: u64) {
+        error!(session, "the lock session expired: this mount's locks were released");
+        *current = None;
+        lock(&self.takers).clear();
+    }
+
     /// Renews the lease every third of it while the mount may hold a lock, and closes
     /// the session once it holds none (an idle mount costs the group nothing).
     pub async fn renew_forever(self: Arc<Self>) {
@@ -140,7 +145,7 @@ impl MountLocks {
             let Some(session) = *current else {
                 continue;
             };
-            if guard(&self.takers).is_empty() {
+            if lock(&self.takers).is_empty() {
                 *current = None;
                 if let Err(e) = self.client.meta(Op::CloseSession(CloseSession { session })).await {
                     // Its lease runs out on its own.
@@ -154,13 +159,7 @@ impl MountLocks {
             });
             match self.client.meta(renew).await {
                 Ok(_) => {}
-                Err(e) if refused_with(&e, MetaErrno::Estale) => {
-                    // The lease ran out (the cluster was out of reach for longer than
-                    // it): every lock of this mount is gone, and others may hold them.
-                    error!(session, "the lock session expired: this mount's locks were released");
-                    *current = None;
-                    guard(&self.takers).clear();
-                }
+                Err(e) if refused_with(&e, MetaErrno::Estale) => self.lapsed(&mut current, session),
                 Err(e) => warn!(session, "renewing the lock session: {e}"),
             }
         }
@@ -186,11 +185,8 @@ impl MountLocks {
             });
             match self.client.meta(op).await {
                 Ok(_) => break,
-                // The session lapsed: nothing is held under it any more.
                 Err(e) if refused_with(&e, MetaErrno::Estale) && !fresh => {
-                    error!(session, "the lock session expired: this mount's locks were released");
-                    *current = None;
-                    guard(&self.takers).clear();
+                    self.lapsed(&mut current, session);
                     if want.kind == LockKind::Unlock {
                         return Ok(());
                     }
@@ -198,7 +194,7 @@ impl MountLocks {
                 Err(e) => return Err(errno(&e)),
             }
         }
-        let mut takers = guard(&self.takers);
+        let mut takers = lock(&self.takers);
         if want.kind != LockKind::Unlock {
             takers.insert((want.inode, want.owner));
         } else if want.start == 0 && want.end >= TO_END_OF_FILE {
@@ -245,7 +241,7 @@ impl MountLocks {
 
     /// Whether `owner` took a lock on `inode` through this mount (and may still hold one).
     pub fn took(&self, inode: u64, owner: u64) -> bool {
-        guard(&self.takers).contains(&(inode, owner))
+        lock(&self.takers).contains(&(inode, owner))
     }
 }
 

@@ -9,7 +9,10 @@
 
 use cairn_common::proto::metadata::{Errno, Lock, LockKind};
 
+use prost::Message;
+
 use crate::errors::{refuse, OpResult};
+use crate::records::LockTable;
 
 /// Locks one inode may carry; past it a lock is refused (ENOLCK).
 pub const LOCKS_PER_INODE_MAX: usize = 1024;
@@ -24,15 +27,26 @@ fn overlap(a: &Lock, b: &Lock) -> bool {
     a.start <= b.end && b.start <= a.end
 }
 
-/// A lock request's range and kind, checked before anything looks at it.
-pub fn check(want: &Lock) -> OpResult<LockKind> {
+/// A lock request's lock, range and kind, checked before anything looks at it.
+pub fn check(want: Option<Lock>) -> OpResult<(Lock, LockKind)> {
+    let want = want.ok_or_else(|| refuse(Errno::Einval, "a lock request names no lock"))?;
     if want.start > want.end {
         return Err(refuse(
             Errno::Einval,
             format!("lock range {}..={} ends before it starts", want.start, want.end),
         ));
     }
-    LockKind::try_from(want.kind).map_err(|_| refuse(Errno::Einval, format!("unknown lock kind {}", want.kind)))
+    let kind =
+        LockKind::try_from(want.kind).map_err(|_| refuse(Errno::Einval, format!("unknown lock kind {}", want.kind)))?;
+    Ok((want, kind))
+}
+
+/// The locks an inode's stored table holds (none when nothing is stored).
+pub fn decode(stored: Option<Vec<u8>>) -> OpResult<Vec<Lock>> {
+    Ok(match stored {
+        Some(bytes) => LockTable::decode(bytes.as_slice())?.locks,
+        None => Vec::new(),
+    })
 }
 
 /// The first lock of another owner that `want` may not coexist with: any overlapping
@@ -191,10 +205,14 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        assert!(check(&lock(1, 1, 10, 9, LockKind::Read)).is_err());
+        assert!(check(None).is_err());
+        assert!(check(Some(lock(1, 1, 10, 9, LockKind::Read))).is_err());
         let mut bad = lock(1, 1, 0, 9, LockKind::Read);
         bad.kind = 7;
-        assert!(check(&bad).is_err());
-        assert_eq!(check(&lock(1, 1, 0, 0, LockKind::Unlock)).ok(), Some(LockKind::Unlock));
+        assert!(check(Some(bad)).is_err());
+        assert_eq!(
+            check(Some(lock(1, 1, 0, 0, LockKind::Unlock))).ok().map(|(_, k)| k),
+            Some(LockKind::Unlock)
+        );
     }
 }

@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use cairn_common::namespace::{truncate_layout, ROOT};
 use cairn_common::proto::metadata::{
-    meta_reply, Attr, CommitLayout, Create, Empty, Errno, FileKind, Layout, LayoutReply, Link, Lock, LockKind,
-    MetaReply, Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr,
-    SetDraining, SetEntryFormat, SetLock, SetXattr, Symlink,
+    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, Lock, LockKind, MetaReply,
+    Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining,
+    SetEntryFormat, SetLock, SetXattr, Symlink,
 };
 use prost::Message;
 
@@ -24,9 +24,9 @@ use crate::txn::Txn;
 use crate::{locks, xattrs};
 
 pub const SESSION_TTL_MS_MIN: u32 = 100;
+pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
 /// The inode a lock session names: none (inode 0 never exists).
 const LOCK_SESSION: u64 = 0;
-pub const SESSION_TTL_MS_MAX: u32 = 3_600_000;
 
 /// The attributes of the root directory before anything changed it.
 pub fn root_attr() -> Attr {
@@ -478,7 +478,7 @@ impl Apply<'_, '_> {
         rec.attr = Some(attr);
         rec.format = RECORD_FORMAT;
         self.txn.put(Cf::Inodes, u64_key(ino), rec.encode_to_vec());
-        Ok(reply(meta_reply::Result::Done(Empty {})))
+        Ok(done())
     }
 
     pub fn set_xattr(&mut self, s: SetXattr) -> OpResult<MetaReply> {
@@ -559,7 +559,7 @@ impl Apply<'_, '_> {
             expires_ns,
             locked: Vec::new(),
         };
-        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+        self.put_session(session, &rec);
         self.txn.put(
             Cf::SessionExpiry,
             session_expiry_key(expires_ns, session).to_vec(),
@@ -602,6 +602,10 @@ impl Apply<'_, '_> {
         })))
     }
 
+    fn put_session(&mut self, session: u64, rec: &SessionRecord) {
+        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+    }
+
     fn session(&self, session: u64) -> OpResult<SessionRecord> {
         let bytes = self
             .txn
@@ -621,7 +625,7 @@ impl Apply<'_, '_> {
             session_expiry_key(rec.expires_ns, session).to_vec(),
             Vec::new(),
         );
-        self.txn.put(Cf::Sessions, u64_key(session), rec.encode_to_vec());
+        self.put_session(session, &rec);
         Ok(reply(meta_reply::Result::Session(SessionReply {
             session,
             expires_ns: rec.expires_ns,
@@ -676,10 +680,7 @@ impl Apply<'_, '_> {
     // ----- byte-range locks -----
 
     fn locks(&self, inode: u64) -> OpResult<Vec<Lock>> {
-        Ok(match self.txn.get(Cf::Locks, &u64_key(inode))? {
-            Some(bytes) => LockTable::decode(bytes.as_slice())?.locks,
-            None => Vec::new(),
-        })
+        locks::decode(self.txn.get(Cf::Locks, &u64_key(inode))?)
     }
 
     fn put_locks(&mut self, inode: u64, held: &[Lock]) {
@@ -692,10 +693,7 @@ impl Apply<'_, '_> {
     }
 
     pub fn set_lock(&mut self, s: SetLock) -> OpResult<MetaReply> {
-        let want = s
-            .lock
-            .ok_or_else(|| refuse(Errno::Einval, "a lock request names no lock"))?;
-        let kind = locks::check(&want)?;
+        let (want, kind) = locks::check(s.lock)?;
         let mut session = self.session(want.session)?;
         if session.inode != LOCK_SESSION {
             return Err(refuse(
@@ -739,14 +737,14 @@ impl Apply<'_, '_> {
                     ));
                 }
                 session.locked.insert(i, s.inode);
+                self.put_session(want.session, &session);
             }
             (Ok(i), false) => {
                 session.locked.remove(i);
+                self.put_session(want.session, &session);
             }
             _ => {}
         }
-        self.txn
-            .put(Cf::Sessions, u64_key(want.session), session.encode_to_vec());
         self.put_locks(s.inode, &held);
         Ok(done())
     }
@@ -803,7 +801,7 @@ impl Apply<'_, '_> {
         }
         self.put_ids(DRAINING_KEY, &draining)?;
         self.put_ids(LOST_KEY, &lost)?;
-        Ok(reply(meta_reply::Result::Done(Empty {})))
+        Ok(done())
     }
 
     /// Raises the entry format the group writes. The leader checked that every member
@@ -823,7 +821,7 @@ impl Apply<'_, '_> {
         })?;
         self.txn
             .put(Cf::SmMeta, ENTRY_FORMAT_KEY.to_vec(), format.to_le_bytes().to_vec());
-        Ok(reply(meta_reply::Result::Done(Empty {})))
+        Ok(done())
     }
 
     fn ids(&self, key: &[u8]) -> OpResult<Vec<u32>> {

@@ -12,7 +12,7 @@ use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, OpError, OpResult};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
-use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, LockTable, DRAINING_KEY, LOST_KEY};
+use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
 use crate::txn::load_counters;
 use crate::{locks, xattrs};
 
@@ -111,18 +111,11 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
             &g.name,
         )?))),
         Op::GetLock(g) => {
-            let want = g
-                .lock
-                .as_ref()
-                .ok_or_else(|| refuse(Errno::Einval, "a lock request names no lock"))?;
-            locks::check(want)?;
+            let (want, _) = locks::check(g.lock)?;
             inode(&view, g.inode)?;
-            let held = match view.get(Cf::Locks, &u64_key(g.inode))? {
-                Some(bytes) => LockTable::decode(bytes.as_slice())?.locks,
-                None => Vec::new(),
-            };
+            let held = locks::decode(view.get(Cf::Locks, &u64_key(g.inode))?)?;
             Ok(reply(meta_reply::Result::Lock(LockReply {
-                conflict: locks::conflict(&held, want).copied(),
+                conflict: locks::conflict(&held, &want).copied(),
             })))
         }
         Op::ListXattr(l) => Ok(reply(meta_reply::Result::XattrNames(XattrNames {
