@@ -242,6 +242,12 @@ impl CairnClient {
 
     /// A namespace operation; a mutation gets a fresh request id that every retry keeps.
     pub async fn meta(&self, op: Op) -> Result<meta_reply::Result, ClientError> {
+        self.meta_and_dirs(op).await.map(|(result, _)| result)
+    }
+
+    /// [`Self::meta`], with the attributes of the directories a mutation changed
+    /// (`MetaReply.changed_dirs`).
+    pub async fn meta_and_dirs(&self, op: Op) -> Result<(meta_reply::Result, Vec<Attr>), ClientError> {
         let request_id = if is_mutation(&op) {
             self.next_request.fetch_add(1, Ordering::Relaxed)
         } else {
@@ -256,7 +262,7 @@ impl CairnClient {
         match self.exchange(FileRequest::Meta(req)).await? {
             FileReply::Meta(m) => match m.result {
                 Some(meta_reply::Result::Error(e)) => Err(refused(e)),
-                Some(r) => Ok(r),
+                Some(r) => Ok((r, m.changed_dirs)),
                 None => Err(ClientError::BadReply("empty namespace reply".into())),
             },
             other => Err(bad_reply(other)),

@@ -1,5 +1,6 @@
 //! Facts about the namespace that its clients and the metadata group share: the root
-//! inode, size limits, which requests change state, and how a layout is truncated.
+//! inode, size limits, which requests change state and which directories they change,
+//! and how a layout is truncated.
 
 use crate::proto::metadata::{meta_request::Op, Layout};
 
@@ -27,6 +28,21 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::ListXattr(_)
             | Op::GetLock(_)
     )
+}
+
+/// The directories whose entries `op` changes when it succeeds.
+pub fn changed_dirs(op: &Op) -> Vec<u64> {
+    match op {
+        Op::Create(c) => vec![c.parent],
+        Op::Mkdir(m) => vec![m.parent],
+        Op::Symlink(s) => vec![s.parent],
+        Op::Link(l) => vec![l.new_parent],
+        Op::Unlink(u) => vec![u.parent],
+        Op::Rmdir(r) => vec![r.parent],
+        Op::Rename(r) if r.parent == r.new_parent => vec![r.parent],
+        Op::Rename(r) => vec![r.parent, r.new_parent],
+        _ => Vec::new(),
+    }
 }
 
 /// The layout of a file cut (or extended with zeros) to `size` bytes: stripes past the end

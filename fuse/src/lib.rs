@@ -17,6 +17,7 @@
 //! keeps the inode alive, so it stays readable and writable, as POSIX wants.
 
 mod attrs;
+mod fresh_dirs;
 mod locks;
 pub mod passthrough;
 mod removals;
@@ -45,6 +46,7 @@ use tokio::runtime::Handle;
 use tracing::warn;
 
 use crate::attrs::{errno, file_attr, kind, ns};
+use crate::fresh_dirs::FreshDirs;
 use crate::locks::{caller_interrupted, kind_of, typ_of, MountLocks, Want};
 use crate::removals::Removals;
 use crate::session::{done, REQUEST_BYTES_MAX};
@@ -148,6 +150,7 @@ pub struct CairnFs {
     /// Set once the session is mounted: drops the kernel's cached pages of a file whose
     /// lock this mount takes.
     notifier: Arc<OnceLock<Notifier>>,
+    fresh_dirs: FreshDirs,
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -189,6 +192,7 @@ impl CairnFs {
             next_fh: AtomicU64::new(1),
             locks,
             notifier: Arc::new(OnceLock::new()),
+            fresh_dirs: FreshDirs::new(TTL),
         })
     }
 
@@ -234,7 +238,13 @@ impl CairnFs {
     }
 
     fn meta(&self, op: Op) -> Result<meta_reply::Result, Errno> {
-        self.runtime.block_on(self.client.meta(op)).map_err(|e| errno(&e))
+        self.fresh_dirs.before(&op);
+        let (result, changed) = self
+            .runtime
+            .block_on(self.client.meta_and_dirs(op))
+            .map_err(|e| errno(&e))?;
+        self.fresh_dirs.changed(changed);
+        Ok(result)
     }
 
     /// Attributes as this mount sees them: a file being written has the writer's size.
@@ -464,7 +474,11 @@ impl Filesystem for CairnFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.getattr_fresh(self.inode(ino)) {
+        let inode = self.inode(ino);
+        if let Some(a) = self.fresh_dirs.take(inode) {
+            return reply.attr(&TTL, &self.kernel_attr(&a));
+        }
+        match self.getattr_fresh(inode) {
             Ok(a) => reply.attr(&TTL, &self.kernel_attr(&a)),
             Err(e) => reply.error(e),
         }

@@ -47,6 +47,7 @@ fn meta_error(errno: Errno, message: String) -> FileReply {
             leader_id: 0,
             leader_addr: String::new(),
         })),
+        changed_dirs: Vec::new(),
     })
 }
 

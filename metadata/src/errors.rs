@@ -26,10 +26,15 @@ pub fn meta_error(errno: Errno, message: impl Into<String>) -> MetaError {
     }
 }
 
-pub fn error_reply(error: MetaError) -> MetaReply {
+pub fn reply(result: meta_reply::Result) -> MetaReply {
     MetaReply {
-        result: Some(meta_reply::Result::Error(error)),
+        result: Some(result),
+        changed_dirs: Vec::new(),
     }
+}
+
+pub fn error_reply(error: MetaError) -> MetaReply {
+    reply(meta_reply::Result::Error(error))
 }
 
 impl OpError {

@@ -1,8 +1,14 @@
-//! openraft's log store on the `log` and `raft` column families. Appends and votes are
-//! synced writes: an entry is on disk before openraft counts it towards a quorum.
+//! openraft's log store on the `log` and `raft` column families. An entry is on disk
+//! before openraft counts it towards a quorum, and votes are synced writes.
+//!
+//! An append writes its entries (readable at once) and hands the sync of the write-ahead
+//! log to a thread of its own, which tells openraft when they are durable. So the Raft
+//! core sends the entries to the followers while the leader's own fsync runs, instead of
+//! after it, and appends that arrive during one sync share the next.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
@@ -20,6 +26,8 @@ const LAST_PURGED: &[u8] = b"last_purged";
 #[derive(Clone, Debug)]
 pub struct LogStore {
     db: Db,
+    /// Appends waiting for the write-ahead log's sync (see the module's comment).
+    syncs: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 type Result<T> = std::result::Result<T, StorageError<u64>>;
@@ -35,8 +43,13 @@ fn logs_error(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> Storag
 }
 
 impl LogStore {
-    pub fn new(db: Db) -> LogStore {
-        LogStore { db }
+    pub fn new(db: Db) -> std::io::Result<LogStore> {
+        let (syncs, waiting) = mpsc::channel();
+        let wal = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(&wal, &waiting))?;
+        Ok(LogStore { db, syncs })
     }
 
     fn get_value<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
@@ -150,13 +163,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = postcard::to_stdvec(&entry).map_err(|e| logs_error(ErrorVerb::Write, &e))?;
             batch.put_cf(cf, u64_key(entry.log_id.index), bytes);
         }
-        let written = self.db.raw().write_opt(batch, &synced());
-        let result = written
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(result);
-        written.map_err(|e| logs_error(ErrorVerb::Write, &e))
+        self.db
+            .raw()
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| logs_error(ErrorVerb::Write, &e))?;
+        self.syncs.send(callback).map_err(|_| {
+            logs_error(
+                ErrorVerb::Write,
+                &std::io::Error::other("the log's sync thread has stopped"),
+            )
+        })
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<()> {
@@ -179,5 +195,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .raw()
             .delete_range_cf(self.db.cf(Cf::Log), u64_key(0), u64_key(log_id.index.saturating_add(1)))
             .map_err(|e| logs_error(ErrorVerb::Delete, &e))
+    }
+}
+
+/// Syncs the write-ahead log for every append handed over, in order: one fsync covers every
+/// append written before it started. Ends when the last `LogStore` is dropped.
+fn sync_loop(db: &Db, waiting: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = waiting.recv() {
+        let mut done = vec![first];
+        done.extend(waiting.try_iter());
+        let synced = db.raw().flush_wal(true);
+        for callback in done {
+            let result = synced
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(result);
+        }
     }
 }

@@ -47,11 +47,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = config.metadata() {
-        eprintln!("cairn-metadata: {e}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = match config.metadata() {
+        Ok(md) => md.worker_threads as usize,
+        Err(e) => {
+            eprintln!("cairn-metadata: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cairn-metadata: starting the runtime: {e}");

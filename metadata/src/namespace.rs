@@ -13,7 +13,7 @@ use cairn_common::proto::metadata::{
 use prost::Message;
 
 use crate::db::{u64_key, Cf};
-use crate::errors::{refuse, OpError, OpResult};
+use crate::errors::{refuse, reply, OpError, OpResult};
 use crate::layout::check_layout;
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
@@ -67,10 +67,6 @@ pub fn inode_record(stored: Option<Vec<u8>>, ino: u64) -> OpResult<Option<InodeR
 pub fn attr_of(rec: InodeRecord) -> OpResult<Attr> {
     rec.attr
         .ok_or_else(|| OpError::Storage("inode record without attributes".into()))
-}
-
-fn reply(result: meta_reply::Result) -> MetaReply {
-    MetaReply { result: Some(result) }
 }
 
 fn attr_reply(attr: Attr) -> MetaReply {

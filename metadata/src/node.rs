@@ -83,7 +83,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         me.node_id,
         Arc::new(raft_config),
         Network::default(),
-        LogStore::new(db.clone()),
+        LogStore::new(db.clone()).context("starting the log's sync thread")?,
         sm,
     )
     .await?;

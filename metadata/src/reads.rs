@@ -2,14 +2,14 @@
 //! barrier has passed (see `service`).
 
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply, LockReply,
-    MetaReply, StatFsReply, XattrNames,
+    meta_reply, meta_request::Op, Attr, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply,
+    LockReply, MetaReply, StatFsReply, XattrNames,
 };
 use prost::Message;
 use rocksdb::{Direction, IteratorMode};
 
 use crate::db::{u64_key, Cf, Db};
-use crate::errors::{refuse, OpError, OpResult};
+use crate::errors::{refuse, reply, OpError, OpResult};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
 use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
@@ -37,10 +37,6 @@ impl View<'_> {
 fn inode(view: &View<'_>, ino: u64) -> OpResult<InodeRecord> {
     inode_record(view.get(Cf::Inodes, &u64_key(ino))?, ino)?
         .ok_or_else(|| refuse(Errno::Enoent, format!("inode {ino} does not exist")))
-}
-
-fn reply(r: meta_reply::Result) -> MetaReply {
-    MetaReply { result: Some(r) }
 }
 
 fn ids(view: &View<'_>, key: &[u8]) -> OpResult<Vec<u32>> {
@@ -123,6 +119,19 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
         }))),
         _ => Err(refuse(Errno::Einval, "not a read")),
     }
+}
+
+/// The attributes of those of `dirs` that exist, from one point in time; read-your-write
+/// hints, so a missing or unreadable one is left out rather than failing anything.
+pub fn dir_attrs(db: &Db, dirs: &[u64]) -> Vec<Attr> {
+    let view = View {
+        db,
+        snapshot: db.raw().snapshot(),
+    };
+    dirs.iter()
+        .filter_map(|&d| inode(&view, d).and_then(attr_of).ok())
+        .filter(|a| a.kind() == FileKind::Directory)
+        .collect()
 }
 
 /// Entries of `dir` after the name `after`, in byte order. Paging by name is stable under

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use cairn_common::config::DATASERVER_SILENT_AFTER;
 use cairn_common::ids::StripeId;
-use cairn_common::namespace::is_mutation;
+use cairn_common::namespace::{changed_dirs, is_mutation};
 use cairn_common::placement::partition_of;
 use cairn_common::proto::metadata::{
     admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
@@ -29,11 +29,11 @@ use tonic::{Request, Response, Status};
 use crate::apply::idempotency_key;
 use crate::client::member_status;
 use crate::db::{read_u64, Cf, Db};
-use crate::errors::{error_reply, meta_error};
+use crate::errors::{error_reply, meta_error, reply};
 use crate::liveness::Liveness;
 use crate::network::{envelope, open_envelope};
 use crate::proposer::{not_leader, write_error, Proposer};
-use crate::reads::read;
+use crate::reads::{dir_attrs, read};
 use crate::records::entry_format;
 use crate::types::{NodeInfo, TypeConfig};
 
@@ -103,18 +103,28 @@ impl MetadataService {
                 return e.into_reply();
             }
             return match self.proposer.propose(req.encode_to_vec()).await {
-                Ok(bytes) => MetaReply::decode(bytes.as_slice())
-                    .unwrap_or_else(|e| error_reply(meta_error(Errno::Eio, format!("reply does not decode: {e}")))),
+                Ok(bytes) => match MetaReply::decode(bytes.as_slice()) {
+                    Ok(reply) => self.with_changed_dirs(op, reply),
+                    Err(e) => error_reply(meta_error(Errno::Eio, format!("reply does not decode: {e}"))),
+                },
                 Err(e) => error_reply(e),
             };
         }
         if let Err(e) = self.proposer.read_barrier().await {
             return error_reply(e);
         }
-        let db = self.db.clone();
-        let op = op.clone();
         let listing_dataservers = matches!(op, Op::ListDraining(_));
-        match tokio::task::spawn_blocking(move || read(&db, &op)).await {
+        // A point read (a few keys, from the memtable or block cache) costs less than
+        // handing it to another thread; a listing may read thousands of entries.
+        let result = match op {
+            Op::Readdir(_) | Op::ListDraining(_) | Op::Statfs(_) => {
+                let db = self.db.clone();
+                let op = op.clone();
+                tokio::task::spawn_blocking(move || read(&db, &op)).await
+            }
+            _ => Ok(read(&self.db, op)),
+        };
+        match result {
             Ok(Ok(mut reply)) => {
                 if let (true, Some(meta_reply::Result::Draining(d))) = (listing_dataservers, &mut reply.result) {
                     d.silent = self.silent();
@@ -126,6 +136,16 @@ impl MetadataService {
         }
     }
 
+    /// A successful mutation's reply with the directories it changed, read right after it
+    /// was applied here (see `MetaReply.changed_dirs`).
+    fn with_changed_dirs(&self, op: &Op, mut reply: MetaReply) -> MetaReply {
+        if let Some(meta_reply::Result::Error(_)) | None = reply.result {
+            return reply;
+        }
+        reply.changed_dirs = dir_attrs(&self.db, &changed_dirs(op));
+        reply
+    }
+
     /// A dataserver's heartbeat: only the leader keeps the table.
     fn heartbeat(&self, dataserver: u32) -> MetaReply {
         if dataserver == 0 {
@@ -134,9 +154,7 @@ impl MetadataService {
         match leader_term(&self.raft) {
             Ok(term) => {
                 self.liveness.heard(term, dataserver, Instant::now());
-                MetaReply {
-                    result: Some(meta_reply::Result::Done(Empty {})),
-                }
+                reply(meta_reply::Result::Done(Empty {}))
             }
             Err(e) => error_reply(e),
         }

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::open(&dir.path().join("db"), 8 << 20).expect("open rocksdb");
         let sm = StateMachine::open(db.clone(), dir.path().join("snapshots"), 10_000)?;
-        Ok((dir, LogStore::new(db), sm))
+        Ok((dir, LogStore::new(db).expect("log sync thread"), sm))
     }
 }
 

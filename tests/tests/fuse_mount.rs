@@ -3,7 +3,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -241,6 +241,28 @@ assert open(p, "rb").read() == b"content"
         assert!(!as_nobody(&format!("echo x >> {}", q(&private)))?);
         assert!(!as_nobody(&format!("touch {}/data/new", q(&root)))?);
         assert_eq!(std::fs::read(&private)?, b"secret");
+
+        // A directory this mount just changed shows the change at once: its mtime moved
+        // with the create in it, and a chmod right after holds.
+        let fresh = root.join("data/fresh");
+        std::fs::create_dir(&fresh)?;
+        let ns = |m: &std::fs::Metadata| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        let before = std::fs::metadata(&fresh)?;
+        std::fs::write(fresh.join("a"), b"a")?;
+        let after = std::fs::metadata(&fresh)?;
+        ensure!(
+            ns(&after) > ns(&before),
+            "directory mtime {} not after {}",
+            ns(&after),
+            ns(&before)
+        );
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::write(fresh.join("b"), b"b")?;
+        assert_eq!(std::fs::metadata(&fresh)?.mode() & 0o7777, 0o700);
+        assert!(!as_nobody(&format!("ls {} >/dev/null", q(&fresh)))?);
+        std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o755))?;
+        assert!(as_nobody(&format!("ls {} >/dev/null", q(&fresh)))?);
+        std::fs::remove_dir_all(&fresh)?;
 
         // statfs reports the dataservers' space.
         let out = Command::new("stat")

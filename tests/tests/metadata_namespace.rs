@@ -7,8 +7,8 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::metadata_client::MetadataClient as Grpc;
 use cairn_common::proto::metadata::{
-    meta_reply, Create, Errno, FileKind, GetLock, Layout, Lock, LockKind, MetaRequest, Mkdir, OpenLockSession, Rename,
-    SetAttr, SetLock, ShardLocation, Stripe,
+    meta_reply, Attr, Create, Errno, FileKind, GetAttr, GetLock, Layout, Lock, LockKind, MetaReply, MetaRequest, Mkdir,
+    OpenLockSession, Rename, SetAttr, SetLock, ShardLocation, Stripe,
 };
 use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN};
 use cairn_metadata::client::{MetaClientError, MetadataClient};
@@ -376,6 +376,80 @@ async fn a_retried_request_applies_once_and_gets_the_first_answer() -> anyhow::R
     }
     let only_follower = MetadataClient::new(vec![cluster.nodes[follower].addr.to_string()], Duration::from_secs(10));
     assert_eq!(only_follower.lookup(ROOT, b"once").await?.kind(), FileKind::Regular);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutation_reply_carries_the_directories_it_changed() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "").await?;
+    let c = cluster.client();
+    let d1 = c.mkdir(ROOT, b"d1", 0o755).await?.inode;
+    let d2 = c.mkdir(ROOT, b"d2", 0o755).await?.inode;
+    let leader = cluster.leader().await.expect("a leader");
+    let mut g = Grpc::connect(format!("http://{}", cluster.nodes[leader].addr)).await?;
+    let mut next_id = 0;
+    let mut call = |op: Op| {
+        next_id += 1;
+        let req = MetaRequest {
+            client_id: vec![9; 16],
+            request_id: next_id,
+            api_version: API_VERSION_MIN,
+            op: Some(op),
+        };
+        let mut g = g.clone();
+        async move { anyhow::Ok(g.call(req).await?.into_inner()) }
+    };
+    let getattr = |inode| c.getattr(inode);
+    let inodes = |r: &MetaReply| r.changed_dirs.iter().map(|a| a.inode).collect::<Vec<_>>();
+    let create = |parent, name: &[u8]| {
+        Op::Create(Create {
+            parent,
+            name: name.to_vec(),
+            mode: 0o644,
+            exclusive: true,
+            ..Create::default()
+        })
+    };
+
+    // A create names its parent as it is after the create: what a getattr then reads.
+    let made = call(create(d1, b"f")).await?;
+    let Some(meta_reply::Result::Attr(file)) = &made.result else {
+        panic!("{made:?}");
+    };
+    assert_eq!(inodes(&made), vec![d1]);
+    let after: &Attr = &made.changed_dirs[0];
+    assert_eq!(after, &getattr(d1).await?);
+    assert_eq!(after.entries, 1);
+    assert!(
+        after.mtime_ns >= file.ctime_ns,
+        "the directory's mtime moved with the create"
+    );
+
+    // A rename between directories names both; a refused mutation and a read name none.
+    let moved = call(Op::Rename(Rename {
+        parent: d1,
+        name: b"f".to_vec(),
+        new_parent: d2,
+        new_name: b"g".to_vec(),
+        ..Rename::default()
+    }))
+    .await?;
+    assert_eq!(inodes(&moved), vec![d1, d2]);
+    assert_eq!(moved.changed_dirs, vec![getattr(d1).await?, getattr(d2).await?]);
+    let refused = call(create(d2, b"g")).await?;
+    assert!(
+        matches!(refused.result, Some(meta_reply::Result::Error(_))),
+        "{refused:?}"
+    );
+    assert!(refused.changed_dirs.is_empty());
+    let read = g
+        .call(MetaRequest {
+            op: Some(Op::Getattr(GetAttr { inode: d2 })),
+            ..MetaRequest::default()
+        })
+        .await?
+        .into_inner();
+    assert!(read.changed_dirs.is_empty());
     Ok(())
 }
 
