@@ -270,17 +270,8 @@ impl Files {
         let start = offset.min(attr.size);
         let end = offset.saturating_add(length).min(attr.size);
         let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
-        let mut out = BytesMut::zeroed(len);
-        // Copies the part of `src` (file bytes from `src_offset`) that falls in the range.
-        let mut place_bytes = |src_offset: u64, src: &[u8]| {
-            let from = src_offset.max(start);
-            let to = (src_offset + src.len() as u64).min(end);
-            if from < to {
-                let (a, b) = ((from - src_offset) as usize, (to - src_offset) as usize);
-                out[(from - start) as usize..(to - start) as usize].copy_from_slice(&src[a..b]);
-            }
-        };
-        place_bytes(0, &layout.inline_data);
+        let mut out = BytesMut::with_capacity(len);
+        place_bytes(&mut out, start..end, 0, &layout.inline_data);
         let wanted: Vec<Stripe> = layout
             .stripes
             .iter()
@@ -291,14 +282,19 @@ impl Files {
             let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
             let mut stripes = stream::iter(wanted)
                 .map(|s| async move {
-                    let bytes = self.read_stripe(&code, &s).await?;
-                    Ok::<_, FileError>((s.offset, bytes))
+                    let pieces = self.read_stripe(&code, &s).await?;
+                    Ok::<_, FileError>((s.offset, pieces))
                 })
                 .buffered(STRIPES_IN_FLIGHT);
-            while let Some((at, bytes)) = stripes.try_next().await? {
-                place_bytes(at, &bytes);
+            while let Some((mut at, pieces)) = stripes.try_next().await? {
+                for piece in pieces {
+                    place_bytes(&mut out, start..end, at, &piece);
+                    at += piece.len() as u64;
+                }
             }
         }
+        // Bytes no stripe covers (a hole, or a stripe shorter than the file) read as zero.
+        out.resize(len, 0);
         Ok((attr, out.freeze()))
     }
 
@@ -375,7 +371,9 @@ impl Files {
         }
     }
 
-    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Bytes, FileError> {
+    /// The bytes of stripe `s`, as the pieces (its data shards, decoded where needed)
+    /// that make them up in order, so that they are copied once, into the reply.
+    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Vec<Bytes>, FileError> {
         let bad = |reason: String| FileError::Stripe {
             offset: s.offset,
             reason,
@@ -416,15 +414,66 @@ impl Files {
             .ok_or_else(|| bad("no shard could be read".into()))?;
         // Decode at the encoded length (a truncate may have shortened the stripe since).
         let data = code.decode(&shards, shard_len * k)?;
-        let mut out = BytesMut::with_capacity(shard_len * k);
-        for d in data {
-            out.extend_from_slice(&d);
-        }
-        let full = out.freeze();
         if !corrupt.is_empty() {
+            let mut full = BytesMut::with_capacity(shard_len * k);
+            for d in &data {
+                full.extend_from_slice(d);
+            }
             // The reader does not wait for the repair.
-            tokio::spawn(self.clone().repair(*code, id, full.clone(), corrupt));
+            tokio::spawn(self.clone().repair(*code, id, full.freeze(), corrupt));
         }
-        Ok(full.slice(..full.len().min(usize::try_from(s.length).unwrap_or(usize::MAX))))
+        // The stripe's bytes end inside its shards: what follows is padding.
+        let mut left = usize::try_from(s.length).unwrap_or(usize::MAX);
+        Ok(data
+            .into_iter()
+            .map(|d| {
+                let piece = d.slice(..d.len().min(left));
+                left -= piece.len();
+                piece
+            })
+            .filter(|piece| !piece.is_empty())
+            .collect())
+    }
+}
+
+/// Copies the part of `src` (file bytes from `src_offset`) that falls in `range` into
+/// `out`, which holds the range's bytes from `range.start` on. Pieces come in file order,
+/// so most are appended; a gap before one is filled with zeros first.
+fn place_bytes(out: &mut BytesMut, range: std::ops::Range<u64>, src_offset: u64, src: &[u8]) {
+    let from = src_offset.max(range.start);
+    let to = (src_offset + src.len() as u64).min(range.end);
+    if from >= to {
+        return;
+    }
+    let piece = &src[(from - src_offset) as usize..(to - src_offset) as usize];
+    let (at, until) = ((from - range.start) as usize, (to - range.start) as usize);
+    if at > out.len() {
+        out.resize(at, 0);
+    }
+    if at == out.len() {
+        out.extend_from_slice(piece);
+    } else {
+        if until > out.len() {
+            out.resize(until, 0);
+        }
+        out[at..until].copy_from_slice(piece);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_land_where_they_belong_and_gaps_read_as_zero() {
+        // The range 2..12 of a file: inline bytes, a hole, then pieces in and out of order.
+        let mut out = BytesMut::new();
+        place_bytes(&mut out, 2..12, 0, b"abcd");
+        place_bytes(&mut out, 2..12, 6, b"gh");
+        place_bytes(&mut out, 2..12, 10, b"klmnop");
+        place_bytes(&mut out, 2..12, 5, b"F");
+        place_bytes(&mut out, 2..12, 20, b"past the range");
+        out.resize(10, 0);
+        assert_eq!(&out[..], b"cd\0Fgh\0\0kl");
     }
 }
