@@ -8,7 +8,8 @@
 #      entry since the group formed stays in the log), every voter killed with -9 and
 #      started again; time from the processes' start to the first linearizable read served;
 #   4. each voter's peak RSS (VmHWM) with the 1M-inode namespace.
-# Run as root from the repository root:  bench/metadata.sh   (env: SIZES, LOAD_COUNT)
+# Run as root from the repository root:  bench/metadata.sh   (env: SIZES, LOAD_COUNT,
+# WORKER_THREADS: the voters' metadata.worker_threads, their default when unset)
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
@@ -36,8 +37,8 @@ new_cluster() {
     ADDRS+="${ADDRS:+,}$a"
   done
   for i in 1 2 3; do
-    printf '[metadata]\nnode_id = %s\ndata_dir = "%s"\nheartbeat_ms = 50\nelection_timeout_ms = 300\nsnapshot_every_entries = 100000000\n\n%s' \
-      "$i" "$dir/m$i" "$members" >"$dir/m$i.toml"
+    printf '[metadata]\nnode_id = %s\ndata_dir = "%s"\nheartbeat_ms = 50\nelection_timeout_ms = 300\nsnapshot_every_entries = 100000000\n%s\n%s' \
+      "$i" "$dir/m$i" "${WORKER_THREADS:+worker_threads = $WORKER_THREADS}" "$members" >"$dir/m$i.toml"
   done
 }
 start_cluster() { # start_cluster DIR
