@@ -8,7 +8,7 @@
 //! every file. The change's reply already carries the directory's attributes, read right
 //! after the change was applied, so the first getattr that follows is answered from here.
 //! What it returns is never older than what the kernel would have kept cached for the
-//! same time had it not dropped it (`FRESH_FOR`, the attribute TTL).
+//! same time had it not dropped it (`fresh_for`, the attribute TTL).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::{Attr, RemoveXattr, SetAttr, SetXattr};
 
-/// Directories remembered at most; past it, those older than `FRESH_FOR` go.
+/// Directories remembered at most; past it, those older than `fresh_for` go.
 const REMEMBERED_MAX: usize = 4096;
 
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl FreshDirs {
         }
     }
 
-    /// The attributes of `inode` if this mount changed it less than `FRESH_FOR` ago; taken
+    /// The attributes of `inode` if this mount changed it less than `fresh_for` ago; taken
     /// once (the kernel caches what it gets for the TTL itself).
     pub fn take(&self, inode: u64) -> Option<Attr> {
         let (attr, at) = self.dirs().remove(&inode)?;
@@ -70,14 +70,15 @@ impl FreshDirs {
     /// showing it (a directory's mode or extended attributes, a renamed directory's
     /// parent), so nothing older than the change is served after it.
     pub fn before(&self, op: &Op) {
-        let mut dirs = self.dirs();
+        // Every request of the mount passes here: the lock is taken only by those that
+        // change something.
         match op {
             Op::Setattr(SetAttr { inode, .. })
             | Op::SetXattr(SetXattr { inode, .. })
             | Op::RemoveXattr(RemoveXattr { inode, .. }) => {
-                dirs.remove(inode);
+                self.dirs().remove(inode);
             }
-            Op::Rename(_) => dirs.clear(),
+            Op::Rename(_) => self.dirs().clear(),
             _ => {}
         }
     }

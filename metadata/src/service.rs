@@ -139,10 +139,13 @@ impl MetadataService {
     /// A successful mutation's reply with the directories it changed, read right after it
     /// was applied here (see `MetaReply.changed_dirs`).
     fn with_changed_dirs(&self, op: &Op, mut reply: MetaReply) -> MetaReply {
-        if let Some(meta_reply::Result::Error(_)) | None = reply.result {
+        let dirs = changed_dirs(op);
+        // Most mutations (layout commits, locks, sessions) change no directory: they take
+        // no database snapshot here.
+        if dirs.is_empty() || matches!(reply.result, Some(meta_reply::Result::Error(_)) | None) {
             return reply;
         }
-        reply.changed_dirs = dir_attrs(&self.db, &changed_dirs(op));
+        reply.changed_dirs = dir_attrs(&self.db, &dirs);
         reply
     }
 
