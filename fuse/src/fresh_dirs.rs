@@ -10,60 +10,38 @@
 //! What it returns is never older than what the kernel would have kept cached for the
 //! same time had it not dropped it (`fresh_for`, the attribute TTL).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_common::proto::metadata::meta_request::Op;
 use cairn_common::proto::metadata::{Attr, RemoveXattr, SetAttr, SetXattr};
 
-/// Directories remembered at most; past it, those older than `fresh_for` go.
-const REMEMBERED_MAX: usize = 4096;
+use crate::recent::Recent;
 
 #[derive(Debug)]
 pub struct FreshDirs {
-    fresh_for: Duration,
-    dirs: Mutex<HashMap<u64, (Attr, Instant)>>,
+    dirs: Recent<u64, Attr>,
 }
 
 impl FreshDirs {
     pub fn new(fresh_for: Duration) -> FreshDirs {
         FreshDirs {
-            fresh_for,
-            dirs: Mutex::new(HashMap::new()),
+            dirs: Recent::new(fresh_for),
         }
-    }
-
-    fn dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Attr, Instant)>> {
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remembers `changed`, received now. Of two replies about one directory that cross
     /// each other, the later change (by ctime) stays.
     pub fn changed(&self, changed: Vec<Attr>) {
-        if changed.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut dirs = self.dirs();
-        if dirs.len() >= REMEMBERED_MAX {
-            dirs.retain(|_, (_, at)| now.duration_since(*at) < self.fresh_for);
-        }
         for attr in changed {
-            match dirs.get(&attr.inode) {
-                Some((known, _)) if known.ctime_ns > attr.ctime_ns => {}
-                _ => {
-                    dirs.insert(attr.inode, (attr, now));
-                }
-            }
+            self.dirs
+                .insert(attr.inode, attr, |held, new| held.ctime_ns > new.ctime_ns);
         }
     }
 
     /// The attributes of `inode` if this mount changed it less than `fresh_for` ago; taken
     /// once (the kernel caches what it gets for the TTL itself).
     pub fn take(&self, inode: u64) -> Option<Attr> {
-        let (attr, at) = self.dirs().remove(&inode)?;
-        (at.elapsed() < self.fresh_for).then_some(attr)
+        self.dirs.take(&inode)
     }
 
     /// Before this mount sends `op`: forgets what `op` may change without its reply
@@ -76,9 +54,9 @@ impl FreshDirs {
             Op::Setattr(SetAttr { inode, .. })
             | Op::SetXattr(SetXattr { inode, .. })
             | Op::RemoveXattr(RemoveXattr { inode, .. }) => {
-                self.dirs().remove(inode);
+                self.dirs.take(inode);
             }
-            Op::Rename(_) => self.dirs().clear(),
+            Op::Rename(_) => self.dirs.forget(|_| true),
             _ => {}
         }
     }
@@ -128,14 +106,5 @@ mod tests {
         fresh.changed(vec![dir(7, 20)]);
         fresh.changed(vec![dir(7, 10)]);
         assert_eq!(fresh.take(7).map(|a| a.ctime_ns), Some(20));
-    }
-
-    #[test]
-    fn memory_stays_bounded() {
-        let fresh = FreshDirs::new(Duration::ZERO);
-        for i in 0..(REMEMBERED_MAX as u64 * 3) {
-            fresh.changed(vec![dir(i, 1)]);
-        }
-        assert!(fresh.dirs().len() <= REMEMBERED_MAX);
     }
 }

@@ -16,10 +16,12 @@
 //! inode this mount still has open opens its writer if needed: the writer's write session
 //! keeps the inode alive, so it stays readable and writable, as POSIX wants.
 
+mod absent_xattrs;
 mod attrs;
 mod fresh_dirs;
 mod locks;
 pub mod passthrough;
+mod recent;
 mod removals;
 pub mod session;
 
@@ -45,6 +47,7 @@ use rustix::fs::XattrFlags;
 use tokio::runtime::Handle;
 use tracing::warn;
 
+use crate::absent_xattrs::AbsentXattrs;
 use crate::attrs::{errno, file_attr, kind, ns};
 use crate::fresh_dirs::FreshDirs;
 use crate::locks::{caller_interrupted, kind_of, typ_of, MountLocks, Want};
@@ -151,6 +154,7 @@ pub struct CairnFs {
     /// lock this mount takes.
     notifier: Arc<OnceLock<Notifier>>,
     fresh_dirs: FreshDirs,
+    absent_xattrs: AbsentXattrs,
 }
 
 fn name_bytes(name: &OsStr) -> Vec<u8> {
@@ -193,6 +197,7 @@ impl CairnFs {
             locks,
             notifier: Arc::new(OnceLock::new()),
             fresh_dirs: FreshDirs::new(TTL),
+            absent_xattrs: AbsentXattrs::new(TTL),
         })
     }
 
@@ -887,8 +892,10 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let flags = XattrFlags::from_bits_retain(flags as u32);
+        let inode = self.inode(ino);
+        self.absent_xattrs.changing(inode);
         let op = Op::SetXattr(SetXattr {
-            inode: self.inode(ino),
+            inode,
             name: name_bytes(name),
             value: value.to_vec(),
             create: flags.contains(XattrFlags::CREATE),
@@ -898,14 +905,25 @@ impl Filesystem for CairnFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let inode = self.inode(ino);
+        let name = name_bytes(name);
+        if self.absent_xattrs.is_absent(inode, &name) {
+            return reply.error(Errno::ENODATA);
+        }
+        let asked = self.absent_xattrs.asking();
         let op = Op::GetXattr(GetXattr {
-            inode: self.inode(ino),
-            name: name_bytes(name),
+            inode,
+            name: name.clone(),
         });
         match self.meta(op) {
             Ok(meta_reply::Result::XattrValue(v)) => xattr_reply(reply, size, &v),
             Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(e),
+            Err(e) => {
+                if e == Errno::ENODATA {
+                    self.absent_xattrs.absent(inode, name, asked);
+                }
+                reply.error(e)
+            }
         }
     }
 
@@ -926,8 +944,10 @@ impl Filesystem for CairnFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let inode = self.inode(ino);
+        self.absent_xattrs.changing(inode);
         let op = Op::RemoveXattr(RemoveXattr {
-            inode: self.inode(ino),
+            inode,
             name: name_bytes(name),
         });
         done(reply, self.meta(op).map(|_| ()));

@@ -213,6 +213,20 @@ os.removexattr(p, "user.big")
 fails(errno.ENODATA, os.removexattr, p, "user.big")
 assert sorted(os.listxattr(p)) == ["user.checksum", "user.empty"], os.listxattr(p)
 assert open(p, "rb").read() == b"content"
+# An absence the mount was told of is not served once the mount has set the attribute.
+fails(errno.ENODATA, os.getxattr, p, "user.late")
+os.setxattr(p, "user.late", b"1")
+assert os.getxattr(p, "user.late") == b"1"
+os.removexattr(p, "user.late")
+fails(errno.ENODATA, os.getxattr, p, "user.late")
+# A write drops the file's capabilities (the kernel asks for them before every write).
+import struct
+os.setxattr(p, "security.capability", struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0))
+assert len(os.getxattr(p, "security.capability")) == 20
+with open(p, "r+b") as f:
+    f.write(b"C")
+fails(errno.ENODATA, os.getxattr, p, "security.capability")
+assert open(p, "rb").read() == b"Content"
 "#;
         let out = Command::new("python3").arg("-c").arg(script).arg(&tagged).output()?;
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
