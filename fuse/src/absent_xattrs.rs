@@ -15,7 +15,8 @@ use crate::recent::Recent;
 
 #[derive(Debug)]
 pub struct AbsentXattrs {
-    absent: Recent<(u64, Vec<u8>), ()>,
+    /// `(inode, None)`: the file has no attributes at all (this mount just created it).
+    absent: Recent<(u64, Option<Vec<u8>>), ()>,
     /// Counts this mount's attribute changes, so an answer that crossed one is not kept.
     changes: AtomicU64,
 }
@@ -36,6 +37,16 @@ impl AbsentXattrs {
     /// The metadata group answered that `inode` has no attribute `name`, to a question
     /// asked when `asking` returned `asked`.
     pub fn absent(&self, inode: u64, name: Vec<u8>, asked: u64) {
+        self.remember(inode, Some(name), asked);
+    }
+
+    /// This mount created `inode`, with no attributes, in a request sent when `asking`
+    /// returned `asked`.
+    pub fn created(&self, inode: u64, asked: u64) {
+        self.remember(inode, None, asked);
+    }
+
+    fn remember(&self, inode: u64, name: Option<Vec<u8>>, asked: u64) {
         if self.asking() == asked {
             self.absent.insert((inode, name), (), |_, _| false);
         }
@@ -43,7 +54,7 @@ impl AbsentXattrs {
 
     /// Whether `inode` had no attribute `name` less than the TTL ago.
     pub fn is_absent(&self, inode: u64, name: &[u8]) -> bool {
-        self.absent.is_fresh(&(inode, name.to_vec()))
+        self.absent.is_fresh(&(inode, None)) || self.absent.is_fresh(&(inode, Some(name.to_vec())))
     }
 
     /// This mount is about to set or remove an attribute of `inode`.
@@ -74,6 +85,17 @@ mod tests {
         assert!(absent.is_absent(8, b"security.capability"));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!absent.is_absent(8, b"security.capability"), "stale after the TTL");
+    }
+
+    #[test]
+    fn a_file_this_mount_created_has_no_attributes_until_it_sets_one() {
+        let absent = AbsentXattrs::new(Duration::from_secs(1));
+        absent.created(7, absent.asking());
+        assert!(absent.is_absent(7, b"security.capability"));
+        assert!(absent.is_absent(7, b"user.a"));
+        assert!(!absent.is_absent(8, b"user.a"));
+        absent.changing(7);
+        assert!(!absent.is_absent(7, b"user.a"));
     }
 
     #[test]

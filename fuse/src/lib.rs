@@ -667,15 +667,30 @@ impl Filesystem for CairnFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let op = Op::Create(Create {
+        let create = Create {
             parent: self.inode(parent),
             name: name_bytes(name),
             mode: mode & !umask & 0o7777,
             uid: req.uid(),
             gid: req.gid(),
-            exclusive: flags & O_EXCL != 0,
-        });
-        match self.attr_of(op) {
+            exclusive: true,
+        };
+        // Asked as an exclusive create even without O_EXCL, so that a success says the
+        // file is new (it has no extended attributes to ask about before its first
+        // write); the name a concurrent create took is then opened as it is.
+        let asked = self.absent_xattrs.asking();
+        let created = match self.attr_of(Op::Create(create.clone())) {
+            Ok(a) => {
+                self.absent_xattrs.created(a.inode, asked);
+                Ok(a)
+            }
+            Err(Errno::EEXIST) if flags & O_EXCL == 0 => self.attr_of(Op::Create(Create {
+                exclusive: false,
+                ..create
+            })),
+            Err(e) => Err(e),
+        };
+        match created {
             Ok(a) => {
                 let keep = self.keep_cache(&a);
                 let fh = self.new_handle(a.inode);
