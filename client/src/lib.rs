@@ -43,6 +43,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub(crate) const SESSION_TTL_MS: u32 = 120_000;
+/// How long a client that learnt that the metadata group needs write sessions for
+/// commits keeps opening them before it tries without again.
+const SESSIONS_NEEDED_FOR: Duration = Duration::from_secs(60);
 /// Connections to the logic nodes, and so requests in flight at once.
 const CONNECTIONS: usize = 8;
 /// Replies carry at most this much file data plus their message.
@@ -118,6 +121,10 @@ pub struct CairnClient {
     next_request: AtomicU64,
     deadline: Duration,
     erasure: ErasureConfig,
+    /// Until when writers open a session before they commit: the metadata group refused
+    /// a commit without one (its entries are older than `SESSIONLESS_COMMIT_FORMAT`).
+    /// Asked again after `SESSIONS_NEEDED_FOR`, as a finalized upgrade lifts it.
+    sessions_needed_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// What one attempt produced: an answer, or a reason to try again.
@@ -146,6 +153,7 @@ impl CairnClient {
             next_request: AtomicU64::new(1),
             deadline,
             erasure,
+            sessions_needed_until: std::sync::Mutex::new(None),
         })
     }
 

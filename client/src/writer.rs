@@ -10,8 +10,12 @@
 //! which is what `fsync` and `close` wait for: a crash at any point before leaves the
 //! previous content whole.
 //!
-//! The writer keeps a write session open (renewed as it is used), so an unlink while
-//! the file is open keeps its inode alive until the writer closes.
+//! Opening a writer reads the file's layout; it commits without a write session (one
+//! Raft entry per file written, not three) unless asked to [`FileWriter::hold`] the
+//! file: then it keeps a session open (renewed as it is used), so an unlink while the
+//! file is open keeps its inode alive until the writer closes. A metadata group whose
+//! entries predate sessionless commits refuses them; the writer then opens a session
+//! and commits again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -21,13 +25,13 @@ use bytes::{Bytes, BytesMut};
 use cairn_common::file_wire::{FileReply, FileRequest};
 use cairn_common::namespace::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, GetLayout, Layout, OpenSession,
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, FileKind, GetLayout, Layout, OpenSession,
     RenewSession, SessionReply, Stripe,
 };
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
+use crate::{bad_reply, CairnClient, ClientError, SESSIONS_NEEDED_FOR, SESSION_TTL_MS};
 
 /// Partly written slots kept in memory; past this the lowest is sent as it is (its
 /// unwritten tail reads as zeros, and a later write there reloads it).
@@ -39,7 +43,8 @@ const STRIPES_IN_FLIGHT: usize = 4;
 pub struct FileWriter {
     client: Arc<CairnClient>,
     inode: u64,
-    session: u64,
+    /// The write session, once one is needed.
+    session: Option<u64>,
     renewed: Instant,
     /// The committed state this writer builds on; its layout version is the commit's
     /// compare-and-set.
@@ -61,27 +66,35 @@ pub struct FileWriter {
 }
 
 impl CairnClient {
-    /// Opens a write session on file `inode`; the writer starts from its current content.
+    /// A writer of file `inode`, starting from its current content.
     pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
-        let session = self.open_session(inode).await?;
-        let mut w = FileWriter {
-            client: self.clone(),
-            inode,
-            session: session.session,
-            renewed: Instant::now(),
-            attr: Attr::default(),
-            base: Layout::default(),
-            base_aligned: true,
-            valid_old: 0,
-            size: 0,
-            dirty: BTreeMap::new(),
-            written: BTreeMap::new(),
-            in_flight: JoinSet::new(),
-            in_flight_slots: HashSet::new(),
-            failed: None,
+        let (attr, layout) = match self.meta(Op::GetLayout(GetLayout { inode })).await? {
+            meta_reply::Result::Layout(l) => (l.attr.unwrap_or_default(), l.layout.unwrap_or_default()),
+            other => return Err(bad_reply(other)),
         };
-        w.rebase(session.attr.unwrap_or_default(), session.layout.unwrap_or_default());
-        Ok(w)
+        match attr.kind() {
+            FileKind::Regular => {}
+            FileKind::Directory => return Err(ClientError::refused(Errno::Eisdir, "cannot write a directory")),
+            _ => return Err(ClientError::refused(Errno::Einval, "can only write a regular file")),
+        }
+        Ok(FileWriter::start(self.clone(), attr, layout))
+    }
+
+    /// A writer of `created`, a file this client has just created (empty: there is
+    /// nothing to read first).
+    pub fn new_file_writer(self: &Arc<Self>, created: Attr) -> FileWriter {
+        FileWriter::start(self.clone(), created, Layout::default())
+    }
+
+    /// Whether commits must name a write session (see `sessions_needed_until`).
+    fn sessions_needed(&self) -> bool {
+        let until = self.sessions_needed_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn learn_sessions_needed(&self) {
+        *self.sessions_needed_until.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + SESSIONS_NEEDED_FOR);
     }
 
     async fn open_session(&self, inode: u64) -> Result<SessionReply, ClientError> {
@@ -122,6 +135,27 @@ impl CairnClient {
 }
 
 impl FileWriter {
+    fn start(client: Arc<CairnClient>, attr: Attr, layout: Layout) -> FileWriter {
+        let mut w = FileWriter {
+            client,
+            inode: attr.inode,
+            session: None,
+            renewed: Instant::now(),
+            attr: Attr::default(),
+            base: Layout::default(),
+            base_aligned: true,
+            valid_old: 0,
+            size: 0,
+            dirty: BTreeMap::new(),
+            written: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            in_flight_slots: HashSet::new(),
+            failed: None,
+        };
+        w.rebase(attr, layout);
+        w
+    }
+
     /// The file's size with this writer's changes.
     pub fn size(&self) -> u64 {
         self.size
@@ -188,30 +222,46 @@ impl FileWriter {
         }
     }
 
+    /// Keeps the file's inode alive while this writer lives, even once its last name is
+    /// gone (a write session, renewed as the writer is used).
+    pub async fn hold(&mut self) -> Result<(), ClientError> {
+        if self.session.is_none() {
+            self.open_session().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens a session on a file nobody committed since this writer read it.
+    async fn open_session(&mut self) -> Result<(), ClientError> {
+        let s = self.client.open_session(self.inode).await?;
+        self.session = Some(s.session);
+        self.renewed = Instant::now();
+        let version = s.attr.map_or(0, |a| a.layout_version);
+        if version != self.attr.layout_version {
+            let e = ClientError::refused(Errno::Estale, "the file was rewritten while this writer held it");
+            return Err(self.fail(e));
+        }
+        Ok(())
+    }
+
     /// Keeps the write session alive; one that lapsed (a file held open and idle) is
     /// replaced as long as nobody committed since.
     async fn renew_if_due(&mut self) -> Result<(), ClientError> {
+        let Some(session) = self.session else {
+            return Ok(());
+        };
         if self.renewed.elapsed() < Duration::from_millis(u64::from(SESSION_TTL_MS / 3)) {
             return Ok(());
         }
         let renew = Op::RenewSession(RenewSession {
-            session: self.session,
+            session,
             ttl_ms: SESSION_TTL_MS,
         });
         match self.client.meta(renew).await {
-            Ok(_) => {}
-            Err(e) if e.errno() == Some(Errno::Estale) => {
-                let s = self.client.open_session(self.inode).await?;
-                self.session = s.session;
-                let version = s.attr.map_or(0, |a| a.layout_version);
-                if version != self.attr.layout_version {
-                    let e = ClientError::refused(Errno::Estale, "the file was rewritten while this writer was idle");
-                    return Err(self.fail(e));
-                }
-            }
+            Ok(_) => self.renewed = Instant::now(),
+            Err(e) if e.errno() == Some(Errno::Estale) => self.open_session().await?,
             Err(e) => return Err(e),
         }
-        self.renewed = Instant::now();
         Ok(())
     }
 
@@ -354,19 +404,30 @@ impl FileWriter {
         if !self.is_dirty() {
             return Ok(self.attr);
         }
+        if self.client.sessions_needed() {
+            self.hold().await?;
+        }
         self.renew_if_due().await?;
         let layout = match self.build_layout().await {
             Ok(l) => l,
             Err(e) => return Err(self.fail(e)),
         };
-        let commit = Op::CommitLayout(CommitLayout {
-            session: self.session,
+        let mut commit = CommitLayout {
+            session: self.session.unwrap_or(0),
             inode: self.inode,
             expected_version: self.attr.layout_version,
             layout: Some(layout),
             size: self.size,
-        });
-        match self.client.meta(commit).await {
+        };
+        let mut result = self.client.meta(Op::CommitLayout(commit.clone())).await;
+        if self.session.is_none() && result.as_ref().is_err_and(|e| e.errno() == Some(Errno::Estale)) {
+            // The group's entries predate commits without a session.
+            self.client.learn_sessions_needed();
+            self.hold().await?;
+            commit.session = self.session.unwrap_or(0);
+            result = self.client.meta(Op::CommitLayout(commit)).await;
+        }
+        match result {
             Ok(meta_reply::Result::Layout(l)) => {
                 let attr = l.attr.unwrap_or_default();
                 self.rebase(attr, l.layout.unwrap_or_default());
@@ -425,13 +486,16 @@ impl FileWriter {
         })
     }
 
-    /// Ends the write session (uncommitted changes are dropped: call `commit` first).
+    /// Ends the write session if there is one (uncommitted changes are dropped: call
+    /// `commit` first).
     pub async fn close(mut self) {
         self.in_flight.abort_all();
-        let close = Op::CloseSession(CloseSession { session: self.session });
-        if let Err(e) = self.client.meta(close).await {
+        let Some(session) = self.session else {
+            return;
+        };
+        if let Err(e) = self.client.meta(Op::CloseSession(CloseSession { session })).await {
             // The lease expires on its own.
-            warn!(session = self.session, "closing write session: {e}");
+            warn!(session, "closing write session: {e}");
         }
     }
 }

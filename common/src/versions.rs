@@ -8,12 +8,21 @@ use serde::{Deserialize, Serialize};
 use crate::frame;
 
 /// Raft entry formats this build applies. Voters write the format the group committed
-/// (`SetEntryFormat`), which starts at [`ENTRY_FORMAT_MIN`] and is raised only once every
-/// member reads the new one (`cairnctl finalize-upgrade`): a voter of the previous build
-/// keeps applying what a newer leader writes until then.
+/// (`SetEntryFormat`): a new group starts at the newest one its members all apply, and a
+/// running group's is raised only once every member reads the new one (`cairnctl
+/// finalize-upgrade`): a voter of the previous build keeps applying what a newer leader
+/// writes until then. A group with none committed writes [`ENTRY_FORMAT_MIN`].
+///
+/// - 1: the first format.
+/// - 2: a layout commit may name no write session ([`SESSIONLESS_COMMIT_FORMAT`]).
 pub const ENTRY_FORMAT_MIN: u16 = 1;
-pub const ENTRY_FORMAT_MAX: u16 = if cfg!(feature = "protocol-next") { 2 } else { 1 };
+pub const ENTRY_FORMAT_MAX: u16 = if cfg!(feature = "protocol-next") { 3 } else { 2 };
 const _: () = assert!(ENTRY_FORMAT_MIN <= ENTRY_FORMAT_MAX);
+
+/// The entry format from which `CommitLayout { session: 0 }` commits without a write
+/// session (the layout version alone guards it); in older entries it is refused as a
+/// session that expired, which is how a writer learns it must open one.
+pub const SESSIONLESS_COMMIT_FORMAT: u16 = 2;
 
 /// Versions of the gRPC API (`MetaRequest::api_version`) this build serves. A request
 /// that names none is of version 1. Clients send the oldest version, so a server of the

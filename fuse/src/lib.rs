@@ -13,8 +13,9 @@
 //! takes a lock on the file (locks are the cluster's, see `locks`).
 //!
 //! A writer lives until its inode's last handle here closes. Unlink (or rename over) an
-//! inode this mount still has open opens its writer if needed: the writer's write session
-//! keeps the inode alive, so it stays readable and writable, as POSIX wants.
+//! inode this mount still has open opens its writer if needed and has it hold a write
+//! session, which keeps the inode alive, so it stays readable and writable, as POSIX
+//! wants.
 
 mod absent_xattrs;
 mod attrs;
@@ -131,7 +132,7 @@ type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
 struct State {
     files: HashMap<u64, Arc<OpenFile>>,
     open_per_inode: HashMap<u64, usize>,
-    /// Writers of open inodes; a writer's session also keeps an unlinked inode alive.
+    /// Writers of open inodes; a writer's session (once held) keeps an unlinked inode alive.
     writers: HashMap<u64, SharedWriter>,
     /// This mount's commits per open inode (readers drop their read-ahead on a change).
     commits: HashMap<u64, u64>,
@@ -317,11 +318,16 @@ impl CairnFs {
             .runtime
             .block_on(self.client.open_writer(inode))
             .map_err(|e| errno(&e))?;
+        Ok(self.install_writer(inode, opened))
+    }
+
+    /// Makes `opened` the inode's shared writer, unless another thread installed one
+    /// meanwhile: then that one.
+    fn install_writer(&self, inode: u64, opened: FileWriter) -> (Arc<Mutex<FileWriter>>, Arc<AtomicU64>) {
         let mut st = self.state();
         if let Some(w) = st.writers.get(&inode) {
-            // Another thread opened one meanwhile: use that one.
             self.runtime.spawn(opened.close());
-            return Ok((w.writer.clone(), w.size.clone()));
+            return (w.writer.clone(), w.size.clone());
         }
         let shared = SharedWriter {
             size: Arc::new(AtomicU64::new(opened.size())),
@@ -329,7 +335,7 @@ impl CairnFs {
         };
         let out = (shared.writer.clone(), shared.size.clone());
         st.writers.insert(inode, shared);
-        Ok(out)
+        out
     }
 
     fn existing_writer(&self, inode: u64) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
@@ -386,7 +392,7 @@ impl CairnFs {
     }
 
     /// Before `name` in `parent` goes away: if this mount has it open, make sure its
-    /// writer (and so a write session) exists, so that it stays readable and writable
+    /// writer exists and holds a write session, so that it stays readable and writable
     /// until its last handle closes. Call it holding the removal's ticket.
     fn pin_if_open(&self, parent: u64, name: &[u8]) {
         if self.state().open_per_inode.is_empty() {
@@ -398,7 +404,10 @@ impl CairnFs {
         if !self.state().open_per_inode.contains_key(&attr.inode) {
             return;
         }
-        if let Err(e) = self.writer(attr.inode) {
+        let held = self
+            .writer(attr.inode)
+            .and_then(|(w, _)| self.runtime.block_on(lock(&w).hold()).map_err(|e| errno(&e)));
+        if let Err(e) = held {
             warn!(inode = attr.inode, "holding an open file being unlinked: {e:?}");
         }
     }
@@ -682,6 +691,10 @@ impl Filesystem for CairnFs {
         let created = match self.attr_of(Op::Create(create.clone())) {
             Ok(a) => {
                 self.absent_xattrs.created(a.inode, asked);
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    // Empty and new: its writer needs nothing read first.
+                    self.install_writer(a.inode, self.client.new_file_writer(a));
+                }
                 Ok(a)
             }
             Err(Errno::EEXIST) if flags & O_EXCL == 0 => self.attr_of(Op::Create(Create {

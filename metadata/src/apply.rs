@@ -36,10 +36,10 @@ pub fn apply_proposal(db: &Db, txn: &mut Txn<'_>, p: &Proposal, dedupe_max: u64)
     txn.keep();
     let mut replies = Vec::with_capacity(p.requests.len());
     for bytes in &p.requests {
-        replies.push(apply_request(txn, now, bytes, dedupe_max)?.encode_to_vec());
+        replies.push(apply_request(txn, now, p.format, bytes, dedupe_max)?.encode_to_vec());
     }
     if p.expire_sessions {
-        expire_sessions(db, txn, now)?;
+        expire_sessions(db, txn, now, p.format)?;
     }
     Ok(replies)
 }
@@ -51,7 +51,7 @@ fn storage(e: OpError) -> String {
     }
 }
 
-fn apply_request(txn: &mut Txn<'_>, now: i64, bytes: &[u8], dedupe_max: u64) -> Result<MetaReply, String> {
+fn apply_request(txn: &mut Txn<'_>, now: i64, format: u16, bytes: &[u8], dedupe_max: u64) -> Result<MetaReply, String> {
     let req = match MetaRequest::decode(bytes) {
         Ok(r) => r,
         Err(e) => return Ok(refuse(Errno::Einval, format!("request does not decode: {e}")).into_reply()),
@@ -65,7 +65,7 @@ fn apply_request(txn: &mut Txn<'_>, now: i64, bytes: &[u8], dedupe_max: u64) -> 
         return MetaReply::decode(rec.reply.as_slice()).map_err(|e| e.to_string());
     }
     let result = match req.op {
-        Some(op) => run(&mut Apply { txn, now }, op),
+        Some(op) => run(&mut Apply { txn, now, format }, op),
         None => Err(refuse(Errno::Einval, "request names no operation")),
     };
     let reply = match result {
@@ -132,7 +132,7 @@ fn remember(txn: &mut Txn<'_>, key: Vec<u8>, reply: &MetaReply, dedupe_max: u64)
     }
 }
 
-fn expire_sessions(db: &Db, txn: &mut Txn<'_>, now: i64) -> Result<(), String> {
+fn expire_sessions(db: &Db, txn: &mut Txn<'_>, now: i64, format: u16) -> Result<(), String> {
     let mut due = Vec::new();
     for item in db
         .raw()
@@ -148,7 +148,7 @@ fn expire_sessions(db: &Db, txn: &mut Txn<'_>, now: i64) -> Result<(), String> {
         due.push(session);
     }
     for session in due {
-        let mut a = Apply { txn, now };
+        let mut a = Apply { txn, now, format };
         match a.expire_session(session) {
             Ok(()) => txn.keep(),
             Err(e) => return Err(storage(e)),
@@ -165,4 +165,93 @@ pub fn earliest_expiry(db: &Db) -> Result<Option<i64>, rocksdb::Error> {
         .next()
         .transpose()?;
     Ok(first.and_then(|(k, _)| parse_session_expiry_key(&k)).map(|(e, _)| e))
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_common::namespace::ROOT;
+    use cairn_common::proto::metadata::{meta_reply, CommitLayout, Create, Layout, Mkdir};
+    use cairn_common::versions::SESSIONLESS_COMMIT_FORMAT;
+
+    use super::*;
+
+    /// Applies `op` alone in an entry of `format`; returns its reply.
+    fn apply(db: &Db, format: u16, id: u64, op: Op) -> MetaReply {
+        let mut txn = Txn::new(db).expect("txn");
+        let request = MetaRequest {
+            client_id: vec![7; CLIENT_ID_BYTES],
+            request_id: id,
+            op: Some(op),
+            ..MetaRequest::default()
+        };
+        let proposal = Proposal {
+            format,
+            now_ns: 1,
+            requests: vec![request.encode_to_vec()],
+            expire_sessions: false,
+        };
+        let replies = apply_proposal(db, &mut txn, &proposal, 100).expect("applies");
+        db.raw().write(txn.into_batch().expect("batch")).expect("writes");
+        MetaReply::decode(replies[0].as_slice()).expect("reply")
+    }
+
+    fn errno(r: &MetaReply) -> Option<Errno> {
+        match &r.result {
+            Some(meta_reply::Result::Error(e)) => Some(e.errno()),
+            _ => None,
+        }
+    }
+
+    fn inode(r: &MetaReply) -> u64 {
+        match &r.result {
+            Some(meta_reply::Result::Attr(a)) => a.inode,
+            other => panic!("not an attr: {other:?}"),
+        }
+    }
+
+    fn commit(inode: u64, expected_version: u64) -> Op {
+        Op::CommitLayout(CommitLayout {
+            session: 0,
+            inode,
+            expected_version,
+            layout: Some(Layout {
+                inline_data: b"hello".to_vec(),
+                ..Layout::default()
+            }),
+            size: 5,
+        })
+    }
+
+    #[test]
+    fn a_commit_without_a_session_applies_only_in_entries_that_allow_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), 8 << 20).expect("db");
+        let create = |name: &[u8]| {
+            Op::Create(Create {
+                parent: ROOT,
+                name: name.to_vec(),
+                mode: 0o644,
+                exclusive: true,
+                ..Create::default()
+            })
+        };
+        let file = inode(&apply(&db, 1, 1, create(b"f")));
+        // Older entries refuse it as an expired session, so writers open one and retry.
+        let old = SESSIONLESS_COMMIT_FORMAT - 1;
+        assert_eq!(errno(&apply(&db, old, 2, commit(file, 0))), Some(Errno::Estale));
+        // From the format on, the layout version alone guards it.
+        let now = SESSIONLESS_COMMIT_FORMAT;
+        assert_eq!(errno(&apply(&db, now, 3, commit(file, 0))), None);
+        assert_eq!(errno(&apply(&db, now, 4, commit(file, 0))), Some(Errno::Eagain));
+        assert_eq!(errno(&apply(&db, now, 5, commit(file, 1))), None);
+        assert_eq!(errno(&apply(&db, now, 6, commit(999, 0))), Some(Errno::Enoent));
+        let dir = Op::Mkdir(Mkdir {
+            parent: ROOT,
+            name: b"d".to_vec(),
+            mode: 0o755,
+            ..Mkdir::default()
+        });
+        let d = inode(&apply(&db, now, 7, dir));
+        assert_eq!(errno(&apply(&db, now, 8, commit(d, 0))), Some(Errno::Einval));
+    }
 }

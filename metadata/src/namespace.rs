@@ -10,6 +10,7 @@ use cairn_common::proto::metadata::{
     Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining,
     SetEntryFormat, SetLock, SetXattr, Symlink,
 };
+use cairn_common::versions::SESSIONLESS_COMMIT_FORMAT;
 use prost::Message;
 
 use crate::db::{u64_key, Cf};
@@ -77,11 +78,13 @@ fn done() -> MetaReply {
     reply(meta_reply::Result::Done(Default::default()))
 }
 
-/// One request's mutation of the namespace at leader time `now`.
+/// One request's mutation of the namespace at leader time `now`, in an entry of format
+/// `format` (what an operation means may depend on it: `cairn_common::versions`).
 #[derive(Debug)]
 pub struct Apply<'t, 'a> {
     pub txn: &'t mut Txn<'a>,
     pub now: i64,
+    pub format: u16,
 }
 
 impl Apply<'_, '_> {
@@ -831,20 +834,25 @@ impl Apply<'_, '_> {
     }
 
     pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
-        let rec = self.session(c.session)?;
-        if rec.inode != c.inode {
-            return Err(refuse(
-                Errno::Einval,
-                format!(
-                    "session {} was opened on inode {}, not {}",
-                    c.session, rec.inode, c.inode
-                ),
-            ));
-        }
-        if rec.expires_ns < self.now {
-            return Err(refuse(Errno::Estale, format!("write session {} expired", c.session)));
+        if c.session != 0 || self.format < SESSIONLESS_COMMIT_FORMAT {
+            let rec = self.session(c.session)?;
+            if rec.inode != c.inode {
+                return Err(refuse(
+                    Errno::Einval,
+                    format!(
+                        "session {} was opened on inode {}, not {}",
+                        c.session, rec.inode, c.inode
+                    ),
+                ));
+            }
+            if rec.expires_ns < self.now {
+                return Err(refuse(Errno::Estale, format!("write session {} expired", c.session)));
+            }
         }
         let mut attr = self.attr(c.inode)?;
+        if attr.kind() != FileKind::Regular {
+            return Err(refuse(Errno::Einval, "only a regular file has a layout"));
+        }
         if attr.layout_version != c.expected_version {
             return Err(refuse(
                 Errno::Eagain,

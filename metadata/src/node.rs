@@ -10,6 +10,7 @@ use cairn_common::config::{Config, MetadataEntry, DATASERVER_SILENT_AFTER};
 use cairn_common::proto::metadata::{
     admin_server::AdminServer, meta_request::Op, metadata_server::MetadataServer, raft_server::RaftServer, SetDraining,
 };
+use cairn_common::versions::ENTRY_FORMAT_MIN;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
@@ -27,6 +28,10 @@ use crate::types::{NodeInfo, TypeConfig};
 /// Client requests carry at most one layout; a layout of a very large file is the biggest.
 const CLIENT_MESSAGE_BYTES_MAX: usize = 16 << 20;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+/// A new group asks its members for the newest entry format they all apply this often,
+/// until they all answer (they start at about the same time).
+const FORMAT_RAISE_TRIES: u32 = 120;
+const FORMAT_RAISE_PAUSE: Duration = Duration::from_millis(500);
 /// Log entries kept behind a snapshot (at most half the snapshot interval), so a briefly
 /// lagging follower catches up from the log instead of receiving a whole snapshot.
 const LOGS_KEPT_AFTER_SNAPSHOT_MAX: u64 = 5_000;
@@ -88,6 +93,11 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     )
     .await?;
     let proposer = Proposer::start(raft.clone(), db.clone());
+    let admin = AdminService {
+        raft: raft.clone(),
+        db: db.clone(),
+        proposer: proposer.clone(),
+    };
     let liveness = Arc::new(Liveness::default());
     let dataservers: Arc<Vec<u32>> = Arc::new(config.dataservers.iter().map(|d| d.node_id).collect());
 
@@ -112,11 +122,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(AdminService {
-            raft: raft.clone(),
-            db: db.clone(),
-            proposer: proposer.clone(),
-        }))
+        .add_service(AdminServer::new(admin.clone()))
         .serve_with_incoming_shutdown(no_delay(listener), shutdown_signal());
 
     if bootstrap {
@@ -125,6 +131,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
             let voters = initial_voters(&config.metadata_nodes, md.voters_per_hall);
             info!(voters = ?voters.keys().collect::<Vec<_>>(), "forming the metadata group");
             raft.initialize(voters).await.context("forming the group")?;
+            tokio::spawn(start_at_the_newest_format(admin));
         }
     }
     let lost = Lost {
@@ -217,6 +224,25 @@ async fn set_lost(proposer: &Proposer, dataserver: u32, lost: bool) -> Result<()
 
 /// On the leader: bring configured nodes in as learners, end expired write sessions, and
 /// mark dataservers lost or back.
+/// A group formed now has written nothing yet, so it starts at the newest entry format
+/// every member applies (`raise_entry_format` asks them all, and refuses while one does
+/// not answer). A group formed by an older build keeps its format until `cairnctl
+/// finalize-upgrade`.
+async fn start_at_the_newest_format(admin: AdminService) {
+    let mut last = None;
+    for _ in 0..FORMAT_RAISE_TRIES {
+        match admin.raise_entry_format().await {
+            Ok(()) => return,
+            Err(e) => last = Some(e.message),
+        }
+        tokio::time::sleep(FORMAT_RAISE_PAUSE).await;
+    }
+    warn!(
+        "the new group keeps entry format {ENTRY_FORMAT_MIN} ({}); cairnctl finalize-upgrade raises it",
+        last.unwrap_or_default()
+    );
+}
+
 async fn housekeeping(raft: Raft<TypeConfig>, db: Db, proposer: Proposer, nodes: Vec<MetadataEntry>, lost: Lost) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {

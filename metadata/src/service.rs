@@ -308,7 +308,7 @@ impl AdminService {
     /// Raises the group's entry format to the highest one every member applies, asking
     /// each member (voters and learners: a learner becomes a voter without a check) for
     /// the formats its build reads. Refused while one does not answer.
-    async fn raise_entry_format(&self) -> Result<(), MetaError> {
+    pub(crate) async fn raise_entry_format(&self) -> Result<(), MetaError> {
         leader_term(&self.raft)?;
         let m = self.raft.metrics().borrow().clone();
         let mut readable = Vec::new();

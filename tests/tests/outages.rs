@@ -252,10 +252,11 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
     assert!(order.windows(2).all(|w| rank(w[0]) <= rank(w[1])), "{order:?}");
     assert_eq!(status(&cluster)["healthy"], true);
 
-    // Through both rolls the group kept writing entry format 1, which voters of N apply.
-    // Finalizing raises it only as far as every voter reads: not while they run N; to 2
-    // once they all run N+1. After that a roll back to N is refused before anything stops.
-    assert_eq!(status(&cluster)["entry_format"], 1);
+    // The group, formed by N, started at N's newest entry format (2) and kept writing it
+    // through both rolls. Finalizing raises it only as far as every voter reads: not
+    // while they run N; to 3 once they all run N+1. After that a roll back to N is
+    // refused before anything stops.
+    assert_eq!(status(&cluster)["entry_format"], 2);
     let addrs: Vec<String> = status(&cluster)["nodes"]
         .as_array()
         .expect("nodes")
@@ -268,11 +269,11 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(finalize().contains("stay in format 1"));
+    assert!(finalize().contains("stay in format 2"));
     tier("metadata", &next);
-    assert!(finalize().contains("now written in format 2"));
-    assert_eq!(status(&cluster)["entry_format"], 2);
-    through_the_mix("format-2");
+    assert!(finalize().contains("now written in format 3"));
+    assert_eq!(status(&cluster)["entry_format"], 3);
+    through_the_mix("format-3");
     let pids = |c: &LocalCluster| -> Vec<String> {
         (1..=4)
             .map(|i| std::fs::read_to_string(c.path().join(format!("metadata-{i}.pid"))).unwrap_or_default())
@@ -294,7 +295,7 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
     );
     let why = String::from_utf8_lossy(&back.stderr);
     assert!(
-        why.contains("format 2") && why.contains("cannot be rolled back"),
+        why.contains("format 3") && why.contains("cannot be rolled back"),
         "{why}"
     );
     assert_eq!(pids(&cluster), before, "nothing was stopped");
