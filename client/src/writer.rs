@@ -231,15 +231,19 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Opens a session on a file nobody committed since this writer read it.
+    /// Opens a session. A writer with changes of its own needs the file as it read it
+    /// (nobody committed since); one without starts over from what the session shows.
     async fn open_session(&mut self) -> Result<(), ClientError> {
         let s = self.client.open_session(self.inode).await?;
         self.session = Some(s.session);
         self.renewed = Instant::now();
-        let version = s.attr.map_or(0, |a| a.layout_version);
-        if version != self.attr.layout_version {
-            let e = ClientError::refused(Errno::Estale, "the file was rewritten while this writer held it");
-            return Err(self.fail(e));
+        let attr = s.attr.unwrap_or_default();
+        if attr.layout_version != self.attr.layout_version {
+            if self.is_dirty() {
+                let e = ClientError::refused(Errno::Estale, "the file was rewritten while this writer held it");
+                return Err(self.fail(e));
+            }
+            self.rebase(attr, s.layout.unwrap_or_default());
         }
         Ok(())
     }

@@ -833,22 +833,24 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
-    pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
-        if c.session != 0 || self.format < SESSIONLESS_COMMIT_FORMAT {
-            let rec = self.session(c.session)?;
-            if rec.inode != c.inode {
-                return Err(refuse(
-                    Errno::Einval,
-                    format!(
-                        "session {} was opened on inode {}, not {}",
-                        c.session, rec.inode, c.inode
-                    ),
-                ));
-            }
-            if rec.expires_ns < self.now {
-                return Err(refuse(Errno::Estale, format!("write session {} expired", c.session)));
-            }
+    /// Whether write session `session` (0: none) lets a layout of `inode` be committed.
+    fn check_writer(&self, session: u64, inode: u64) -> OpResult<()> {
+        if session == 0 && self.format >= SESSIONLESS_COMMIT_FORMAT {
+            return Ok(());
         }
+        let rec = self.session(session)?;
+        if rec.inode != inode {
+            let why = format!("session {session} was opened on inode {}, not {inode}", rec.inode);
+            return Err(refuse(Errno::Einval, why));
+        }
+        if rec.expires_ns < self.now {
+            return Err(refuse(Errno::Estale, format!("write session {session} expired")));
+        }
+        Ok(())
+    }
+
+    pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
+        self.check_writer(c.session, c.inode)?;
         let mut attr = self.attr(c.inode)?;
         if attr.kind() != FileKind::Regular {
             return Err(refuse(Errno::Einval, "only a regular file has a layout"));
