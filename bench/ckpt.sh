@@ -12,18 +12,10 @@
 # Run as root from the repository root:  bench/ckpt.sh     (env: GIB=2 EVERY=5 CHECKPOINTS=2)
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
-OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
-export BENCH_OUT="$OUT"
-DATA="$OUT/ckpt"
 SHARED="$CAIRN_ROOT/../shared/bench"
 GIB="${GIB:-2}" EVERY="${EVERY:-5}" CHECKPOINTS="${CHECKPOINTS:-2}"
-mkdir -p "$DATA"
-RESULTS="$OUT/ckpt-results.txt"
-: >"$RESULTS"
-
 ensure_python_package
-(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
-BIN="$CARGO_TARGET_DIR/release"
+bench_begin ckpt
 cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 limits() { SECTIONS="disk mem net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|mem memcpy|net)" | tee -a "$RESULTS"; }

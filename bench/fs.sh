@@ -12,17 +12,9 @@
 # Run as root from the repository root:  bench/fs.sh      (env: SIZE=4G, SKIP_GLUSTER=1)
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
-OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
-export BENCH_OUT="$OUT"
-DATA="$OUT/fs"
 SHARED="$CAIRN_ROOT/../shared/bench"
 export SIZE="${SIZE:-4G}"
-mkdir -p "$DATA"
-RESULTS="$OUT/fs-results.txt"
-: >"$RESULTS"
-
-(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
-BIN="$CARGO_TARGET_DIR/release"
+bench_begin fs
 PT_PID=""
 cleanup() {
   umount "$DATA/pt-mnt" 2>/dev/null || true

@@ -1,5 +1,19 @@
 # Sourced by the benchmark scripts (after scripts/env.sh).
 
+# bench_begin NAME: sets OUT (exported as BENCH_OUT for the shared scripts), DATA
+# ($OUT/NAME, created) and RESULTS ($OUT/NAME-results.txt, emptied), builds the release
+# binaries and sets BIN to them.
+bench_begin() {
+  OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
+  export BENCH_OUT="$OUT"
+  DATA="$OUT/$1"
+  RESULTS="$OUT/$1-results.txt"
+  mkdir -p "$DATA"
+  : >"$RESULTS"
+  (cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
+  BIN="$CARGO_TARGET_DIR/release"
+}
+
 # cluster_peak_rss DIR: one line per process of the local cluster in DIR (the FUSE
 # daemon, logic nodes, dataservers): its peak RSS so far (VmHWM).
 cluster_peak_rss() {

@@ -10,14 +10,7 @@
 # Run as root from the repository root:  bench/locks.sh      (env: PAIRS=500 ROUNDS=40)
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
-OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
-DATA="$OUT/locks"
-mkdir -p "$DATA"
-RESULTS="$OUT/locks-results.txt"
-: >"$RESULTS"
-
-(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
-BIN="$CARGO_TARGET_DIR/release"
+bench_begin locks
 FUSE_B=""
 cleanup() {
   umount "$DATA/mnt-b" 2>/dev/null || true

@@ -19,16 +19,10 @@
 # the processes' start to the first read and to full service.
 # Run from the repository root:  bench/outage.sh     (env: BEFORE=10 DOWN=20 AFTER=10 SCENARIOS=...)
 source "$(dirname "$0")/../scripts/env.sh"
-OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
-DATA="$OUT/outage"
+source "$(dirname "$0")/lib.sh"
 BEFORE="${BEFORE:-10}" DOWN="${DOWN:-20}" AFTER="${AFTER:-10}"
 SCENARIOS="${SCENARIOS:-hall-loss power-loss logic-crash rolling-restart dataserver-loss}"
-mkdir -p "$DATA"
-RESULTS="$OUT/outage-results.txt"
-: >"$RESULTS"
-
-(cd "$CAIRN_ROOT" && cargo build --quiet --release --workspace --bins)
-BIN="$CARGO_TARGET_DIR/release"
+bench_begin outage
 cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
