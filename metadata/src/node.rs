@@ -222,8 +222,6 @@ async fn set_lost(proposer: &Proposer, dataserver: u32, lost: bool) -> Result<()
     proposer.propose_op(op).await.map(|_| ()).map_err(|e| e.message)
 }
 
-/// On the leader: bring configured nodes in as learners, end expired write sessions, and
-/// mark dataservers lost or back.
 /// A group formed now has written nothing yet, so it starts at the newest entry format
 /// every member applies (`raise_entry_format` asks them all, and refuses while one does
 /// not answer). A group formed by an older build keeps its format until `cairnctl
@@ -243,6 +241,8 @@ async fn start_at_the_newest_format(admin: AdminService) {
     );
 }
 
+/// On the leader: bring configured nodes in as learners, end expired write sessions, and
+/// mark dataservers lost or back.
 async fn housekeeping(raft: Raft<TypeConfig>, db: Db, proposer: Proposer, nodes: Vec<MetadataEntry>, lost: Lost) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
