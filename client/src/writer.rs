@@ -68,16 +68,21 @@ pub struct FileWriter {
 impl CairnClient {
     /// A writer of file `inode`, starting from its current content.
     pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
-        let (attr, layout) = match self.meta(Op::GetLayout(GetLayout { inode })).await? {
-            meta_reply::Result::Layout(l) => (l.attr.unwrap_or_default(), l.layout.unwrap_or_default()),
-            other => return Err(bad_reply(other)),
-        };
+        let (attr, layout) = self.committed(inode).await?;
         match attr.kind() {
             FileKind::Regular => {}
             FileKind::Directory => return Err(ClientError::refused(Errno::Eisdir, "cannot write a directory")),
             _ => return Err(ClientError::refused(Errno::Einval, "can only write a regular file")),
         }
         Ok(FileWriter::start(self.clone(), attr, layout))
+    }
+
+    /// File `inode`'s committed attributes and layout.
+    async fn committed(&self, inode: u64) -> Result<(Attr, Layout), ClientError> {
+        match self.meta(Op::GetLayout(GetLayout { inode })).await? {
+            meta_reply::Result::Layout(l) => Ok((l.attr.unwrap_or_default(), l.layout.unwrap_or_default())),
+            other => Err(bad_reply(other)),
+        }
     }
 
     /// A writer of `created`, a file this client has just created (empty: there is
@@ -213,13 +218,9 @@ impl FileWriter {
         if self.is_dirty() || self.failed.is_some() {
             return Ok(());
         }
-        match self.client.meta(Op::GetLayout(GetLayout { inode: self.inode })).await? {
-            meta_reply::Result::Layout(l) => {
-                self.rebase(l.attr.unwrap_or_default(), l.layout.unwrap_or_default());
-                Ok(())
-            }
-            other => Err(bad_reply(other)),
-        }
+        let (attr, layout) = self.client.committed(self.inode).await?;
+        self.rebase(attr, layout);
+        Ok(())
     }
 
     /// Keeps the file's inode alive while this writer lives, even once its last name is

@@ -11,6 +11,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cairn_common::proto::metadata::meta_request::Op;
+use cairn_common::proto::metadata::{RemoveXattr, SetXattr};
+
 use crate::recent::Recent;
 
 #[derive(Debug)]
@@ -57,16 +60,25 @@ impl AbsentXattrs {
         self.absent.is_fresh(&(inode, None)) || self.absent.is_fresh(&(inode, Some(name.to_vec())))
     }
 
-    /// This mount is about to set or remove an attribute of `inode`.
-    pub fn changing(&self, inode: u64) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.absent.forget(|(i, _)| *i == inode);
+    /// Before this mount sends `op`: what it sets or removes an attribute of is forgotten.
+    pub fn before(&self, op: &Op) {
+        if let Op::SetXattr(SetXattr { inode, .. }) | Op::RemoveXattr(RemoveXattr { inode, .. }) = op {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            self.absent.forget(|(i, _)| i == inode);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(inode: u64) -> Op {
+        Op::SetXattr(SetXattr {
+            inode,
+            ..SetXattr::default()
+        })
+    }
 
     #[test]
     fn an_absence_is_served_until_this_mount_changes_the_file_or_the_ttl_passes() {
@@ -77,7 +89,7 @@ mod tests {
         assert!(absent.is_absent(7, b"security.capability"));
         assert!(absent.is_absent(7, b"security.capability"), "served more than once");
         assert!(!absent.is_absent(7, b"user.other"));
-        absent.changing(7);
+        absent.before(&set(7));
         assert!(
             !absent.is_absent(7, b"security.capability"),
             "a change through this mount"
@@ -94,7 +106,7 @@ mod tests {
         assert!(absent.is_absent(7, b"security.capability"));
         assert!(absent.is_absent(7, b"user.a"));
         assert!(!absent.is_absent(8, b"user.a"));
-        absent.changing(7);
+        absent.before(&set(7));
         assert!(!absent.is_absent(7, b"user.a"));
     }
 
@@ -102,7 +114,7 @@ mod tests {
     fn an_answer_that_crossed_a_change_is_not_kept() {
         let absent = AbsentXattrs::new(Duration::from_secs(1));
         let asked = absent.asking();
-        absent.changing(7);
+        absent.before(&set(7));
         absent.absent(7, b"user.a".to_vec(), asked);
         assert!(!absent.is_absent(7, b"user.a"));
     }

@@ -79,7 +79,7 @@ fn lock_taken(state: &Mutex<State>, notifier: &OnceLock<Notifier>, rt: &Handle, 
     let shared = {
         let mut st = lock(state);
         changed(&mut st, inode);
-        st.writers.get(&inode).map(|w| (w.writer.clone(), w.size.clone()))
+        st.writers.get(&inode).map(SharedWriter::handles)
     };
     if let Some((writer, size)) = shared {
         let mut w = lock(&writer);
@@ -124,6 +124,15 @@ struct SharedWriter {
     writer: Arc<Mutex<FileWriter>>,
     /// The file's size with the writer's changes, for attribute replies.
     size: Arc<AtomicU64>,
+}
+
+/// A shared writer as a request uses it: the writer and its published size.
+type WriterHandles = (Arc<Mutex<FileWriter>>, Arc<AtomicU64>);
+
+impl SharedWriter {
+    fn handles(&self) -> WriterHandles {
+        (self.writer.clone(), self.size.clone())
+    }
 }
 
 type Listing = Arc<Vec<(u64, FileType, Vec<u8>)>>;
@@ -245,6 +254,7 @@ impl CairnFs {
 
     fn meta(&self, op: Op) -> Result<meta_reply::Result, Errno> {
         self.fresh_dirs.before(&op);
+        self.absent_xattrs.before(&op);
         let (result, changed) = self
             .runtime
             .block_on(self.client.meta_and_dirs(op))
@@ -310,7 +320,7 @@ impl CairnFs {
     }
 
     /// The inode's shared writer, opened on first use.
-    fn writer(&self, inode: u64) -> Result<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>), Errno> {
+    fn writer(&self, inode: u64) -> Result<WriterHandles, Errno> {
         if let Some(w) = self.existing_writer(inode) {
             return Ok(w);
         }
@@ -323,24 +333,23 @@ impl CairnFs {
 
     /// Makes `opened` the inode's shared writer, unless another thread installed one
     /// meanwhile: then that one.
-    fn install_writer(&self, inode: u64, opened: FileWriter) -> (Arc<Mutex<FileWriter>>, Arc<AtomicU64>) {
+    fn install_writer(&self, inode: u64, opened: FileWriter) -> WriterHandles {
         let mut st = self.state();
         if let Some(w) = st.writers.get(&inode) {
             self.runtime.spawn(opened.close());
-            return (w.writer.clone(), w.size.clone());
+            return w.handles();
         }
         let shared = SharedWriter {
             size: Arc::new(AtomicU64::new(opened.size())),
             writer: Arc::new(Mutex::new(opened)),
         };
-        let out = (shared.writer.clone(), shared.size.clone());
+        let out = shared.handles();
         st.writers.insert(inode, shared);
         out
     }
 
-    fn existing_writer(&self, inode: u64) -> Option<(Arc<Mutex<FileWriter>>, Arc<AtomicU64>)> {
-        let st = self.state();
-        st.writers.get(&inode).map(|w| (w.writer.clone(), w.size.clone()))
+    fn existing_writer(&self, inode: u64) -> Option<WriterHandles> {
+        self.state().writers.get(&inode).map(SharedWriter::handles)
     }
 
     fn changed(&self, inode: u64) {
@@ -920,10 +929,8 @@ impl Filesystem for CairnFs {
         reply: ReplyEmpty,
     ) {
         let flags = XattrFlags::from_bits_retain(flags as u32);
-        let inode = self.inode(ino);
-        self.absent_xattrs.changing(inode);
         let op = Op::SetXattr(SetXattr {
-            inode,
+            inode: self.inode(ino),
             name: name_bytes(name),
             value: value.to_vec(),
             create: flags.contains(XattrFlags::CREATE),
@@ -972,10 +979,8 @@ impl Filesystem for CairnFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let inode = self.inode(ino);
-        self.absent_xattrs.changing(inode);
         let op = Op::RemoveXattr(RemoveXattr {
-            inode,
+            inode: self.inode(ino),
             name: name_bytes(name),
         });
         done(reply, self.meta(op).map(|_| ()));
