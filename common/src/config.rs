@@ -166,7 +166,9 @@ pub struct MetadataConfig {
     pub heartbeat_ms: u64,
     /// Followers start an election after a random time in [timeout, 2 × timeout]. It
     /// bounds how long a lost leader (a hall gone dark) stops the namespace: the default
-    /// keeps that under about 1.5 s while riding out a few missed heartbeats.
+    /// keeps that under about 1.5 s while riding out a few missed heartbeats. It is also
+    /// the leader's read lease: how long after the quorum confirmed it the leader serves
+    /// reads without asking again.
     #[serde(default = "defaults::election_timeout_ms")]
     pub election_timeout_ms: u64,
     /// A snapshot (RocksDB checkpoint) is taken after this many applied entries; the log

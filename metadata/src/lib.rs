@@ -21,6 +21,7 @@ pub mod namespace;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod read_lease;
 pub mod reads;
 pub mod records;
 pub mod service;

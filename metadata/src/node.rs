@@ -84,6 +84,8 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     }
     .validate()
     .context("raft settings")?;
+    // Half of how long voters refuse votes after a heartbeat (see read_lease).
+    let read_lease = Duration::from_millis(raft_config.election_timeout_max / 2);
     let raft = Raft::new(
         me.node_id,
         Arc::new(raft_config),
@@ -92,7 +94,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         sm,
     )
     .await?;
-    let proposer = Proposer::start(raft.clone(), db.clone());
+    let proposer = Proposer::start(raft.clone(), db.clone(), read_lease);
     let admin = AdminService {
         raft: raft.clone(),
         db: db.clone(),

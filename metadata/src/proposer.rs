@@ -1,10 +1,11 @@
 //! Group commit and read barriers. Concurrent mutations are gathered into one Raft entry
 //! (one synced log write per voter for the whole batch), and concurrent reads share one
 //! linearizability check, so throughput grows with the number of clients instead of being
-//! capped by fsyncs or heartbeat round trips.
+//! capped by fsyncs or heartbeat round trips. Reads within the leader's read lease skip
+//! the check (see `read_lease`).
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
 use cairn_common::versions::API_VERSION_MIN;
@@ -16,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::apply::CLIENT_ID_BYTES;
 use crate::db::Db;
 use crate::errors::meta_error;
+use crate::read_lease::{Leadership, ReadLease};
 use crate::records::entry_format;
 use crate::types::{NodeInfo, Proposal, TypeConfig};
 
@@ -84,11 +86,13 @@ fn proposal(db: &Db, requests: Vec<Vec<u8>>, expire_sessions: bool) -> Result<Pr
 }
 
 impl Proposer {
-    pub fn start(raft: Raft<TypeConfig>, db: Db) -> Proposer {
+    /// `read_lease`: how long after a confirmed leadership check reads skip the next one
+    /// (see `read_lease`; at most half of openraft's `election_timeout_max`).
+    pub fn start(raft: Raft<TypeConfig>, db: Db, read_lease: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (barrier, barrier_rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(propose_loop(raft.clone(), db, rx));
-        tokio::spawn(barrier_loop(raft, barrier_rx));
+        tokio::spawn(barrier_loop(raft, ReadLease::new(read_lease), barrier_rx));
         Proposer { tx, barrier }
     }
 
@@ -186,15 +190,30 @@ async fn propose_loop(raft: Raft<TypeConfig>, db: Db, mut rx: mpsc::Receiver<Pen
     }
 }
 
-async fn barrier_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), MetaError>>>) {
-    // A waiter joins the next round that starts after it arrived, so the leadership check
-    // and read index of that round are no older than its request.
+async fn barrier_loop(
+    raft: Raft<TypeConfig>,
+    mut lease: ReadLease,
+    mut rx: mpsc::Receiver<oneshot::Sender<Result<(), MetaError>>>,
+) {
+    // A waiter is answered at once under the lease; otherwise it joins the next round that
+    // starts after it arrived, so the leadership check and read index of that round are no
+    // older than its request.
     while let Some(first) = rx.recv().await {
+        if lease.holds(&raft.metrics().borrow(), Instant::now()) {
+            let _ = first.send(Ok(()));
+            continue;
+        }
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);
         }
+        let started = Instant::now();
+        let before = Leadership::of(&raft.metrics().borrow());
         let result = raft.ensure_linearizable().await.map(|_| ()).map_err(read_error);
+        match result {
+            Ok(()) => lease.confirmed(before, started, &raft.metrics().borrow()),
+            Err(_) => lease.end(),
+        }
         for w in waiters {
             let _ = w.send(result.clone());
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cairn_dataserver::client::DataserverClient;
+use rustix::process::{kill_process, Pid, Signal};
 
 pub mod cluster;
 pub mod local;
@@ -96,6 +97,15 @@ impl Process {
 
     pub fn alive(&mut self) -> bool {
         self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGSTOP (`frozen`) or SIGCONT: a process that stalls for a while (a paused VM, a
+    /// swap storm) and then runs on, unaware of the time it lost.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(c) = &self.0 {
+            let signal = if frozen { Signal::STOP } else { Signal::CONT };
+            let _ = kill_process(Pid::from_child(c), signal);
+        }
     }
 
     pub fn kill9(&mut self) {

@@ -45,6 +45,11 @@ impl MetadataNode {
         self.child.kill9();
     }
 
+    /// SIGSTOP (`frozen`) or SIGCONT.
+    pub fn freeze(&self, frozen: bool) {
+        self.child.freeze(frozen);
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,13 +1,16 @@
 //! Raft-level behaviour with real processes: a follower that missed more than the log
-//! keeps catches up from a snapshot (a RocksDB checkpoint shipped over gRPC), and the Raft
-//! port refuses garbage without harm.
+//! keeps catches up from a snapshot (a RocksDB checkpoint shipped over gRPC), the Raft
+//! port refuses garbage without harm, and the leader's read lease never serves a stale read.
 
 use std::time::{Duration, Instant};
 
 use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::meta_request::Op;
+use cairn_common::proto::metadata::metadata_client::MetadataClient as GrpcClient;
 use cairn_common::proto::metadata::raft_client::RaftClient;
-use cairn_common::proto::metadata::{meta_reply, RaftEnvelope, ReadDir};
+use cairn_common::proto::metadata::{meta_reply, Errno, Lookup, MetaRequest, RaftEnvelope, ReadDir};
+use cairn_common::versions::API_VERSION_MIN;
+use cairn_metadata::client::MetadataClient;
 use cairn_metadata::db::Db;
 use cairn_metadata::reads::read;
 use cairn_tests::metadata::MetadataCluster;
@@ -108,5 +111,62 @@ async fn raft_port_refuses_garbage() -> anyhow::Result<()> {
     }
     c.mkdir(ROOT, b"after", 0o755).await?;
     assert_eq!(c.readdir_all(ROOT).await?.len(), 2);
+    Ok(())
+}
+
+/// Reads skip the leadership check under the leader's read lease; a leader that stalls
+/// past an election and then runs on must not answer from its old state. While it is
+/// frozen the other voters elect a leader and commit a file; the moment it runs again it is
+/// asked for that file, many times, before anything tells it of the new term: its lease ran
+/// out during the stall, so it must check with the quorum, learn it no longer leads and
+/// refuse. "No such file" would be a stale read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_stalled_past_an_election_answers_no_stale_read() -> anyhow::Result<()> {
+    let cluster = MetadataCluster::start(3, "heartbeat_ms = 50\nelection_timeout_ms = 300").await?;
+    cluster.client().create(ROOT, b"before", 0o644, true).await?;
+    let old = cluster.leader().await.expect("a leader");
+    let mut direct = GrpcClient::connect(format!("http://{}", cluster.nodes[old].addr)).await?;
+    let lookup = |name: &[u8]| MetaRequest {
+        client_id: Vec::new(),
+        request_id: 0,
+        api_version: API_VERSION_MIN,
+        op: Some(Op::Lookup(Lookup {
+            parent: ROOT,
+            name: name.to_vec(),
+        })),
+    };
+    // The leader serves a read, and holds a lease from here on.
+    let reply = direct.call(lookup(b"before")).await?.into_inner();
+    assert!(matches!(reply.result, Some(meta_reply::Result::Attr(_))), "{reply:?}");
+
+    cluster.nodes[old].freeze(true);
+    let others: Vec<String> = (0..3)
+        .filter(|&i| i != old)
+        .map(|i| cluster.nodes[i].addr.to_string())
+        .collect();
+    let frozen_for = Instant::now();
+    MetadataClient::new(others, Duration::from_secs(30))
+        .create(ROOT, b"after", 0o644, true)
+        .await?;
+    cluster.nodes[old].freeze(false);
+    let frozen_for = frozen_for.elapsed();
+
+    let mut refused = 0;
+    for _ in 0..50 {
+        let reply = direct.call(lookup(b"after")).await?.into_inner();
+        match reply.result {
+            Some(meta_reply::Result::Attr(_)) => {}
+            Some(meta_reply::Result::Error(e))
+                if matches!(Errno::try_from(e.errno), Ok(Errno::NotLeader | Errno::Unavailable)) =>
+            {
+                refused += 1
+            }
+            other => panic!(
+                "the former leader, frozen for {frozen_for:?}, answered a read from before the stall: {other:?}\n{}",
+                cluster.logs()
+            ),
+        }
+    }
+    assert!(refused > 0, "the former leader never noticed it lost the lead");
     Ok(())
 }
