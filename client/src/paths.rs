@@ -99,6 +99,25 @@ impl CairnClient {
         .await
     }
 
+    /// Like [`Self::create_in`], and says whether the file is new: the create is asked
+    /// as exclusive first, so a success means this call made it (empty, nothing to read
+    /// before writing it); without `exclusive`, a name taken meanwhile is opened as it is.
+    pub async fn create_or_open(
+        &self,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+        exclusive: bool,
+    ) -> Result<(Attr, bool), ClientError> {
+        match self.create_in(dir, name, mode, true).await {
+            Ok(attr) => Ok((attr, true)),
+            Err(e) if !exclusive && e.errno() == Some(Errno::Eexist) => {
+                Ok((self.create_in(dir, name, mode, false).await?, false))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every entry of directory `dir` (read in pages), in name order.
     pub async fn list_dir(&self, dir: u64) -> Result<Vec<DirEntry>, ClientError> {
         let mut entries = Vec::new();

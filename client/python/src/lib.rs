@@ -271,23 +271,25 @@ impl Client {
         let client = self.client();
         let (attr, writer) = self.run(py, path, async {
             let (dir, name) = client.resolve_parent(path).await?;
-            let attr = if create {
-                client.create_in(dir, name.as_bytes(), mode, exclusive).await?
+            let (attr, new) = if create {
+                client.create_or_open(dir, name.as_bytes(), mode, exclusive).await?
             } else {
-                client.lookup(dir, name.as_bytes()).await?
+                (client.lookup(dir, name.as_bytes()).await?, false)
             };
             if attr.kind() == FileKind::Directory {
                 return Err(ClientError::refused(Errno::Eisdir, format!("{path:?} is a directory")));
             }
-            let writer = match write {
-                true => {
+            let writer = match (write, new) {
+                // Empty and new: nothing to read first, nothing to truncate.
+                (true, true) => Some(client.new_file_writer(attr)),
+                (true, false) => {
                     let mut w = client.open_writer(attr.inode).await?;
                     if truncate {
                         w.set_len(0).await?;
                     }
                     Some(w)
                 }
-                false => None,
+                (false, _) => None,
             };
             Ok((attr, writer))
         })?;
