@@ -70,6 +70,7 @@ pub async fn shard_refs_in(
                 dataserver: node,
                 partition,
                 partitions,
+                count_only: false,
             })
             .await
             .map_err(|e| e.message().to_owned())?
@@ -87,6 +88,28 @@ pub async fn shard_refs_in(
             }
         }
         Ok(refs)
+    })
+    .await
+}
+
+/// How many shards of dataserver `node` committed layouts reference: [`shard_refs`]
+/// without the list.
+pub async fn shard_ref_count(metadata: &[SocketAddr], node: u32) -> Result<u64, String> {
+    first_answer(metadata, |mut client| async move {
+        let mut stream = client
+            .shard_refs(ShardRefsRequest {
+                dataserver: node,
+                count_only: true,
+                ..ShardRefsRequest::default()
+            })
+            .await
+            .map_err(|e| e.message().to_owned())?
+            .into_inner();
+        let mut count = 0;
+        while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_owned())? {
+            count += chunk.counted + chunk.refs.len() as u64;
+        }
+        Ok(count)
     })
     .await
 }

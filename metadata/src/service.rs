@@ -194,7 +194,7 @@ impl Metadata for MetadataService {
         };
         let (tx, rx) = mpsc::channel(4);
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || stream_shard_refs(&db, r.dataserver, part, &tx));
+        tokio::task::spawn_blocking(move || stream_shard_refs(&db, r.dataserver, part, r.count_only, &tx));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
@@ -203,10 +203,12 @@ fn stream_shard_refs(
     db: &Db,
     dataserver: u32,
     part: Option<(u32, u32)>,
+    count_only: bool,
     tx: &mpsc::Sender<Result<ShardRefsChunk, Status>>,
 ) {
     let prefix = dataserver.to_be_bytes();
-    let mut chunk = Vec::with_capacity(SHARD_REFS_PER_CHUNK);
+    let mut chunk = Vec::with_capacity(if count_only { 0 } else { SHARD_REFS_PER_CHUNK });
+    let mut counted = 0;
     // One iterator: a consistent view of the references at the time of the barrier.
     for item in db.raw().prefix_iterator_cf(db.cf(Cf::ShardRefs), prefix) {
         let key = match item {
@@ -225,6 +227,10 @@ fn stream_shard_refs(
                 continue;
             }
         }
+        if count_only {
+            counted += 1;
+            continue;
+        }
         chunk.push(ShardRef {
             stripe_id: key[4..20].to_vec(),
             index: u32::from(key[20]),
@@ -232,13 +238,13 @@ fn stream_shard_refs(
         });
         if chunk.len() == SHARD_REFS_PER_CHUNK {
             let refs = std::mem::replace(&mut chunk, Vec::with_capacity(SHARD_REFS_PER_CHUNK));
-            if tx.blocking_send(Ok(ShardRefsChunk { refs })).is_err() {
+            if tx.blocking_send(Ok(ShardRefsChunk { refs, counted: 0 })).is_err() {
                 return;
             }
         }
     }
-    if !chunk.is_empty() {
-        let _ = tx.blocking_send(Ok(ShardRefsChunk { refs: chunk }));
+    if !chunk.is_empty() || count_only {
+        let _ = tx.blocking_send(Ok(ShardRefsChunk { refs: chunk, counted }));
     }
 }
 

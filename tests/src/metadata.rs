@@ -150,6 +150,15 @@ impl MetadataCluster {
             .collect())
     }
 
+    /// How many shards of `dataserver` committed layouts reference, as the leader counts
+    /// them for `cairnctl drain --wait`.
+    pub async fn shard_ref_count(&self, dataserver: u32) -> anyhow::Result<u64> {
+        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
+        cairn_dataserver::metadata::shard_ref_count(&addrs, dataserver)
+            .await
+            .map_err(|e| anyhow::anyhow!("shard references of dataserver {dataserver}: {e}"))
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()

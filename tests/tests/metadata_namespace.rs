@@ -200,8 +200,12 @@ fn layout(stripe_byte: u8, servers: &[u32], length: u64) -> Layout {
     }
 }
 
+/// The stripes of `dataserver`'s referenced shards; the count the leader gives for a
+/// drain's progress must agree with the list.
 async fn shard_refs(cluster: &MetadataCluster, dataserver: u32) -> anyhow::Result<Vec<Vec<u8>>> {
-    Ok(cluster.shard_refs(dataserver).await?.into_iter().map(|r| r.0).collect())
+    let refs: Vec<Vec<u8>> = cluster.shard_refs(dataserver).await?.into_iter().map(|r| r.0).collect();
+    assert_eq!(cluster.shard_ref_count(dataserver).await?, refs.len() as u64);
+    Ok(refs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
