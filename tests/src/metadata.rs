@@ -111,6 +111,10 @@ impl MetadataCluster {
         self.nodes.iter().map(|n| n.addr.to_string()).collect()
     }
 
+    fn socket_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+
     pub fn client(&self) -> MetadataClient {
         MetadataClient::new(self.addrs(), Duration::from_secs(60))
     }
@@ -140,8 +144,7 @@ impl MetadataCluster {
     /// Every shard of `dataserver` that a committed layout references: (stripe id, index),
     /// as the leader answers the orphan collector.
     pub async fn shard_refs(&self, dataserver: u32) -> anyhow::Result<Vec<(Vec<u8>, u32)>> {
-        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-        let refs = cairn_dataserver::metadata::shard_refs(&addrs, dataserver)
+        let refs = cairn_dataserver::metadata::shard_refs(&self.socket_addrs(), dataserver)
             .await
             .map_err(|e| anyhow::anyhow!("shard references of dataserver {dataserver}: {e}"))?;
         Ok(refs
@@ -153,8 +156,7 @@ impl MetadataCluster {
     /// How many shards of `dataserver` committed layouts reference, as the leader counts
     /// them for `cairnctl drain --wait`.
     pub async fn shard_ref_count(&self, dataserver: u32) -> anyhow::Result<u64> {
-        let addrs: Vec<SocketAddr> = self.nodes.iter().map(|n| n.addr).collect();
-        cairn_dataserver::metadata::shard_ref_count(&addrs, dataserver)
+        cairn_dataserver::metadata::shard_ref_count(&self.socket_addrs(), dataserver)
             .await
             .map_err(|e| anyhow::anyhow!("shard references of dataserver {dataserver}: {e}"))
     }
