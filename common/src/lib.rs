@@ -2,8 +2,10 @@
 //! frame and its messages, erasure coding, block checksums and hall-aware placement.
 //!
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
-//! so the same code runs in production and in the simulator (DESIGN.md invariant 8).
+//! so the same code runs in production and in the simulator (DESIGN.md invariant 8), and
+//! the process set-up the daemons share (`logging`, `allocator`).
 
+pub mod allocator;
 pub mod checksum;
 pub mod config;
 pub mod erasure;

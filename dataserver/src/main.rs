@@ -45,6 +45,7 @@ enum Command {
 
 fn main() -> ExitCode {
     cairn_common::logging::init("info");
+    cairn_common::allocator::keep_freed_buffers();
     let cli = Cli::parse();
     if let Command::Versions = cli.command {
         println!("{}", Versions::this_build().json());

@@ -93,6 +93,7 @@ async fn follow_draining(meta: Arc<MetadataClient>, ds: Dataservers) {
 
 fn main() -> ExitCode {
     cairn_common::logging::init("info");
+    cairn_common::allocator::keep_freed_buffers();
     let config = match Cli::parse().command {
         Command::Serve { config } => config,
         Command::Versions => {
