@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checkpoint benchmark, in one run (bench/ckpt.py holds the training-loop stand-in):
 #   1. the limits: disk (O_DIRECT and buffered sequential write/read), memcpy, loopback
-#      TCP (../shared/bench/limits.sh), before and after;
+#      TCP (../shared/bench/limits.sh) and loopback TCP through a relay (the two hops of
+#      the file path, bench/lib.sh), before and after;
 #   2. a bare memcpy of the state into preallocated tensors;
 #   3. (a) torch.save + fsync to local disk, (b) dcp.save with FileSystemWriter to local
 #      disk, (c) dcp.async_save with FileSystemWriter to the Cairn FUSE mount,
@@ -18,7 +19,10 @@ ensure_python_package
 bench_begin ckpt
 cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
-limits() { SECTIONS="disk mem net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|mem memcpy|net)" | tee -a "$RESULTS"; }
+limits() {
+  SECTIONS="disk mem net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|mem memcpy|net)" | tee -a "$RESULTS"
+  relay_limit 17590 | tee -a "$RESULTS"
+}
 bench() { "$CAIRN_VENV/bin/python" "$CAIRN_ROOT/bench/ckpt.py" "$@" --gib "$GIB" --every "$EVERY" --checkpoints "$CHECKPOINTS" | tee -a "$RESULTS"; }
 
 log "limits (before)"
@@ -38,7 +42,7 @@ bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt"
 bench cairn-async --dir /ckpt
 cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
 cleanup
-# Shards of removed files stay until the orphan collector exists: drop the whole cluster.
+# The orphan collector would free the shards only after its grace period: drop the cluster.
 rm -rf "$DATA/cluster" "$DATA/local"
 
 log "limits (after)"

@@ -23,7 +23,10 @@ cleanup() {
 }
 trap cleanup EXIT
 fstest() { bash "$SHARED/fstest.sh" "$@" | tail -1 | tee -a "$RESULTS"; }
-limits() { SECTIONS="disk net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|net)" | tee -a "$RESULTS"; }
+limits() {
+  SECTIONS="disk net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|net)" | tee -a "$RESULTS"
+  relay_limit 17490 | tee -a "$RESULTS"
+}
 
 log "limits (before)"
 limits

@@ -29,3 +29,20 @@ cluster_peak_rss() {
 rocksdb_sync_limit() {
   "$BIN/cairn-bench" rocksdb-sync --dir "$1" --count 1000 | grep -oE 'batches_per_s=[0-9.]+' | cut -d= -f2
 }
+
+# relay_limit PORT: loopback TCP through a user-space relay (iperf3 -> socat -> iperf3),
+# the transport alone of the path file bytes take (client -> logic node -> dataserver),
+# 10 s, on ports PORT and PORT+1. Prints one line in MB/s.
+relay_limit() {
+  local port=$1 relay_pid mbps
+  ensure_debian_packages socat iperf3
+  iperf3 -s -1 -p "$((port + 1))" >/dev/null 2>&1 &
+  socat -b 1048576 "TCP-LISTEN:$port,bind=127.0.0.1,reuseaddr,fork" "TCP:127.0.0.1:$((port + 1))" 2>/dev/null &
+  relay_pid=$!
+  sleep 0.5
+  mbps=$(iperf3 -c 127.0.0.1 -p "$port" -t 10 -J | python3 -c \
+    "import json,sys; print('%.1f' % (json.load(sys.stdin)['end']['sum_received']['bits_per_second'] / 8e6))")
+  kill "$relay_pid" 2>/dev/null || true
+  wait "$relay_pid" 2>/dev/null || true
+  echo "net relay (2 loopback hops through socat, 1 stream) MB/s=$mbps"
+}
