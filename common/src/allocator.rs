@@ -4,8 +4,9 @@
 //! allocation that large from its own `mmap` and unmaps it on free, so each request paid
 //! for page faults on fresh pages and for unmapping them: about a fifth of a dataserver's
 //! CPU in a profile of a 2 GiB read. Serving them from the heap and keeping freed memory
-//! for reuse makes reads 6-8% and writes about 5% faster through the Python client
-//! (bench/RESULTS.md). jemalloc and mimalloc, tried the same way, were slower.
+//! for reuse makes writes about 10% and reads about 4% faster through the Python client
+//! (bench/RESULTS.md, file path run 7). jemalloc and mimalloc, tried the same way, were
+//! slower.
 //!
 //! The cost: a daemon keeps up to `KEEP_FREED_BYTES` of freed heap instead of returning
 //! it, so its resident memory stays near its high-water mark, which the request memory
