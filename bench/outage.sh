@@ -35,6 +35,8 @@ print("outage %s failed_ios=%d ios=%d longest_gap_s=%.2f gpu_minutes_per_100k=%.
     r["scenario"], w["failed_ios"], w["writes_ok"] + w["reads_ok"], w["longest_gap_s"], r["gpu_minutes_per_100k"],
     r["full_redundancy_s"], f(r["first_read_after_start_s"]), f(r["full_service_after_start_s"]),
     w["files_verified"], w["bytes_verified"], ",".join(r["killed"])))
+for h in r.get("handed_over", []):
+    print("  leadership handed over: %s" % h)
 b = r.get("rebuild")
 if b:
     print("  rebuild shards=%d seconds=%.2f foreground_mib_s_before=%.1f foreground_mib_s_during=%.1f (%.0f%%)" % (

@@ -12,6 +12,7 @@ pub mod apply;
 pub mod client;
 pub mod db;
 pub mod errors;
+pub mod handover;
 pub mod layout;
 pub mod liveness;
 pub mod locks;

@@ -1,8 +1,8 @@
 //! Raft RPCs between voters over gRPC. openraft's messages travel serialized (postcard)
 //! inside a versioned envelope; the receiver checks the version before decoding.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_common::proto::metadata::raft_client::RaftClient;
@@ -43,11 +43,44 @@ pub fn open_envelope<T: DeserializeOwned>(env: &RaftEnvelope) -> Result<T, Strin
     postcard::from_bytes(&env.payload).map_err(|e| format!("raft message does not decode: {e}"))
 }
 
+type Silenced = Arc<Mutex<BTreeSet<u64>>>;
+
 /// Connections to the other members, shared: openraft asks for a new client for every
 /// leadership check, and a gRPC channel (one HTTP/2 connection) serves them all.
 #[derive(Clone, Debug, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    /// Members this node sends no entries and no heartbeats to (see `handover`).
+    silenced: Silenced,
+}
+
+impl Network {
+    /// Sends `members` no entries and no heartbeats, as if they were unreachable, until
+    /// the guard is dropped.
+    pub fn silence(&self, members: BTreeSet<u64>) -> Silence {
+        lock(&self.silenced).extend(members.iter().copied());
+        Silence {
+            silenced: self.silenced.clone(),
+            members,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Members silenced while it lives.
+#[derive(Debug)]
+pub struct Silence {
+    silenced: Silenced,
+    members: BTreeSet<u64>,
+}
+
+impl Drop for Silence {
+    fn drop(&mut self) {
+        lock(&self.silenced).retain(|id| !self.members.contains(id));
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -58,6 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
+            silenced: self.silenced.clone(),
         }
     }
 }
@@ -68,6 +102,7 @@ pub struct Peer {
     target: u64,
     addr: String,
     channels: Arc<Mutex<HashMap<String, RaftClient<Channel>>>>,
+    silenced: Silenced,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +120,18 @@ fn network_error<E: std::error::Error>(msg: String) -> RPCError<u64, NodeInfo, R
 
 impl Peer {
     fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, RaftClient<Channel>>> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.channels)
+    }
+
+    /// What a leader sends a silenced member fails as if it were unreachable.
+    fn silenced(&self) -> Result<(), Unreachable> {
+        if lock(&self.silenced).contains(&self.target) {
+            return Err(Unreachable::new(&std::io::Error::other(format!(
+                "node {} is silenced for a hand-over",
+                self.target
+            ))));
+        }
+        Ok(())
     }
 
     async fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
@@ -141,6 +187,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>, openraft::error::Infallible> {
+        self.silenced().map_err(RPCError::Unreachable)?;
         self.call(Rpc::AppendEntries, &rpc, &option).await
     }
 
@@ -149,6 +196,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        self.silenced().map_err(RPCError::Unreachable)?;
         self.call(Rpc::InstallSnapshot, &rpc, &option).await
     }
 

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::apply::earliest_expiry;
 use crate::db::Db;
+use crate::handover::LeadingSince;
 use crate::liveness::Liveness;
 use crate::log_store::LogStore;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
@@ -86,19 +87,24 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
     .context("raft settings")?;
     // Half of how long voters refuse votes after a heartbeat (see read_lease).
     let read_lease = Duration::from_millis(raft_config.election_timeout_max / 2);
+    let network = Network::default();
     let raft = Raft::new(
         me.node_id,
         Arc::new(raft_config),
-        Network::default(),
+        network.clone(),
         LogStore::new(db.clone()).context("starting the log's sync thread")?,
         sm,
     )
     .await?;
     let proposer = Proposer::start(raft.clone(), db.clone(), read_lease);
+    let leading_since = Arc::new(LeadingSince::default());
+    tokio::spawn(leading_since.clone().track(raft.metrics()));
     let admin = AdminService {
         raft: raft.clone(),
         db: db.clone(),
         proposer: proposer.clone(),
+        network,
+        leading_since,
     };
     let liveness = Arc::new(Liveness::default());
     let dataservers: Arc<Vec<u32>> = Arc::new(config.dataservers.iter().map(|d| d.node_id).collect());
@@ -273,7 +279,7 @@ async fn housekeeping(raft: Raft<TypeConfig>, db: Db, proposer: Proposer, nodes:
             }
         };
         if due {
-            if let Err(e) = Proposer::expire_sessions(&raft, &db).await {
+            if let Err(e) = proposer.expire_sessions(&raft, &db).await {
                 warn!("expiring sessions: {}", e.message);
             }
         }

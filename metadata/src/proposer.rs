@@ -2,8 +2,9 @@
 //! (one synced log write per voter for the whole batch), and concurrent reads share one
 //! linearizability check, so throughput grows with the number of clients instead of being
 //! capped by fsyncs or heartbeat round trips. Reads within the leader's read lease skip
-//! the check (see `read_lease`).
+//! the check (see `read_lease`). A leader that hands over pauses both (`Proposer::pause`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +13,7 @@ use cairn_common::versions::API_VERSION_MIN;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::Raft;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::apply::CLIENT_ID_BYTES;
 use crate::db::Db;
@@ -40,6 +41,25 @@ struct Pending {
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     barrier: mpsc::Sender<oneshot::Sender<Result<(), MetaError>>>,
+    gate: Arc<Gate>,
+}
+
+/// Every entry this node proposes holds a batch permit while it is in flight, and every
+/// read round (lease check or quorum round) the read permit; a pause takes them all.
+#[derive(Debug)]
+struct Gate {
+    batches: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
+    /// Set by a pause: the read lease granted before it ends.
+    lease_void: AtomicBool,
+}
+
+/// While held, this node proposes nothing and starts no read round: requests wait (see
+/// `handover`).
+#[derive(Debug)]
+pub struct Paused {
+    _batches: OwnedSemaphorePermit,
+    _reads: OwnedSemaphorePermit,
 }
 
 pub fn now_ns() -> i64 {
@@ -57,7 +77,7 @@ pub fn not_leader(leader: Option<(u64, NodeInfo)>) -> MetaError {
     e
 }
 
-fn unavailable(e: impl std::fmt::Display) -> MetaError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> MetaError {
     meta_error(Errno::Unavailable, format!("metadata group unavailable: {e}"))
 }
 
@@ -91,9 +111,35 @@ impl Proposer {
     pub fn start(raft: Raft<TypeConfig>, db: Db, read_lease: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (barrier, barrier_rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(propose_loop(raft.clone(), db, rx));
-        tokio::spawn(barrier_loop(raft, ReadLease::new(read_lease), barrier_rx));
-        Proposer { tx, barrier }
+        let gate = Arc::new(Gate {
+            batches: Arc::new(Semaphore::new(BATCHES_IN_FLIGHT)),
+            reads: Arc::new(Semaphore::new(1)),
+            lease_void: AtomicBool::new(false),
+        });
+        tokio::spawn(propose_loop(raft.clone(), db, gate.clone(), rx));
+        tokio::spawn(barrier_loop(raft, ReadLease::new(read_lease), gate.clone(), barrier_rx));
+        Proposer { tx, barrier, gate }
+    }
+
+    /// Waits for the entries in flight and the read round under way to finish, then holds
+    /// every later one until the guard is dropped; the read lease ends.
+    pub async fn pause(&self) -> Result<Paused, MetaError> {
+        let closed = |_| unavailable("node is shutting down");
+        // BATCHES_IN_FLIGHT is a small constant.
+        let all = BATCHES_IN_FLIGHT as u32;
+        let batches = self
+            .gate
+            .batches
+            .clone()
+            .acquire_many_owned(all)
+            .await
+            .map_err(closed)?;
+        let reads = self.gate.reads.clone().acquire_owned().await.map_err(closed)?;
+        self.gate.lease_void.store(true, Ordering::Release);
+        Ok(Paused {
+            _batches: batches,
+            _reads: reads,
+        })
     }
 
     /// Apply one encoded mutation through the log; returns the encoded reply.
@@ -136,19 +182,26 @@ impl Proposer {
     }
 
     /// An entry of its own that ends expired write sessions.
-    pub async fn expire_sessions(raft: &Raft<TypeConfig>, db: &Db) -> Result<(), MetaError> {
+    pub async fn expire_sessions(&self, raft: &Raft<TypeConfig>, db: &Db) -> Result<(), MetaError> {
+        let _in_flight = self
+            .gate
+            .batches
+            .acquire()
+            .await
+            .map_err(|_| unavailable("node is shutting down"))?;
         let p = proposal(db, Vec::new(), true)?;
         raft.client_write(p).await.map(|_| ()).map_err(write_error)
     }
 }
 
-async fn propose_loop(raft: Raft<TypeConfig>, db: Db, mut rx: mpsc::Receiver<Pending>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+async fn propose_loop(raft: Raft<TypeConfig>, db: Db, gate: Arc<Gate>, mut rx: mpsc::Receiver<Pending>) {
     loop {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        // The permit is taken only once a request is here, so that an idle node holds
+        // none (a pause takes them all); requests that arrive meanwhile join the batch.
+        let Some(first) = rx.recv().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
+        let Ok(permit) = gate.batches.clone().acquire_owned().await else {
             return;
         };
         let mut bytes = first.request.len();
@@ -193,12 +246,19 @@ async fn propose_loop(raft: Raft<TypeConfig>, db: Db, mut rx: mpsc::Receiver<Pen
 async fn barrier_loop(
     raft: Raft<TypeConfig>,
     mut lease: ReadLease,
+    gate: Arc<Gate>,
     mut rx: mpsc::Receiver<oneshot::Sender<Result<(), MetaError>>>,
 ) {
     // A waiter is answered at once under the lease; otherwise it joins the next round that
     // starts after it arrived, so the leadership check and read index of that round are no
     // older than its request.
     while let Some(first) = rx.recv().await {
+        let Ok(_round) = gate.reads.acquire().await else {
+            return;
+        };
+        if gate.lease_void.swap(false, Ordering::AcqRel) {
+            lease.end();
+        }
         if lease.holds(&raft.metrics().borrow(), Instant::now()) {
             let _ = first.send(Ok(()));
             continue;

@@ -12,6 +12,11 @@
 //! exists before `t0 + election_timeout_max`. The lease runs to `t0 + election_timeout_min`
 //! (half as long): the other half covers clock rate differences between voters.
 //!
+//! The one voter of such a quorum that does not refuse is the leader itself (heartbeats do
+//! not refresh its own vote), and a leader that grants a vote stops leading at once, which
+//! ends the lease. A leader that hands over on purpose (`handover`) also ends its lease
+//! before the target stands.
+//!
 //! Reads under the lease see every acknowledged write: a write is acknowledged after this
 //! leader applied it, and the round that granted the lease waited until this term's first
 //! entry (behind every earlier term's commits) was applied. The lease is bound to the term

@@ -14,8 +14,9 @@ use cairn_common::namespace::{changed_dirs, is_mutation};
 use cairn_common::placement::partition_of;
 use cairn_common::proto::metadata::{
     admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
-    AddLearnerRequest, AdminReply, ChangeVotersRequest, Empty, Errno, MetaError, MetaReply, MetaRequest, NodeStatus,
-    RaftEnvelope, RaiseEntryFormatRequest, SetEntryFormat, ShardRef, ShardRefsChunk, ShardRefsRequest, StatusRequest,
+    AddLearnerRequest, AdminReply, CampaignRequest, ChangeVotersRequest, Empty, Errno, MetaError, MetaReply,
+    MetaRequest, NodeStatus, RaftEnvelope, RaiseEntryFormatRequest, SetEntryFormat, ShardRef, ShardRefsChunk,
+    ShardRefsRequest, StatusRequest, TransferLeaderRequest,
 };
 use cairn_common::versions::{API_VERSION_MAX, API_VERSION_MIN, ENTRY_FORMAT_MAX, ENTRY_FORMAT_MIN};
 use futures::Stream;
@@ -30,8 +31,9 @@ use crate::apply::idempotency_key;
 use crate::client::member_status;
 use crate::db::{read_u64, Cf, Db};
 use crate::errors::{error_reply, meta_error, reply};
+use crate::handover::{campaign, hand_over, Leader, LeadingSince};
 use crate::liveness::Liveness;
-use crate::network::{envelope, open_envelope};
+use crate::network::{envelope, open_envelope, Network};
 use crate::proposer::{not_leader, write_error, Proposer};
 use crate::reads::{dir_attrs, read};
 use crate::records::entry_format;
@@ -255,6 +257,8 @@ pub struct AdminService {
     pub raft: Raft<TypeConfig>,
     pub db: Db,
     pub proposer: Proposer,
+    pub network: Network,
+    pub leading_since: Arc<LeadingSince>,
 }
 
 /// This node's term while it leads; otherwise NotLeader naming the leader it knows. Reads
@@ -361,6 +365,22 @@ impl Admin for AdminService {
 
     async fn raise_entry_format(&self, _req: Request<RaiseEntryFormatRequest>) -> Result<Response<AdminReply>, Status> {
         let result = AdminService::raise_entry_format(self).await;
+        Ok(self.reply(result))
+    }
+
+    async fn transfer_leader(&self, req: Request<TransferLeaderRequest>) -> Result<Response<AdminReply>, Status> {
+        let leader = Leader {
+            raft: &self.raft,
+            network: &self.network,
+            proposer: &self.proposer,
+            since: &self.leading_since,
+        };
+        let result = hand_over(leader, req.get_ref().to).await;
+        Ok(self.reply(result))
+    }
+
+    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<AdminReply>, Status> {
+        let result = campaign(&self.raft, req.get_ref()).await;
         Ok(self.reply(result))
     }
 

@@ -250,6 +250,19 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
             .position(|p| n.starts_with(p))
     };
     assert!(order.windows(2).all(|w| rank(w[0]) <= rank(w[1])), "{order:?}");
+    // The leader, last, handed leadership over before it stopped, in both rolls (N to N+1
+    // and N+1 to N: either build hands over to the other).
+    for report in [&r, &back] {
+        let handed = report["handed_over"].as_array().expect("handed_over");
+        let last = killed(report).last().copied().unwrap_or_default();
+        assert_eq!(handed.len(), 1, "{report}");
+        assert!(
+            handed[0]
+                .as_str()
+                .is_some_and(|h| h.starts_with(&format!("{last} to "))),
+            "{report}"
+        );
+    }
     assert_eq!(status(&cluster)["healthy"], true);
 
     // The group, formed by N, started at N's newest entry format (2) and kept writing it

@@ -7,6 +7,7 @@ use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::admin_client::AdminClient;
 use cairn_common::proto::metadata::{
     AddLearnerRequest, AdminReply, ChangeVotersRequest, FileKind, NodeStatus, RaiseEntryFormatRequest,
+    TransferLeaderRequest,
 };
 use cairn_metadata::client::{admin, member_status, MetadataClient};
 use clap::Subcommand;
@@ -37,6 +38,13 @@ pub enum MdCommand {
     /// applies (the leader asks each). From then on the group writes it, so the previous
     /// build can no longer run here: `rolling-restart` refuses to roll back past it.
     FinalizeUpgrade,
+    /// Hand leadership to another voter (before its node stops). It takes about the
+    /// voters' election timeout; requests wait only for the last few milliseconds.
+    TransferLeader {
+        /// The voter to lead next; by default the one whose log reaches furthest.
+        #[arg(long)]
+        to: Option<u64>,
+    },
     /// List a directory given by its path from the root.
     Ls {
         #[arg(default_value = "/")]
@@ -102,6 +110,22 @@ pub async fn leader_id(nodes: &[MetadataEntry]) -> Option<u64> {
     None
 }
 
+/// Has the leader hand leadership to voter `to` (0: the one whose log reaches furthest);
+/// returns the new leader's id, or None when the leader's build predates hand-overs.
+pub async fn transfer_leader(addrs: &[String], to: u64) -> anyhow::Result<Option<u64>> {
+    match leader(addrs).await?.transfer_leader(TransferLeaderRequest { to }).await {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            if let Some(e) = reply.error {
+                bail!("hand-over refused: {}", e.message);
+            }
+            Ok(Some(reply.status.map_or(0, |s| s.leader_id)))
+        }
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(None),
+        Err(s) => Err(s.into()),
+    }
+}
+
 fn report(reply: AdminReply) -> anyhow::Result<()> {
     if let Some(e) = reply.error {
         bail!("refused: {}", e.message);
@@ -164,6 +188,10 @@ pub async fn run(addrs: &[String], command: MdCommand) -> anyhow::Result<()> {
                 println!("metadata entries stay in format {after}: the newest every member applies");
             }
         }
+        MdCommand::TransferLeader { to } => match transfer_leader(addrs, to.unwrap_or(0)).await? {
+            Some(id) => println!("metadata-{id} leads"),
+            None => bail!("the leader's build cannot hand over leadership"),
+        },
         MdCommand::Ls { path } => {
             let c = MetadataClient::new(addrs.to_vec(), Duration::from_secs(30));
             let dir = resolve(&c, &path).await?;

@@ -57,6 +57,9 @@ pub struct OutageReport {
     pub scenario: Scenario,
     /// The processes SIGKILLed (for a rolling restart: stopped and restarted, in order).
     pub killed: Vec<String>,
+    /// Rolling restart: the leader's hand-over before it stopped, and how long it took
+    /// (metadata requests waited meanwhile).
+    pub handed_over: Vec<String>,
     /// From the kill until the cluster is whole: every node back and every stripe with
     /// all its shards reachable.
     pub full_redundancy_s: f64,
@@ -151,10 +154,19 @@ pub async fn run(
     let before_mib_s = w.bytes_ok() as f64 / w.elapsed().as_secs_f64() / MIB;
     let killed_at = Instant::now();
     let mut rebuild = None;
+    let mut handed_over = Vec::new();
     let (killed, started_at) = match scenario {
         // Every node goes down and comes back inside the roll.
         Scenario::RollingRestart => (
-            crate::rolling::rolling_restart(dir, binaries, None, |_, _| {}).await?,
+            crate::rolling::rolling_restart(dir, binaries, None, |step| {
+                if let crate::rolling::Step::HandedOver { from, to, took } = step {
+                    handed_over.push(format!(
+                        "metadata-{from} to metadata-{to} in {:.2} s",
+                        took.as_secs_f64()
+                    ));
+                }
+            })
+            .await?,
             Instant::now(),
         ),
         Scenario::DataserverLoss => {
@@ -193,6 +205,7 @@ pub async fn run(
     Ok(OutageReport {
         scenario,
         killed,
+        handed_over,
         full_redundancy_s: whole_at.duration_since(killed_at).as_secs_f64(),
         first_read_after_start_s: first.map(|f| f.duration_since(started_at).as_secs_f64()),
         full_service_after_start_s: first.map(|_| whole_at.duration_since(started_at).as_secs_f64()),

@@ -1,14 +1,13 @@
 //! Rolling restart (and upgrade) of a local cluster: logic nodes, then dataservers, then
 //! metadata voters, one at a time, each only once the whole cluster answers again. A
 //! logic node drains on SIGTERM (it finishes what it took; clients move to another); a
-//! restarted voter is waited for until it has caught up. The leader goes last, so the
-//! group elects once. Handing leadership over before the leader stops needs a leader
-//! transfer, which openraft 0.9 does not have (0.10's `transfer_leader`; a voter that
-//! stands for election is refused while the leader's lease holds): until then the
-//! others elect a leader once the old one has stopped. With new binaries, the roll starts
-//! only if each of them reads what every running process writes and the other way round,
-//! and reads the metadata group's entry format (DESIGN.md, "Versions and rolling
-//! upgrades").
+//! restarted voter is waited for until it has caught up. The leader goes last, so
+//! leadership moves once: before it stops, it hands over to a voter already restarted
+//! (`cairn_metadata::handover`). A leader whose build cannot hand over is restarted in
+//! place, and leads again if it is back before the others' election timeout. With new
+//! binaries, the roll starts only if each of them reads what every running process
+//! writes and the other way round, and reads the metadata group's entry format
+//! (DESIGN.md, "Versions and rolling upgrades").
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use cairn_common::config::Config;
 use cairn_common::versions::Versions;
 
 use crate::local;
-use crate::metadata_admin::{leader_id, leader_status, status};
+use crate::metadata_admin::{leader_id, leader_status, status, transfer_leader};
 
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
 const BINARIES: [&str; 3] = ["cairn-logic", "cairn-dataserver", "cairn-metadata"];
@@ -139,15 +138,23 @@ async fn check_versions(dir: &Path, c: &Config, binaries: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// A step of a roll, as it is done.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// Voter `from` led and handed leadership to voter `to` before it stopped.
+    HandedOver { from: u64, to: u64, took: Duration },
+    /// `name` was restarted and the cluster is healthy again.
+    Restarted { name: &'a str, took: Duration },
+}
+
 /// Restarts every node of the cluster in `dir` in turn (only those of tier `only` when
 /// given), with the binaries in `binaries` (an upgrade) or those beside cairnctl; `each`
-/// hears of every node done and how long it took. Stops at the first node that does not
-/// come back healthy.
+/// hears of every step done. Stops at the first node that does not come back healthy.
 pub async fn rolling_restart(
     dir: &Path,
     binaries: Option<&Path>,
     only: Option<Tier>,
-    mut each: impl FnMut(&str, Duration),
+    mut each: impl FnMut(Step<'_>),
 ) -> anyhow::Result<Vec<String>> {
     if let Some(d) = binaries {
         for b in BINARIES {
@@ -168,9 +175,24 @@ pub async fn rolling_restart(
     }
     let tiers = only.map_or(Tier::ALL.to_vec(), |t| vec![t]);
     let order = order(dir, &c, &tiers).await?;
+    let addrs: Vec<String> = c.metadata_nodes.iter().map(|n| n.addr.to_string()).collect();
     for name in &order {
         let started = Instant::now();
         let voter = name.strip_prefix("metadata-").and_then(|id| id.parse::<u64>().ok());
+        if let Some(from) = voter {
+            if leader_id(&c.metadata_nodes).await == Some(from) {
+                let handed = transfer_leader(&addrs, 0)
+                    .await
+                    .with_context(|| format!("{name} leads and did not hand over: nothing stopped"))?;
+                if let Some(to) = handed {
+                    each(Step::HandedOver {
+                        from,
+                        to,
+                        took: started.elapsed(),
+                    });
+                }
+            }
+        }
         local::stop(dir, name);
         local::start_stopped(dir, Some(std::slice::from_ref(name)), binaries)?;
         local::wait_healthy_in(dir)
@@ -179,7 +201,10 @@ pub async fn rolling_restart(
         if let Some(id) = voter {
             caught_up(&c, id).await?;
         }
-        each(name, started.elapsed());
+        each(Step::Restarted {
+            name,
+            took: started.elapsed(),
+        });
     }
     Ok(order)
 }

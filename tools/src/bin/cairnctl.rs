@@ -68,7 +68,8 @@ enum Top {
         cancel: bool,
     },
     /// Restart every node of a local cluster in turn (logic nodes, dataservers, then
-    /// metadata voters with the leader last), each once the cluster is healthy again.
+    /// metadata voters with the leader last, which hands leadership over before it stops),
+    /// each once the cluster is healthy again.
     RollingRestart {
         #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
@@ -215,8 +216,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Top::RollingRestart { dir, binary, only } => {
-            let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), only, |name, took| {
-                println!("{name} restarted, cluster healthy ({:.1} s)", took.as_secs_f64());
+            use cairn_tools::rolling::Step;
+            let done = cairn_tools::rolling::rolling_restart(&dir, binary.as_deref(), only, |step| match step {
+                Step::HandedOver { from, to, took } => println!(
+                    "metadata-{from} handed leadership to metadata-{to} ({:.2} s)",
+                    took.as_secs_f64()
+                ),
+                Step::Restarted { name, took } => {
+                    println!("{name} restarted, cluster healthy ({:.1} s)", took.as_secs_f64())
+                }
             })
             .await?;
             println!("rolling restart done: {} nodes", done.len());
