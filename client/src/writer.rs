@@ -118,7 +118,7 @@ impl CairnClient {
     /// Stores `data` (one stripe at most) as file bytes at `offset`; the record goes into
     /// a layout to commit.
     pub async fn write_stripe(&self, offset: u64, data: Bytes) -> Result<Stripe, ClientError> {
-        match self.exchange(FileRequest::WriteStripe { offset, data }).await? {
+        match self.exchange(FileRequest::write_stripe(offset, data)).await? {
             FileReply::Stripe(s) => Ok(s),
             other => Err(bad_reply(other)),
         }

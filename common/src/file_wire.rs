@@ -55,10 +55,14 @@ mod pb {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FileRequest {
     Meta(MetaRequest),
-    /// Store `data` (one stripe's worth at most) as the file bytes at `offset`.
+    /// Store `data` (one stripe's worth at most) as the file bytes at `offset`;
+    /// `checksums` are the crc32c of its blocks of [`FILE_BLOCK_BYTES`], verified on
+    /// receipt (build it with [`FileRequest::write_stripe`]). The logic node stores them
+    /// with the data shards whose blocks they cover, so they are computed once.
     WriteStripe {
         offset: u64,
         data: Bytes,
+        checksums: Vec<u32>,
     },
     /// Up to `length` bytes of file `inode` from `offset` (capped at READ_BYTES_MAX).
     Read {
@@ -135,14 +139,26 @@ fn no_data(frame: &Frame) -> Result<(), WireError> {
 }
 
 impl FileRequest {
+    /// A request to store `data` at file offset `offset`, with its block checksums.
+    pub fn write_stripe(offset: u64, data: Bytes) -> FileRequest {
+        FileRequest::WriteStripe {
+            offset,
+            checksums: crate::checksum::block_checksums(&data, FILE_BLOCK_BYTES),
+            data,
+        }
+    }
+
     pub fn to_frame(&self, id: RequestId) -> Frame {
-        let checksums = |d: &Bytes| crate::checksum::block_checksums(d, FILE_BLOCK_BYTES);
         let (kind, meta, data) = match self {
             FileRequest::Meta(m) => (Kind::FileMeta, m.encode_to_vec(), Bytes::new()),
-            FileRequest::WriteStripe { offset, data } => {
+            FileRequest::WriteStripe {
+                offset,
+                data,
+                checksums,
+            } => {
                 let m = pb::WriteStripe {
                     offset: *offset,
-                    checksums: checksums(data),
+                    checksums: checksums.clone(),
                 };
                 (Kind::WriteStripe, m.encode_to_vec(), data.clone())
             }
@@ -172,6 +188,7 @@ impl FileRequest {
                 FileRequest::WriteStripe {
                     offset: m.offset,
                     data: frame.data.clone(),
+                    checksums: m.checksums,
                 }
             }
             Kind::ReadFile => {
@@ -264,10 +281,7 @@ mod tests {
                 api_version: 1,
                 op: Some(Op::Getattr(GetAttr { inode: 9 })),
             }),
-            FileRequest::WriteStripe {
-                offset: 4096,
-                data: data.clone(),
-            },
+            FileRequest::write_stripe(4096, data.clone()),
             FileRequest::Read {
                 inode: 2,
                 offset: 1,
@@ -294,10 +308,7 @@ mod tests {
 
     #[test]
     fn corrupted_stripe_bytes_are_refused() {
-        let req = FileRequest::WriteStripe {
-            offset: 0,
-            data: Bytes::from(vec![7u8; 70_000]),
-        };
+        let req = FileRequest::write_stripe(0, Bytes::from(vec![7u8; 70_000]));
         let mut frame = req.to_frame(RequestId(1));
         let mut bytes = frame.data.to_vec();
         bytes[65_537] ^= 1;

@@ -158,7 +158,19 @@ impl DataserverClient {
     /// Stores `data` as shard `shard`, computing its block checksums. Returns false when
     /// the same shard was already stored.
     pub async fn put(&self, shard: ShardId, block_bytes: u32, data: Bytes) -> Result<bool, ClientError> {
-        let checksums = block_checksums(&data, block_bytes);
+        self.put_checksummed(shard, block_bytes, block_checksums(&data, block_bytes), data)
+            .await
+    }
+
+    /// [`DataserverClient::put`] with the block checksums already computed (the
+    /// dataserver verifies them before it stores anything).
+    pub async fn put_checksummed(
+        &self,
+        shard: ShardId,
+        block_bytes: u32,
+        checksums: Vec<u32>,
+        data: Bytes,
+    ) -> Result<bool, ClientError> {
         let request = Request::Put {
             shard,
             block_bytes,
@@ -182,6 +194,30 @@ impl DataserverClient {
                 ..
             } if got_offset == offset && length.is_none_or(|l| l == got_length) => {
                 Ok(blocks.verified_range(offset, got_length)?)
+            }
+            other => Err(ClientError::Unexpected(Box::new(other))),
+        }
+    }
+
+    /// The whole shard, every block verified, with the crc32c of all its bytes (derived
+    /// from the block checksums, not read again): what a layout records for it.
+    pub async fn get_whole(&self, shard: ShardId) -> Result<(Bytes, u32), ClientError> {
+        match self
+            .call(&Request::Get {
+                shard,
+                offset: 0,
+                length: None,
+            })
+            .await?
+        {
+            Reply::Data {
+                offset: 0,
+                length,
+                blocks,
+                ..
+            } if blocks.first_block == 0 && blocks.bytes.len() as u64 == length => {
+                let bytes = blocks.verified_range(0, length)?;
+                Ok((bytes, blocks.crc32c()))
             }
             other => Err(ClientError::Unexpected(Box::new(other))),
         }

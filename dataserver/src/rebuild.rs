@@ -233,8 +233,8 @@ impl Rebuilder {
         };
         self.pace(data.len() as u64).await;
         let len = data.len() as u64;
+        let checksums = block_checksums(&data, self.config.block_bytes);
         if to == self.config.node {
-            let checksums = block_checksums(&data, self.config.block_bytes);
             self.store
                 .put(id, self.config.block_bytes, checksums, data)
                 .await
@@ -248,7 +248,7 @@ impl Rebuilder {
             let peer = DataserverClient::connect(*addr)
                 .await
                 .map_err(|e| format!("storing shard {id} on dataserver {to}: {e}"))?;
-            peer.put(id, self.config.block_bytes, data)
+            peer.put_checksummed(id, self.config.block_bytes, checksums, data)
                 .await
                 .map_err(|e| format!("storing shard {id} on dataserver {to}: {e}"))?;
         }

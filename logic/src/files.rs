@@ -1,12 +1,14 @@
 //! Whole-file writes and reads over the data path.
 //!
 //! Write: the bytes are cut into stripes of k × shard unit; each stripe is erasure coded
-//! (k data + m parity shards, crc32c per block computed here and verified by the
-//! dataserver before it acknowledges), its k+m shards are placed with at most m in any
-//! hall and written in parallel; a dataserver that fails gets its shard re-placed on
-//! another. Only when every stripe is durable is the new layout committed through Raft
-//! (compare-and-set on the version the write session started from), so a crash at any
-//! point leaves the previous content whole (invariant 1).
+//! (k data + m parity shards, crc32c per block verified by the dataserver before it
+//! acknowledges: a data shard cut at the client's block boundaries keeps the client's
+//! checksums, verified on receipt, the others are computed here), its k+m shards are
+//! placed with at most m in any hall and written in parallel; a dataserver that fails
+//! gets its shard re-placed on another. Only when every stripe is durable is the new
+//! layout committed through Raft (compare-and-set on the version the write session
+//! started from), so a crash at any point leaves the previous content whole
+//! (invariant 1).
 //!
 //! Small files: a file of at most `INLINE_BYTES_MAX` bytes keeps its bytes in the
 //! metadata (one Raft entry, no shard I/O at all) instead of costing k+m shard writes;
@@ -14,18 +16,20 @@
 //! stripe it replaces.
 //!
 //! Read: the k data shards of each stripe are fetched in parallel and checked (block
-//! checksums by the dataserver client, the whole-shard crc32c against the layout); only
-//! when one is missing, unreachable or corrupt are parity shards fetched and the stripe
-//! decoded. A corrupt shard (a block failing its checksum) never reaches the reader; it
-//! is rebuilt from the decoded stripe and written back over the damaged copy.
+//! checksums by the dataserver client, the whole-shard crc32c, derived from them, against
+//! the layout); only when one is missing, unreachable or corrupt are parity shards
+//! fetched and the stripe decoded. A corrupt shard (a block failing its checksum) never
+//! reaches the reader; it is rebuilt from the decoded stripe and written back over the
+//! damaged copy.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use cairn_common::checksum::{block_checksums, crc_of_blocks};
 use cairn_common::config::ErasureConfig;
 use cairn_common::erasure::{ErasureCode, ErasureError};
-use cairn_common::file_wire::Capacity;
+use cairn_common::file_wire::{Capacity, FILE_BLOCK_BYTES};
 use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
@@ -147,25 +151,34 @@ impl Files {
             .map(|start| (start as u64, data.slice(start..(start + stripe_bytes).min(data.len()))))
             .collect();
         let stripes = stream::iter(chunks)
-            .map(|(offset, chunk)| self.write_stripe(offset, chunk))
+            .map(|(offset, chunk)| self.write_stripe(offset, chunk, None))
             .buffered(STRIPES_IN_FLIGHT)
             .try_collect()
             .await?;
         Ok(self.layout(stripes))
     }
 
-    /// Store one stripe: `chunk` (at most k × shard unit bytes) at file offset `offset`.
-    /// Returns its layout record once all k+m shards are durable; nothing is visible to
-    /// readers until a layout holding it is committed (`MetadataClient::commit_layout`).
-    pub async fn write_stripe(&self, offset: u64, chunk: Bytes) -> Result<Stripe, FileError> {
+    /// Store one stripe: `chunk` (at most k × shard unit bytes) at file offset `offset`;
+    /// `chunk_checksums`, when the client sent them, are the crc32c of its blocks of
+    /// `FILE_BLOCK_BYTES` (already verified). Returns its layout record once all k+m
+    /// shards are durable; nothing is visible to readers until a layout holding it is
+    /// committed (`MetadataClient::commit_layout`).
+    pub async fn write_stripe(
+        &self,
+        offset: u64,
+        chunk: Bytes,
+        chunk_checksums: Option<&[u32]>,
+    ) -> Result<Stripe, FileError> {
         let id = StripeId(rand::random());
         let shards = self.code.encode(&chunk, self.unit)?;
+        let checksums = self.shard_checksums(&shards, chunk.len(), chunk_checksums);
         let m = self.code.parity_shards();
         let mut nodes = place(&self.ds.candidates(), id, shards.len(), m)?;
         let puts = shards
             .iter()
+            .zip(&checksums)
             .enumerate()
-            .map(|(i, s)| self.put_shard(id, i, s.clone(), nodes[i]));
+            .map(|(i, (s, c))| self.put_shard(id, i, s.clone(), c.clone(), nodes[i]));
         let results = futures::future::join_all(puts).await;
         for (i, result) in results.into_iter().enumerate() {
             let mut last = match result {
@@ -177,7 +190,10 @@ impl Files {
                 let Some(other) = self.replacement(id, &nodes, i) else {
                     break;
                 };
-                match self.put_shard(id, i, shards[i].clone(), other).await {
+                match self
+                    .put_shard(id, i, shards[i].clone(), checksums[i].clone(), other)
+                    .await
+                {
                     Ok(()) => {
                         nodes[i] = other;
                         placed = true;
@@ -203,14 +219,36 @@ impl Files {
             shards: shards
                 .iter()
                 .zip(&nodes)
+                .zip(&checksums)
                 .enumerate()
-                .map(|(i, (s, n))| ShardLocation {
+                .map(|(i, ((s, n), c))| ShardLocation {
                     index: i as u32,
                     dataserver: n.0,
-                    crc32c: crc32c::crc32c(s),
+                    crc32c: crc_of_blocks(c, self.block_bytes, s.len() as u64),
                 })
                 .collect(),
         })
+    }
+
+    /// The block checksums of each shard. A data shard that is a whole slice of the chunk,
+    /// cut at block boundaries the client's checksums share, takes those; the others
+    /// (parity, a padded tail) are computed.
+    fn shard_checksums(&self, shards: &[Bytes], chunk_len: usize, chunk_checksums: Option<&[u32]>) -> Vec<Vec<u32>> {
+        let block = self.block_bytes as usize;
+        let shard_len = shards.first().map_or(0, Bytes::len);
+        let blocks_per_shard = shard_len / block.max(1);
+        let reusable = chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len % block == 0);
+        shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let whole_slice = i < self.code.data_shards() && (i + 1) * shard_len <= chunk_len;
+                match reusable.and_then(|c| c.get(i * blocks_per_shard..(i + 1) * blocks_per_shard)) {
+                    Some(c) if whole_slice => c.to_vec(),
+                    _ => block_checksums(s, self.block_bytes),
+                }
+            })
+            .collect()
     }
 
     /// Another dataserver for shard `index`: not holding a shard of this stripe, in a
@@ -234,10 +272,20 @@ impl Files {
         place(&free, id, 1, m).ok().and_then(|v| v.first().copied())
     }
 
-    async fn put_shard(&self, id: StripeId, index: usize, data: Bytes, node: NodeId) -> Result<(), String> {
+    async fn put_shard(
+        &self,
+        id: StripeId,
+        index: usize,
+        data: Bytes,
+        checksums: Vec<u32>,
+        node: NodeId,
+    ) -> Result<(), String> {
         let shard = ShardId::new(id, index as u8);
         let result = match self.ds.client(node).await {
-            Ok(c) => c.put(shard, self.block_bytes, data).await.map(|_| ()),
+            Ok(c) => c
+                .put_checksummed(shard, self.block_bytes, checksums, data)
+                .await
+                .map(|_| ()),
             Err(e) => Err(e),
         };
         match result {
@@ -304,11 +352,11 @@ impl Files {
             return Fetched::Unavailable;
         };
         let got = match self.ds.client(node).await {
-            Ok(c) => c.get(ShardId::new(id, index), 0, None).await,
+            Ok(c) => c.get_whole(ShardId::new(id, index)).await,
             Err(e) => Err(e),
         };
         match got {
-            Ok(bytes) if crc32c::crc32c(&bytes) == loc.crc32c => {
+            Ok((bytes, crc)) if crc == loc.crc32c => {
                 self.ds.answered(node);
                 Fetched::Whole(bytes)
             }
@@ -355,12 +403,14 @@ impl Files {
             let Some(bytes) = shards.get(loc.index as usize) else {
                 continue;
             };
-            if crc32c::crc32c(bytes) != loc.crc32c {
+            let checksums = block_checksums(bytes, self.block_bytes);
+            if crc_of_blocks(&checksums, self.block_bytes, bytes.len() as u64) != loc.crc32c {
                 warn!(stripe = %id.0, index = loc.index, "a rebuilt shard does not match its layout: not written");
                 continue;
             }
+            let node = NodeId(loc.dataserver);
             match self
-                .put_shard(id, loc.index as usize, bytes.clone(), NodeId(loc.dataserver))
+                .put_shard(id, loc.index as usize, bytes.clone(), checksums, node)
                 .await
             {
                 Ok(()) => {

@@ -82,7 +82,11 @@ impl LogicNode {
                 Ok(reply) => FileReply::Meta(reply),
                 Err(e) => from_meta(e),
             },
-            FileRequest::WriteStripe { offset, data } => {
+            FileRequest::WriteStripe {
+                offset,
+                data,
+                checksums,
+            } => {
                 if data.is_empty() || data.len() > self.files.stripe_bytes() {
                     return error(
                         ErrorCode::BadRequest,
@@ -93,7 +97,7 @@ impl LogicNode {
                         ),
                     );
                 }
-                match self.files.write_stripe(offset, data).await {
+                match self.files.write_stripe(offset, data, Some(&checksums)).await {
                     Ok(stripe) => FileReply::Stripe(stripe),
                     Err(e) => error(ErrorCode::Busy, e.to_string()),
                 }

@@ -31,10 +31,11 @@ fn local_cluster_up_status_down() {
     assert_eq!(report["healthy"], true, "{report}");
     assert_eq!(report["nodes"].as_array().map(Vec::len), Some(4 + 8 + 2));
 
-    // It is mounted: a file written there reads back whole.
+    // It is mounted: a file written there reads back whole (two full stripes, whose data
+    // shards keep the client's block checksums, and a tail).
     let mnt = dir.path().join("mnt");
     assert!(is_mounted(&mnt));
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 4093) as u8).collect();
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i * 7 + i / 4093) as u8).collect();
     std::fs::write(mnt.join("hello.bin"), &data).expect("write through the mount");
     assert_eq!(std::fs::read(mnt.join("hello.bin")).expect("read back"), data);
 

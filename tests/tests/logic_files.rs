@@ -93,7 +93,11 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     let data = pattern(3 * sb as usize + 777, 42);
     let mut stripes = Vec::new();
     for (i, chunk) in data.chunks(sb as usize).enumerate() {
-        stripes.push(files.write_stripe(i as u64 * sb, Bytes::copy_from_slice(chunk)).await?);
+        stripes.push(
+            files
+                .write_stripe(i as u64 * sb, Bytes::copy_from_slice(chunk), None)
+                .await?,
+        );
     }
     assert_eq!(
         files.read(f.inode).await?.1.len(),

@@ -137,19 +137,11 @@ async fn logic_node_refuses_garbage() -> anyhow::Result<()> {
     let s = tokio::net::TcpStream::connect(addr).await?;
     let (rd, mut wr) = s.into_split();
     let mut frames = tokio_util::codec::FramedRead::new(rd, FrameDecoder::new(64 << 20));
-    let mut corrupt = FileRequest::WriteStripe {
-        offset: 0,
-        data: pattern(100_000, 1),
-    }
-    .to_frame(RequestId(1));
+    let mut corrupt = FileRequest::write_stripe(0, pattern(100_000, 1)).to_frame(RequestId(1));
     let mut flipped = corrupt.data.to_vec();
     flipped[70_000] ^= 0x40;
     corrupt.data = flipped.into();
-    let empty = FileRequest::WriteStripe {
-        offset: 0,
-        data: Bytes::new(),
-    }
-    .to_frame(RequestId(2));
+    let empty = FileRequest::write_stripe(0, Bytes::new()).to_frame(RequestId(2));
     let unknown_inode = FileRequest::Read {
         inode: 987_654,
         offset: 0,
