@@ -27,14 +27,15 @@ use cairn_common::proto::metadata::{CampaignRequest, Errno, MetaError};
 use openraft::{Raft, RaftMetrics, ServerState};
 use tokio::sync::watch;
 
-use crate::client::admin;
+use crate::client::{admin, member_status};
 use crate::errors::meta_error;
 use crate::network::Network;
 use crate::proposer::{not_leader, unavailable, Proposer};
 use crate::types::{NodeInfo, TypeConfig};
 
-/// How long the target may take to receive the rest of the log.
-const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+/// How long the target may take to receive the rest of the log, while requests wait: it
+/// answered just before and was behind by the entries of the last moments at most.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// Beyond the voters' lease: messages already on their way, and clocks that run at
 /// slightly different rates on different machines.
 const LEASE_MARGIN: Duration = Duration::from_millis(100);
@@ -162,6 +163,17 @@ pub async fn hand_over(leader: Leader<'_>, to: u64) -> Result<(), MetaError> {
         .map(|n| n.addr.clone())
         .ok_or_else(|| meta_error(Errno::Enoent, format!("metadata-{to} has no address")))?;
 
+    // A target that does not answer, or does not follow, would only be found out after
+    // the pause.
+    let status = member_status(&addr)
+        .await
+        .map_err(|e| unavailable(format!("metadata-{to} does not answer: {e}")))?;
+    if status.role != "follower" {
+        return Err(meta_error(
+            Errno::Eagain,
+            format!("metadata-{to} is a {}, not a follower", status.role),
+        ));
+    }
     let silenced = to_silence(&m, to);
     // The leader's own vote refuses others for a lease after it began to lead, a silenced
     // follower's for a lease after the last message it had from here.

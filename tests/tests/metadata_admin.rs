@@ -137,7 +137,8 @@ async fn create_until(
 /// idle, to the one furthest along; no create fails and every acknowledged one is there. Covers
 /// both ways a hand-over goes: with three voters the target stands as soon as the leader's
 /// own election is a lease old; with four the leader first silences a follower for a
-/// lease, serving on with the other three. Bad requests are refused.
+/// lease, serving on with the other three. Bad requests, and a target that is down, are
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_hands_over_with_no_failed_request() -> anyhow::Result<()> {
     use cairn_common::proto::metadata::{CampaignRequest, TransferLeaderRequest};
@@ -145,7 +146,7 @@ async fn the_leader_hands_over_with_no_failed_request() -> anyhow::Result<()> {
     use std::sync::Arc;
 
     for voters in [3, 4] {
-        let cluster = MetadataCluster::start(voters, "").await?;
+        let mut cluster = MetadataCluster::start(voters, "").await?;
         let c = Arc::new(cluster.client());
         let parent = c.mkdir(ROOT, b"load", 0o755).await?.inode;
         let stop = Arc::new(AtomicBool::new(false));
@@ -207,6 +208,21 @@ async fn the_leader_hands_over_with_no_failed_request() -> anyhow::Result<()> {
             ok,
             "{voters} voters: an acknowledged create is missing"
         );
+
+        // A target that is down is refused before anything pauses; the leader leads on.
+        let leader = cluster.leader().await.expect("a leader");
+        let down = (leader + 1) % voters;
+        cluster.nodes[down].kill9();
+        let mut admin = AdminClient::connect(format!("http://{}", cluster.nodes[leader].addr)).await?;
+        let r = admin
+            .transfer_leader(TransferLeaderRequest {
+                to: cluster.nodes[down].id,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(r.error.map(|e| e.errno()), Some(Errno::Unavailable), "{voters} voters");
+        assert_eq!(cluster.leader().await, Some(leader));
+        c.mkdir(parent, b"after-a-refused-hand-over", 0o755).await?;
     }
     Ok(())
 }
