@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_common::checksum::{block_checksums, BlockRangeError};
+use cairn_common::checksum::{block_checksums, BlockRangeError, ChecksummedBlocks};
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::frame::{write_frame, FrameDecoder, FrameError};
 use cairn_common::ids::{RequestId, ShardId};
@@ -186,39 +186,43 @@ impl DataserverClient {
     /// Reads `length` bytes of a shard (to its end when `None`) from `offset`, and
     /// verifies every block received against its checksum.
     pub async fn get(&self, shard: ShardId, offset: u64, length: Option<u64>) -> Result<Bytes, ClientError> {
+        let (length, blocks) = self.get_blocks(shard, offset, length).await?;
+        Ok(blocks.verified_range(offset, length)?)
+    }
+
+    /// The whole shard, every block verified, with the crc32c of all its bytes (derived
+    /// from the block checksums, not read again): what a layout records for it.
+    pub async fn get_whole(&self, shard: ShardId) -> Result<(Bytes, u32), ClientError> {
+        let (length, blocks) = self.get_blocks(shard, 0, None).await?;
+        let held = blocks.bytes.len() as u64;
+        if blocks.first_block != 0 || held != length {
+            // More or fewer bytes than the shard's: its crc would not describe the shard.
+            return Err(BlockRangeError::NotHeld {
+                offset: 0,
+                length,
+                first_block: blocks.first_block,
+                held,
+            }
+            .into());
+        }
+        Ok((blocks.verified_range(0, length)?, blocks.crc32c()))
+    }
+
+    /// The reply to a read of `length` bytes (to the shard's end when `None`) from
+    /// `offset`: the length it holds and its blocks, not yet verified.
+    async fn get_blocks(
+        &self,
+        shard: ShardId,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<(u64, ChecksummedBlocks), ClientError> {
         match self.call(&Request::Get { shard, offset, length }).await? {
             Reply::Data {
                 offset: got_offset,
                 length: got_length,
                 blocks,
                 ..
-            } if got_offset == offset && length.is_none_or(|l| l == got_length) => {
-                Ok(blocks.verified_range(offset, got_length)?)
-            }
-            other => Err(ClientError::Unexpected(Box::new(other))),
-        }
-    }
-
-    /// The whole shard, every block verified, with the crc32c of all its bytes (derived
-    /// from the block checksums, not read again): what a layout records for it.
-    pub async fn get_whole(&self, shard: ShardId) -> Result<(Bytes, u32), ClientError> {
-        match self
-            .call(&Request::Get {
-                shard,
-                offset: 0,
-                length: None,
-            })
-            .await?
-        {
-            Reply::Data {
-                offset: 0,
-                length,
-                blocks,
-                ..
-            } if blocks.first_block == 0 && blocks.bytes.len() as u64 == length => {
-                let bytes = blocks.verified_range(0, length)?;
-                Ok((bytes, blocks.crc32c()))
-            }
+            } if got_offset == offset && length.is_none_or(|l| l == got_length) => Ok((got_length, blocks)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use crate::client::{admin, member_status};
 use crate::errors::meta_error;
 use crate::network::Network;
-use crate::proposer::{not_leader, unavailable, Proposer};
+use crate::proposer::{leading_term, unavailable, Proposer};
 use crate::types::{NodeInfo, TypeConfig};
 
 /// How long the target may take to receive the rest of the log, while requests wait: it
@@ -110,17 +110,6 @@ fn target(m: &Metrics, to: u64) -> Result<u64, MetaError> {
         .ok_or_else(|| meta_error(Errno::Einval, "no other voter to hand over to"))
 }
 
-fn leads(m: &Metrics) -> Result<(), MetaError> {
-    if m.state == ServerState::Leader {
-        return Ok(());
-    }
-    let leader = m.current_leader.and_then(|id| {
-        let node = m.membership_config.membership().get_node(&id).cloned();
-        node.map(|n| (id, n))
-    });
-    Err(not_leader(leader))
-}
-
 /// A leader's hand-over: its Raft, its network, its proposer, and when it began to lead.
 #[allow(missing_debug_implementations)] // openraft::Raft has no Debug.
 pub struct Leader<'a> {
@@ -154,7 +143,7 @@ pub async fn hand_over(leader: Leader<'_>, to: u64) -> Result<(), MetaError> {
     // The voters' lease: openraft's `election_timeout_max`.
     let lease = Duration::from_millis(raft.config().election_timeout_max);
     let m = raft.metrics().borrow().clone();
-    leads(&m)?;
+    leading_term(&m)?;
     let to = target(&m, to)?;
     let addr = m
         .membership_config
@@ -199,7 +188,7 @@ pub async fn hand_over(leader: Leader<'_>, to: u64) -> Result<(), MetaError> {
                 format!("metadata-{to} has not caught up with the log after {CATCH_UP_WAIT:?}"),
             )
         })?;
-    leads(&caught_up)?;
+    leading_term(&caught_up)?;
     let campaign = CampaignRequest {
         term: caught_up.current_term,
         last_log_index: caught_up.last_log_index.unwrap_or(0),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
 use cairn_common::versions::API_VERSION_MIN;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::Raft;
+use openraft::{Raft, RaftMetrics, ServerState};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -75,6 +75,18 @@ pub fn not_leader(leader: Option<(u64, NodeInfo)>) -> MetaError {
         e.leader_addr = node.addr;
     }
     e
+}
+
+/// The term `m`'s node leads in; otherwise NotLeader naming the leader it knows.
+pub(crate) fn leading_term(m: &RaftMetrics<u64, NodeInfo>) -> Result<u64, MetaError> {
+    if m.state == ServerState::Leader {
+        return Ok(m.current_term);
+    }
+    let leader = m.current_leader.and_then(|id| {
+        let node = m.membership_config.membership().get_node(&id).cloned();
+        node.map(|n| (id, n))
+    });
+    Err(not_leader(leader))
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> MetaError {

@@ -34,7 +34,7 @@ use crate::errors::{error_reply, meta_error, reply};
 use crate::handover::{campaign, hand_over, Leader, LeadingSince};
 use crate::liveness::Liveness;
 use crate::network::{envelope, open_envelope, Network};
-use crate::proposer::{not_leader, write_error, Proposer};
+use crate::proposer::{leading_term, write_error, Proposer};
 use crate::reads::{dir_attrs, read};
 use crate::records::entry_format;
 use crate::types::{NodeInfo, TypeConfig};
@@ -264,16 +264,7 @@ pub struct AdminService {
 /// This node's term while it leads; otherwise NotLeader naming the leader it knows. Reads
 /// the metrics in place: dataservers' heartbeats come here.
 fn leader_term(raft: &Raft<TypeConfig>) -> Result<u64, MetaError> {
-    let m = raft.metrics();
-    let m = m.borrow();
-    if m.state == ServerState::Leader {
-        return Ok(m.current_term);
-    }
-    let leader = m.current_leader.and_then(|id| {
-        let node = m.membership_config.membership().get_node(&id).cloned();
-        node.map(|n| (id, n))
-    });
-    Err(not_leader(leader))
+    leading_term(&raft.metrics().borrow())
 }
 
 pub fn node_status(raft: &Raft<TypeConfig>, db: &Db) -> NodeStatus {
