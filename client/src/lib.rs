@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use cairn_common::config::ErasureConfig;
 use cairn_common::file_wire::{Capacity, FileReply, FileRequest, READ_BYTES_MAX};
-use cairn_common::frame::{write_frame, FrameDecoder};
+use cairn_common::frame::{write_frame, AlignedFrameReader};
 use cairn_common::ids::RequestId;
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
@@ -22,11 +22,9 @@ use cairn_common::proto::metadata::{
 };
 use cairn_common::versions::API_VERSION_MIN;
 use cairn_common::wire::ErrorCode;
-use futures::StreamExt;
 use thiserror::Error;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
 use tracing::warn;
 
 mod paths;
@@ -101,7 +99,7 @@ fn refused(e: MetaError) -> ClientError {
     ClientError::refused(Errno::try_from(e.errno).unwrap_or(Errno::Unspecified), e.message)
 }
 
-type Connection = (FramedRead<OwnedReadHalf, FrameDecoder>, OwnedWriteHalf);
+type Connection = (AlignedFrameReader<OwnedReadHalf>, OwnedWriteHalf);
 
 #[derive(Debug)]
 struct Route {
@@ -127,9 +125,10 @@ pub struct CairnClient {
     sessions_needed_until: std::sync::Mutex<Option<Instant>>,
 }
 
-/// What one attempt produced: an answer, or a reason to try again.
+/// What one attempt produced: an answer (with the count of bytes it placed in the
+/// caller's buffer), or a reason to try again.
 enum Attempt {
-    Done(Result<FileReply, ClientError>),
+    Done(Result<(FileReply, usize), ClientError>),
     Retry(String),
 }
 
@@ -168,7 +167,7 @@ impl CairnClient {
         self.routes[first % self.routes.len()].lock().await
     }
 
-    async fn attempt(&self, req: &FileRequest) -> Attempt {
+    async fn attempt(&self, req: &FileRequest, dest: &mut [u8]) -> Attempt {
         let mut route = self.route().await;
         if self.addrs.is_empty() {
             return Attempt::Done(Err(ClientError::BadRequest("no logic node addresses".into())));
@@ -179,7 +178,7 @@ impl CairnClient {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let (rd, wr) = stream.into_split();
-                    route.conn = Some((FramedRead::new(rd, FrameDecoder::new(REPLY_BYTES_MAX)), wr));
+                    route.conn = Some((AlignedFrameReader::new(rd, REPLY_BYTES_MAX), wr));
                 }
                 Ok(Err(e)) => return self.fail_over(&mut route, format!("connect to {addr}: {e}")),
                 Err(_) => return self.fail_over(&mut route, format!("connect to {addr}: timed out")),
@@ -187,22 +186,26 @@ impl CairnClient {
         }
         let id = RequestId(route.next_frame);
         route.next_frame += 1;
-        let Some((frames, wr)) = route.conn.as_mut() else {
+        // Out of the route until its reply has been read whole: a caller that gives up
+        // halfway (a read-ahead aborted) leaves the stream inside a frame, so the
+        // connection is dropped with it rather than reused.
+        let Some((mut frames, mut wr)) = route.conn.take() else {
             return Attempt::Retry("not connected".into());
         };
-        if let Err(e) = write_frame(wr, &req.to_frame(id)).await {
+        if let Err(e) = write_frame(&mut wr, &req.to_frame(id)).await {
             return self.fail_over(&mut route, format!("send to {addr}: {e}"));
         }
-        let frame = match tokio::time::timeout(REQUEST_TIMEOUT, frames.next()).await {
-            Ok(Some(Ok(f))) if f.request_id == id => f,
-            Ok(Some(Ok(f))) => {
+        let (frame, placed) = match tokio::time::timeout(REQUEST_TIMEOUT, frames.next_into(dest)).await {
+            Ok(Ok(Some((f, placed)))) if f.request_id == id => (f, placed),
+            Ok(Ok(Some((f, _)))) => {
                 return self.fail_over(&mut route, format!("{addr} answered request {}", f.request_id.0))
             }
-            Ok(Some(Err(e))) => return self.fail_over(&mut route, format!("from {addr}: {e}")),
-            Ok(None) => return self.fail_over(&mut route, format!("{addr} closed the connection")),
+            Ok(Err(e)) => return self.fail_over(&mut route, format!("from {addr}: {e}")),
+            Ok(Ok(None)) => return self.fail_over(&mut route, format!("{addr} closed the connection")),
             Err(_) => return self.fail_over(&mut route, format!("{addr}: no answer in {REQUEST_TIMEOUT:?}")),
         };
-        match FileReply::from_frame(&frame) {
+        route.conn = Some((frames, wr));
+        match FileReply::from_frame_placed(&frame, &dest[..placed]) {
             Ok(FileReply::Error {
                 code: ErrorCode::BadRequest,
                 message,
@@ -213,9 +216,9 @@ impl CairnClient {
                 Some(meta_reply::Result::Error(e)) if e.errno == Errno::Unavailable as i32 => {
                     Attempt::Retry(e.message.clone())
                 }
-                _ => Attempt::Done(Ok(FileReply::Meta(m))),
+                _ => Attempt::Done(Ok((FileReply::Meta(m), 0))),
             },
-            Ok(reply) => Attempt::Done(Ok(reply)),
+            Ok(reply) => Attempt::Done(Ok((reply, placed))),
             Err(e) => self.fail_over(&mut route, format!("bad reply from {addr}: {e}")),
         }
     }
@@ -229,10 +232,16 @@ impl CairnClient {
 
     /// Sends `req` until a logic node answers it or the deadline passes.
     async fn exchange(&self, req: FileRequest) -> Result<FileReply, ClientError> {
+        Ok(self.exchange_into(req, &mut []).await?.0)
+    }
+
+    /// [`CairnClient::exchange`], with the reply's data part read into `dest` where it
+    /// fits; returns how many bytes of `dest` it filled.
+    async fn exchange_into(&self, req: FileRequest, dest: &mut [u8]) -> Result<(FileReply, usize), ClientError> {
         let start = Instant::now();
         let mut backoff = BACKOFF_MIN;
         loop {
-            match self.attempt(&req).await {
+            match self.attempt(&req, dest).await {
                 Attempt::Done(r) => return r,
                 Attempt::Retry(last) => {
                     if start.elapsed() >= self.deadline {
@@ -324,12 +333,31 @@ impl CairnClient {
             length: length.min(READ_BYTES_MAX),
         };
         match self.exchange(req).await? {
-            FileReply::Data { size, data, .. } => Ok((data, size)),
+            FileReply::Data { size, data, .. } => Ok((data.into_bytes(), size)),
             FileReply::Meta(m) => match m.result {
                 Some(meta_reply::Result::Error(e)) => Err(refused(e)),
                 other => Err(bad_reply(other)),
             },
             other => Err(bad_reply(other)),
+        }
+    }
+
+    /// Fills `dest` from offset `offset` of file `inode` (one request, so at most
+    /// `READ_BYTES_MAX` bytes), receiving the bytes straight into it; returns how many it
+    /// holds (fewer only at the end of the file) and the file's size.
+    pub async fn read_range_into(&self, inode: u64, offset: u64, dest: &mut [u8]) -> Result<(usize, u64), ClientError> {
+        let req = FileRequest::Read {
+            inode,
+            offset,
+            length: (dest.len() as u64).min(READ_BYTES_MAX),
+        };
+        match self.exchange_into(req, dest).await? {
+            (FileReply::Data { size, data, .. }, placed) if data.is_empty() => Ok((placed, size)),
+            (FileReply::Meta(m), _) => match m.result {
+                Some(meta_reply::Result::Error(e)) => Err(refused(e)),
+                other => Err(bad_reply(other)),
+            },
+            (other, _) => Err(bad_reply(other)),
         }
     }
 

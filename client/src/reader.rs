@@ -4,12 +4,17 @@
 //! from both logic nodes at once). Windows start at one stripe and double while the
 //! reader stays sequential, up to the largest reply, so a random reader does not pay for
 //! bytes it will not read.
+//!
+//! A large read into the caller's memory (a tensor being restored) skips the windows for
+//! what they do not already hold: its bytes are received straight into that memory,
+//! `READ_BYTES_MAX` per request, several requests at once, with no copy in between.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::file_wire::READ_BYTES_MAX;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
 use crate::{CairnClient, ClientError};
@@ -28,6 +33,11 @@ type Fetch = JoinHandle<Result<(Bytes, u64), ClientError>>;
 const WINDOWS_AHEAD: usize = 3;
 /// Windows kept after use, for requests that arrive late.
 const RECENT_WINDOWS: usize = 2;
+/// A read into the caller's memory with at least this much left that no window holds
+/// goes straight into that memory.
+const DIRECT_BYTES_MIN: u64 = READ_BYTES_MAX;
+/// Requests in flight for one direct read.
+const DIRECT_IN_FLIGHT: usize = WINDOWS_AHEAD + 1;
 
 #[derive(Debug)]
 pub struct FileReader {
@@ -88,15 +98,58 @@ impl FileReader {
         Ok(whole.unwrap_or_else(|| out.freeze()))
     }
 
-    /// Fills `buf` from `offset` (straight from the windows, one copy); returns how many
-    /// bytes it holds: fewer than its length only at the end of the file.
+    /// Fills `buf` from `offset`; returns how many bytes it holds: fewer than its length
+    /// only at the end of the file. What the windows hold or are fetching is copied from
+    /// them; a large rest is received straight into `buf`.
     pub async fn read_into(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let end = offset.saturating_add(buf.len() as u64);
+        let mut pos = offset;
+        while pos < end && (self.holds(pos) || end - pos < DIRECT_BYTES_MIN) {
+            let w = self.window_at(pos).await?;
+            let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
+                // At or past the end of the file.
+                return Ok((pos - offset) as usize);
+            };
+            let to = (end - w.offset).min(w.data.len() as u64);
+            let at = (pos - offset) as usize;
+            buf[at..at + (to - from) as usize].copy_from_slice(&w.data[from as usize..to as usize]);
+            pos = w.offset + to;
+        }
+        let mut filled = (pos - offset) as usize;
+        if pos < end {
+            // Nothing fetched ahead lies in the rest (it would be held): drop it.
+            self.abort_ahead();
+            filled += self.read_direct(pos, &mut buf[filled..]).await?;
+        }
+        Ok(filled)
+    }
+
+    /// Whether a window read or being read holds `pos`.
+    fn holds(&self, pos: u64) -> bool {
+        self.recent
+            .iter()
+            .any(|w| pos >= w.offset && pos < w.offset + w.data.len() as u64)
+            || self.ahead.iter().any(|(at, len, _)| pos >= *at && pos < at + len)
+    }
+
+    /// Fills `buf` from `offset` with requests received straight into it.
+    async fn read_direct(&self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let (client, inode) = (&self.client, self.inode);
+        let mut parts = stream::iter(buf.chunks_mut(READ_BYTES_MAX as usize).enumerate())
+            .map(|(i, part)| {
+                let at = offset + i as u64 * READ_BYTES_MAX;
+                let want = part.len();
+                async move { Ok::<_, ClientError>((client.read_range_into(inode, at, part).await?.0, want)) }
+            })
+            .buffered(DIRECT_IN_FLIGHT);
         let mut filled = 0;
-        self.read_pieces(offset, buf.len() as u64, |piece| {
-            buf[filled..filled + piece.len()].copy_from_slice(&piece);
-            filled += piece.len();
-        })
-        .await?;
+        while let Some((got, want)) = parts.try_next().await? {
+            filled += got;
+            if got < want {
+                // The end of the file.
+                break;
+            }
+        }
         Ok(filled)
     }
 

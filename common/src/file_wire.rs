@@ -98,13 +98,123 @@ pub enum FileReply {
     Data {
         size: u64,
         layout_version: u64,
-        data: Bytes,
+        data: FileBytes,
     },
     Capacity(Capacity),
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// File bytes as a read reply carries them: pieces sent one after the other (a logic
+/// node does not copy the shards it read into one buffer), with the crc32c of every
+/// [`FILE_BLOCK_BYTES`] block of their concatenation. Received, they are one piece.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileBytes {
+    pieces: Vec<Bytes>,
+    checksums: Vec<u32>,
+}
+
+impl FileBytes {
+    /// `data` as one piece, its blocks checksummed.
+    pub fn new(data: Bytes) -> FileBytes {
+        let mut b = FileBytesBuilder::default();
+        b.push(data, &[]);
+        b.finish()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    pub fn checksums(&self) -> &[u32] {
+        &self.checksums
+    }
+
+    /// The bytes in one buffer: without a copy when they are one piece, as they always
+    /// are once received.
+    pub fn into_bytes(self) -> Bytes {
+        match <[Bytes; 1]>::try_from(self.pieces) {
+            Ok([one]) => one,
+            Err(pieces) => pieces.concat().into(),
+        }
+    }
+}
+
+/// Assembles [`FileBytes`] from pieces in file order. A piece that comes with the
+/// checksums of its first blocks (a data shard's, which its reader verified) keeps
+/// them wherever its blocks line up with the reply's; the rest are computed here.
+#[derive(Debug, Default)]
+pub struct FileBytesBuilder {
+    pieces: Vec<Bytes>,
+    checksums: Vec<u32>,
+    len: u64,
+    /// The crc32c so far of the last block, while it is not whole.
+    open: Option<u32>,
+}
+
+impl FileBytesBuilder {
+    /// Bytes pushed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `bytes`. `known` holds the crc32c of its first whole blocks of
+    /// [`FILE_BLOCK_BYTES`] (any number of them, none included), already verified.
+    pub fn push(&mut self, bytes: Bytes, mut known: &[u32]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let block = FILE_BLOCK_BYTES as usize;
+        let mut rest = &bytes[..];
+        let to_fill = (block - (self.len % block as u64) as usize) % block;
+        if to_fill > 0 {
+            // The last block is open: this piece's blocks are offset against the reply's.
+            known = &[];
+            let take = to_fill.min(rest.len());
+            let crc = crc32c::crc32c_append(self.open.unwrap_or(0), &rest[..take]);
+            rest = &rest[take..];
+            self.open = Some(crc);
+            if take == to_fill {
+                self.checksums.push(crc);
+                self.open = None;
+            }
+        }
+        let reused = known.len().min(rest.len() / block);
+        self.checksums.extend_from_slice(&known[..reused]);
+        for chunk in rest[reused * block..].chunks(block) {
+            let crc = crc32c::crc32c(chunk);
+            if chunk.len() == block {
+                self.checksums.push(crc);
+            } else {
+                self.open = Some(crc);
+            }
+        }
+        self.len += bytes.len() as u64;
+        self.pieces.push(bytes);
+    }
+
+    /// Appends `n` zero bytes (a hole in the file).
+    pub fn push_zeros(&mut self, n: usize) {
+        self.push(Bytes::from(vec![0u8; n]), &[]);
+    }
+
+    pub fn finish(mut self) -> FileBytes {
+        self.checksums.extend(self.open.take());
+        FileBytes {
+            pieces: self.pieces,
+            checksums: self.checksums,
+        }
+    }
 }
 
 fn malformed(kind: Kind, reason: impl Into<String>) -> WireError {
@@ -118,16 +228,16 @@ fn decode<M: Message + Default>(frame: &Frame) -> Result<M, WireError> {
     M::decode(frame.meta.clone()).map_err(|e| malformed(frame.kind, e.to_string()))
 }
 
-fn checksummed(frame: &Frame, checksums: &[u32]) -> Result<(), WireError> {
-    let blocks = block_count(frame.data.len() as u64, FILE_BLOCK_BYTES);
+fn checksummed(kind: Kind, data: &[u8], checksums: &[u32]) -> Result<(), WireError> {
+    let blocks = block_count(data.len() as u64, FILE_BLOCK_BYTES);
     if checksums.len() as u64 != blocks {
         return Err(malformed(
-            frame.kind,
+            kind,
             format!("{} checksums for {blocks} blocks", checksums.len()),
         ));
     }
-    verify_blocks(&frame.data, FILE_BLOCK_BYTES, 0, checksums)
-        .map_err(|e| malformed(frame.kind, format!("data failed its checksum: {e}")))
+    verify_blocks(data, FILE_BLOCK_BYTES, 0, checksums)
+        .map_err(|e| malformed(kind, format!("data failed its checksum: {e}")))
 }
 
 fn no_data(frame: &Frame) -> Result<(), WireError> {
@@ -184,7 +294,7 @@ impl FileRequest {
             }
             Kind::WriteStripe => {
                 let m: pb::WriteStripe = decode(frame)?;
-                checksummed(frame, &m.checksums)?;
+                checksummed(frame.kind, &frame.data, &m.checksums)?;
                 FileRequest::WriteStripe {
                     offset: m.offset,
                     data: frame.data.clone(),
@@ -222,9 +332,13 @@ impl FileReply {
                 let m = pb::FileData {
                     size: *size,
                     layout_version: *layout_version,
-                    checksums: crate::checksum::block_checksums(data, FILE_BLOCK_BYTES),
+                    checksums: data.checksums.clone(),
                 };
-                (Kind::FileData, m.encode_to_vec(), data.clone())
+                let (first, tail) = match data.pieces.split_first() {
+                    Some((first, tail)) => (first.clone(), tail.to_vec()),
+                    None => (Bytes::new(), Vec::new()),
+                };
+                return Frame::new(Kind::FileData, id, m.encode_to_vec().into(), first).with_data_tail(tail);
             }
             FileReply::Capacity(c) => (Kind::CapacityReport, c.encode_to_vec(), Bytes::new()),
             FileReply::Error { code, message } => return Reply::error(*code, message.clone()).to_frame(id),
@@ -234,6 +348,16 @@ impl FileReply {
 
     /// Decodes a reply; file bytes are verified against their block checksums.
     pub fn from_frame(frame: &Frame) -> Result<FileReply, WireError> {
+        FileReply::from_frame_placed(frame, &[])
+    }
+
+    /// [`FileReply::from_frame`] for a frame whose data part was read into `placed`
+    /// rather than into the frame (`AlignedFrameReader::next_into`); file bytes are
+    /// verified there, and the reply's data is then empty.
+    pub fn from_frame_placed(frame: &Frame, placed: &[u8]) -> Result<FileReply, WireError> {
+        if !placed.is_empty() && frame.kind != Kind::FileData {
+            return Err(malformed(frame.kind, "unexpected data part"));
+        }
         Ok(match frame.kind {
             Kind::FileMetaReply => {
                 no_data(frame)?;
@@ -245,11 +369,23 @@ impl FileReply {
             }
             Kind::FileData => {
                 let m: pb::FileData = decode(frame)?;
-                checksummed(frame, &m.checksums)?;
+                checksummed(
+                    frame.kind,
+                    if placed.is_empty() { &frame.data } else { placed },
+                    &m.checksums,
+                )?;
+                let pieces = if frame.data.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![frame.data.clone()]
+                };
                 FileReply::Data {
                     size: m.size,
                     layout_version: m.layout_version,
-                    data: frame.data.clone(),
+                    data: FileBytes {
+                        pieces,
+                        checksums: m.checksums,
+                    },
                 }
             }
             Kind::CapacityReport => {
@@ -269,6 +405,7 @@ impl FileReply {
 mod tests {
     use super::*;
     use crate::proto::metadata::{meta_request::Op, GetAttr};
+    use tokio_util::codec::Decoder;
 
     #[test]
     fn requests_and_replies_round_trip() {
@@ -294,7 +431,7 @@ mod tests {
         let reply = FileReply::Data {
             size: 9,
             layout_version: 2,
-            data,
+            data: FileBytes::new(data),
         };
         assert_eq!(FileReply::from_frame(&reply.to_frame(id)).unwrap(), reply);
         let reply = FileReply::Capacity(Capacity {
@@ -304,6 +441,40 @@ mod tests {
             reachable: 7,
         });
         assert_eq!(FileReply::from_frame(&reply.to_frame(id)).unwrap(), reply);
+    }
+
+    proptest::proptest! {
+        /// Pieces of any length, with any number of their blocks' checksums known, make
+        /// the checksums of their concatenation, and a reply that carries them in pieces
+        /// is received whole and verified.
+        #[test]
+        fn pieces_keep_the_checksums_of_their_concatenation(
+            pieces in proptest::collection::vec((0usize..200_000, 0usize..4), 0..6),
+        ) {
+            let mut builder = FileBytesBuilder::default();
+            let mut whole = Vec::new();
+            for (i, &(len, known)) in pieces.iter().enumerate() {
+                let piece: Vec<u8> = (0..len).map(|b| (b * 7 + i) as u8).collect();
+                let sums = crate::checksum::block_checksums(&piece, FILE_BLOCK_BYTES);
+                let whole_blocks = len / FILE_BLOCK_BYTES as usize;
+                whole.extend_from_slice(&piece);
+                builder.push(piece.into(), &sums[..known.min(whole_blocks)]);
+            }
+            proptest::prop_assert_eq!(builder.len(), whole.len() as u64);
+            let data = builder.finish();
+            proptest::prop_assert_eq!(data.checksums(), &crate::checksum::block_checksums(&whole, FILE_BLOCK_BYTES)[..]);
+            let reply = FileReply::Data { size: 1, layout_version: 1, data: data.clone() };
+            let mut sent = bytes::BytesMut::from(&reply.to_frame(RequestId(1)).encode_to_vec().unwrap()[..]);
+            let received = crate::frame::FrameDecoder::new(u32::MAX).decode(&mut sent).unwrap().unwrap();
+            match FileReply::from_frame(&received).unwrap() {
+                FileReply::Data { data: got, .. } => {
+                    proptest::prop_assert_eq!(got.checksums(), data.checksums());
+                    proptest::prop_assert_eq!(&got.into_bytes()[..], &whole[..]);
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+            proptest::prop_assert_eq!(&data.into_bytes()[..], &whole[..]);
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::io::{self, IoSlice};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_util::codec::Decoder;
 
+use crate::config::IO_ALIGN_BYTES;
 use crate::ids::RequestId;
 
 pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
@@ -127,6 +128,11 @@ pub struct Frame {
     pub meta: Bytes,
     /// Bulk bytes (shard data); empty for most kinds.
     pub data: Bytes,
+    /// More bulk bytes, sent right after `data` as part of the same data part: a sender
+    /// whose bytes are in pieces (a logic node's reply made of several shards) sends
+    /// them as they are instead of copying them into one buffer. Empty in a decoded
+    /// frame, whose whole data part is `data`.
+    pub data_tail: Vec<Bytes>,
 }
 
 impl Frame {
@@ -137,7 +143,14 @@ impl Frame {
             request_id,
             meta,
             data,
+            data_tail: Vec::new(),
         }
+    }
+
+    /// This frame with `pieces` sent after its data, in order.
+    pub fn with_data_tail(mut self, pieces: Vec<Bytes>) -> Frame {
+        self.data_tail = pieces;
+        self
     }
 
     /// This frame as the reply to a request of `version`: in the peer's version.
@@ -146,8 +159,13 @@ impl Frame {
         self
     }
 
+    /// Bytes of the data part: `data` and `data_tail`.
+    pub fn data_len(&self) -> usize {
+        self.data.len() + self.data_tail.iter().map(Bytes::len).sum::<usize>()
+    }
+
     fn payload_len(&self) -> usize {
-        META_LEN_BYTES + self.meta.len() + self.data.len()
+        META_LEN_BYTES + self.meta.len() + self.data_len()
     }
 
     /// Header, meta length and meta as one small buffer; `data` follows it on the wire.
@@ -174,7 +192,9 @@ impl Frame {
     /// The whole frame in one buffer (tests and small control messages).
     pub fn encode_to_vec(&self) -> io::Result<Vec<u8>> {
         let mut out = self.encode_head()?.to_vec();
-        out.extend_from_slice(&self.data);
+        for piece in std::iter::once(&self.data).chain(&self.data_tail) {
+            out.extend_from_slice(piece);
+        }
         Ok(out)
     }
 }
@@ -185,8 +205,10 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) ->
     let mut parts: Vec<Bytes> = Vec::with_capacity(frames.len() * 2);
     for frame in frames {
         parts.push(frame.encode_head()?);
-        if !frame.data.is_empty() {
-            parts.push(frame.data.clone());
+        for piece in std::iter::once(&frame.data).chain(&frame.data_tail) {
+            if !piece.is_empty() {
+                parts.push(piece.clone());
+            }
         }
     }
     let mut first = 0;
@@ -219,6 +241,48 @@ struct Header {
     request_id: RequestId,
     payload_len: u32,
     crc: u32,
+}
+
+impl Header {
+    /// The length of the message part, from the payload's first four bytes.
+    fn meta_len(&self, len_bytes: [u8; META_LEN_BYTES]) -> Result<usize, FrameError> {
+        let meta_len = u32::from_le_bytes(len_bytes);
+        if META_LEN_BYTES as u64 + u64::from(meta_len) > u64::from(self.payload_len) {
+            return Err(FrameError::BadMetaLength {
+                meta: meta_len,
+                payload: self.payload_len,
+            });
+        }
+        Ok(meta_len as usize)
+    }
+
+    /// Checks the crc32c over the header's first bytes and the payload up to the end of
+    /// its message part (its length included).
+    fn check_crc(&self, header: &[u8], meta_with_len: &[u8]) -> Result<(), FrameError> {
+        let actual = crc32c::crc32c_append(crc32c::crc32c(&header[..CRC_HEADER_BYTES]), meta_with_len);
+        if actual != self.crc {
+            return Err(FrameError::BadChecksum {
+                expected: self.crc,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    fn data_len(&self, meta_len: usize) -> usize {
+        self.payload_len as usize - META_LEN_BYTES - meta_len
+    }
+
+    fn frame(&self, meta: Bytes, data: Bytes) -> Frame {
+        Frame {
+            version: self.version,
+            kind: self.kind,
+            request_id: self.request_id,
+            meta,
+            data,
+            data_tail: Vec::new(),
+        }
+    }
 }
 
 /// Incremental decoder: feed it any split of the byte stream (tokio's `FramedRead`, or
@@ -300,29 +364,12 @@ impl Decoder for FrameDecoder {
         self.header = None;
         let frame_bytes = src.split_to(total).freeze();
         let payload = frame_bytes.slice(HEADER_BYTES..);
-        let meta_len = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
-        let meta_end = META_LEN_BYTES as u64 + u64::from(meta_len);
-        if meta_end > u64::from(header.payload_len) {
-            return Err(FrameError::BadMetaLength {
-                meta: meta_len,
-                payload: header.payload_len,
-            });
-        }
-        let meta_end = meta_end as usize;
-        let actual = crc32c::crc32c_append(crc32c::crc32c(&frame_bytes[..CRC_HEADER_BYTES]), &payload[..meta_end]);
-        if actual != header.crc {
-            return Err(FrameError::BadChecksum {
-                expected: header.crc,
-                actual,
-            });
-        }
-        Ok(Some(Frame {
-            version: header.version,
-            kind: header.kind,
-            request_id: header.request_id,
-            meta: payload.slice(META_LEN_BYTES..meta_end),
-            data: payload.slice(meta_end..),
-        }))
+        let meta_end = META_LEN_BYTES + header.meta_len([payload[0], payload[1], payload[2], payload[3]])?;
+        header.check_crc(&frame_bytes[..CRC_HEADER_BYTES], &payload[..meta_end])?;
+        Ok(Some(header.frame(
+            payload.slice(META_LEN_BYTES..meta_end),
+            payload.slice(meta_end..),
+        )))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
@@ -331,6 +378,98 @@ impl Decoder for FrameDecoder {
             None if src.is_empty() => Ok(None),
             None => Err(FrameError::Truncated(src.len())),
         }
+    }
+}
+
+/// Reads frames as [`FrameDecoder`] does under `FramedRead`, except that each frame's
+/// data part is read into a buffer of its own that starts on an [`IO_ALIGN_BYTES`]
+/// boundary, so a dataserver writes a shard it received with O_DIRECT from where it
+/// landed instead of copying it first. Large data parts go from the socket straight
+/// into that buffer. Not cancel-safe: a frame read halfway is lost, so a caller that
+/// stops waiting must drop the stream.
+#[derive(Debug)]
+pub struct AlignedFrameReader<R> {
+    reader: BufReader<R>,
+    decoder: FrameDecoder,
+}
+
+impl<R: AsyncRead + Unpin> AlignedFrameReader<R> {
+    /// `payload_bytes_max` bounds what one frame may make the reader allocate.
+    pub fn new(reader: R, payload_bytes_max: u32) -> Self {
+        AlignedFrameReader {
+            reader: BufReader::new(reader),
+            decoder: FrameDecoder::new(payload_bytes_max),
+        }
+    }
+
+    /// The next frame, or `None` where the stream ends between two frames.
+    pub async fn next(&mut self) -> Option<Result<Frame, FrameError>> {
+        self.read_frame(None)
+            .await
+            .map(|got| got.map(|(frame, _)| frame))
+            .transpose()
+    }
+
+    /// [`AlignedFrameReader::next`], except that a data part that fits in `dest` is read
+    /// straight into it (a client reading into the caller's memory) and the frame's
+    /// `data` is then empty; the count says how many bytes of `dest` it filled.
+    pub async fn next_into(&mut self, dest: &mut [u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        self.read_frame(Some(dest)).await
+    }
+
+    async fn read_frame(&mut self, dest: Option<&mut [u8]>) -> Result<Option<(Frame, usize)>, FrameError> {
+        if self.reader.fill_buf().await?.is_empty() {
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_BYTES + META_LEN_BYTES];
+        self.read_exact(&mut head[..HEADER_BYTES], 0).await?;
+        let header = self.decoder.parse_header(&head[..HEADER_BYTES])?;
+        self.read_exact(&mut head[HEADER_BYTES..], HEADER_BYTES).await?;
+        let meta_len = header.meta_len([head[24], head[25], head[26], head[27]])?;
+        let mut meta = vec![0u8; META_LEN_BYTES + meta_len];
+        meta[..META_LEN_BYTES].copy_from_slice(&head[HEADER_BYTES..]);
+        self.read_exact(&mut meta[META_LEN_BYTES..], head.len()).await?;
+        header.check_crc(&head, &meta)?;
+        let (data_len, received) = (header.data_len(meta_len), head.len() + meta_len);
+        let meta = Bytes::from(meta).slice(META_LEN_BYTES..);
+        match dest.filter(|d| d.len() >= data_len) {
+            Some(dest) => {
+                self.read_exact(&mut dest[..data_len], received).await?;
+                Ok(Some((header.frame(meta, Bytes::new()), data_len)))
+            }
+            None => {
+                let data = self.read_aligned(data_len, received).await?;
+                Ok(Some((header.frame(meta, data), 0)))
+            }
+        }
+    }
+
+    /// `buf.len()` bytes; `received` bytes of the frame came before them.
+    async fn read_exact(&mut self, buf: &mut [u8], received: usize) -> Result<(), FrameError> {
+        match self.reader.read_exact(buf).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated(received)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `len` bytes in a buffer of their own that starts on an alignment boundary. The
+    /// buffer is not zeroed first: the socket fills it.
+    async fn read_aligned(&mut self, len: usize, received: usize) -> Result<Bytes, FrameError> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let align = IO_ALIGN_BYTES as usize;
+        let mut buf: Vec<u8> = Vec::with_capacity(len + align);
+        let start = buf.as_ptr().align_offset(align);
+        buf.resize(start, 0);
+        let mut unfilled = (&mut buf).limit(len);
+        while unfilled.has_remaining_mut() {
+            if self.reader.read_buf(&mut unfilled).await? == 0 {
+                return Err(FrameError::Truncated(received + len - unfilled.remaining_mut()));
+            }
+        }
+        Ok(Bytes::from(buf).slice(start..))
     }
 }
 
@@ -463,5 +602,64 @@ mod tests {
         write_frames(&mut out, &frames).await.unwrap();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.encode_to_vec().unwrap()).collect();
         assert_eq!(out, expected);
+    }
+
+    /// A data part sent in pieces arrives as one, in order.
+    #[tokio::test]
+    async fn a_data_tail_arrives_as_one_data_part() {
+        let whole = sample(70_000);
+        let pieces = whole.data.clone();
+        let split =
+            Frame::new(whole.kind, whole.request_id, whole.meta.clone(), pieces.slice(..5)).with_data_tail(vec![
+                pieces.slice(5..5),
+                pieces.slice(5..65_536),
+                pieces.slice(65_536..),
+            ]);
+        assert_eq!(split.data_len(), 70_000);
+        let mut out = Vec::new();
+        write_frames(&mut out, &[split.clone(), sample(1)]).await.unwrap();
+        assert_eq!(
+            out,
+            [split.encode_to_vec().unwrap(), sample(1).encode_to_vec().unwrap()].concat()
+        );
+        assert_eq!(decode_all(&out, &[100, 40_000]).unwrap(), vec![whole, sample(1)]);
+    }
+
+    /// Streams read by the aligned reader: through a 100-byte pipe (so every part
+    /// arrives in pieces), the same frames as sent, each data part aligned; a bad or
+    /// cut stream ends in the decoder's typed errors.
+    #[tokio::test]
+    async fn the_aligned_reader_reads_what_the_decoder_reads() {
+        async fn read_all(bytes: Vec<u8>) -> Result<Vec<Frame>, FrameError> {
+            let (mut tx, rx) = tokio::io::duplex(100);
+            let writer = tokio::spawn(async move { tx.write_all(&bytes).await });
+            let mut reader = AlignedFrameReader::new(rx, 1 << 20);
+            let mut out = Vec::new();
+            while let Some(frame) = reader.next().await {
+                out.push(frame?);
+            }
+            writer.await.unwrap().unwrap();
+            Ok(out)
+        }
+        let frames = vec![sample(0), sample(5000), sample(3), sample(70_000)];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode_to_vec().unwrap()).collect();
+        let got = read_all(bytes.clone()).await.unwrap();
+        assert_eq!(got, frames);
+        for f in got.iter().filter(|f| !f.data.is_empty()) {
+            assert_eq!(f.data.as_ptr() as usize % IO_ALIGN_BYTES as usize, 0);
+        }
+        let mut flipped = bytes.clone();
+        flipped[30] ^= 1;
+        assert!(matches!(read_all(flipped).await, Err(FrameError::BadChecksum { .. })));
+        let mut huge = bytes.clone();
+        huge[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_all(huge).await, Err(FrameError::TooLarge { .. })));
+        let first = frames[0].encode_to_vec().unwrap().len();
+        for cut in [first + 10, bytes.len() - 1] {
+            assert!(matches!(
+                read_all(bytes[..cut].to_vec()).await,
+                Err(FrameError::Truncated(_))
+            ));
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Buffers aligned for O_DIRECT, built on a plain `Vec<u8>` (over-allocated by one
 //! alignment unit, used from its first aligned byte) so no unsafe allocation code is
-//! needed, and convertible into `Bytes` without a copy.
+//! needed, and convertible into `Bytes` without a copy; and `AlignedBytes`, bytes known
+//! to be aligned, which is what a write takes.
 
 use bytes::Bytes;
 use cairn_common::config::IO_ALIGN_BYTES;
@@ -12,6 +13,40 @@ pub struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
     len: usize,
+}
+
+/// Whether `data` starts on the direct-I/O unit and is a whole number of units long.
+pub fn is_aligned(data: &[u8]) -> bool {
+    data.as_ptr() as usize % ALIGN == 0 && data.len() % ALIGN == 0
+}
+
+/// Bytes that start on the direct-I/O unit and are a whole number of units long.
+#[derive(Clone, Debug)]
+pub struct AlignedBytes(Bytes);
+
+impl AlignedBytes {
+    /// `data` padded with zeros to the unit: as it is when it is aligned already (a
+    /// shard received by `frame::AlignedFrameReader` whose length is a whole number of
+    /// units), else copied.
+    pub fn padded(data: Bytes) -> AlignedBytes {
+        if is_aligned(&data) {
+            AlignedBytes(data)
+        } else {
+            AlignedBytes(AlignedBuf::padded_copy(&data).into_bytes())
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// `len` rounded up to the direct-I/O unit.
@@ -89,6 +124,20 @@ mod tests {
             assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
             assert_eq!(&b.as_slice()[..n], &data[..]);
             assert!(b.as_slice()[n..].iter().all(|&x| x == 0));
+        }
+    }
+
+    #[test]
+    fn aligned_bytes_are_kept_and_others_copied() {
+        let aligned = AlignedBuf::padded_copy(&[7u8; 2 * ALIGN]).into_bytes();
+        let kept = AlignedBytes::padded(aligned.clone());
+        assert_eq!(kept.as_slice().as_ptr(), aligned.as_ptr());
+        for data in [aligned.slice(1..), aligned.slice(..ALIGN + 1), aligned.slice(..0)] {
+            let copy = AlignedBytes::padded(data.clone());
+            assert!(is_aligned(copy.as_slice()));
+            assert_eq!(copy.len(), padded_len(data.len() as u64) as usize);
+            assert_eq!(&copy.as_slice()[..data.len()], &data[..]);
+            assert!(copy.as_slice()[data.len()..].iter().all(|&x| x == 0));
         }
     }
 }

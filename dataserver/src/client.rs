@@ -190,9 +190,9 @@ impl DataserverClient {
         Ok(blocks.verified_range(offset, length)?)
     }
 
-    /// The whole shard, every block verified, with the crc32c of all its bytes (derived
-    /// from the block checksums, not read again): what a layout records for it.
-    pub async fn get_whole(&self, shard: ShardId) -> Result<(Bytes, u32), ClientError> {
+    /// The whole shard, every block verified: its bytes and block checksums, and (from
+    /// them, without reading the bytes again) the crc32c a layout records for it.
+    pub async fn get_whole(&self, shard: ShardId) -> Result<ChecksummedBlocks, ClientError> {
         let (length, blocks) = self.get_blocks(shard, 0, None).await?;
         let held = blocks.bytes.len() as u64;
         if blocks.first_block != 0 || held != length {
@@ -205,7 +205,8 @@ impl DataserverClient {
             }
             .into());
         }
-        Ok((blocks.verified_range(0, length)?, blocks.crc32c()))
+        blocks.verified_range(0, length)?;
+        Ok(blocks)
     }
 
     /// The reply to a read of `length` bytes (to the shard's end when `None`) from

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cairn_common::config::IoMode;
 use tracing::{info, warn};
 
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, AlignedBytes};
 use crate::uring::UringDisk;
 
 pub type DiskFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
@@ -20,7 +20,7 @@ pub type DiskFuture<T> = Pin<Box<dyn Future<Output = io::Result<T>> + Send>>;
 /// Reads and writes of whole, aligned ranges of shard files.
 pub trait ShardDisk: Send + Sync + 'static {
     /// Writes `buf` at offset 0 of `file` and flushes it to stable storage (fdatasync).
-    fn write_durable(&self, file: Arc<File>, buf: AlignedBuf) -> DiskFuture<()>;
+    fn write_durable(&self, file: Arc<File>, buf: AlignedBytes) -> DiskFuture<()>;
     /// Reads exactly `len` bytes (aligned) at `offset` (aligned).
     fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> DiskFuture<AlignedBuf>;
     /// fsync, for directories whose new entries must survive a power loss.
@@ -32,7 +32,7 @@ pub trait ShardDisk: Send + Sync + 'static {
 pub struct PosixDisk;
 
 impl ShardDisk for PosixDisk {
-    fn write_durable(&self, file: Arc<File>, buf: AlignedBuf) -> DiskFuture<()> {
+    fn write_durable(&self, file: Arc<File>, buf: AlignedBytes) -> DiskFuture<()> {
         Box::pin(blocking(move || {
             file.write_all_at(buf.as_slice(), 0)?;
             file.sync_data()
@@ -130,7 +130,7 @@ pub async fn choose(dir: &Path, mode: IoMode, uring_entries: u32) -> io::Result<
 async fn probe_uring(probe: &Path, direct: bool, entries: u32) -> io::Result<Arc<dyn ShardDisk>> {
     let disk = UringDisk::start(entries)?;
     let file = Arc::new(open_shard_file(probe, true, direct)?);
-    let buf = AlignedBuf::padded_copy(b"cairn io probe");
+    let buf = AlignedBytes::padded(bytes::Bytes::from_static(b"cairn io probe"));
     disk.write_durable(file, buf).await?;
     let file = Arc::new(open_shard_file(probe, false, direct)?);
     let back = disk.read_at(file, 0, 4096).await?;

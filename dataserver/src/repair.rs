@@ -47,8 +47,8 @@ pub async fn repair_corrupt(store: &ShardStore, config: &RepairConfig, corrupt: 
 /// Shard `id` from dataserver `node`, if it serves it intact (its crc is `crc`).
 pub(crate) async fn fetch(peers: &HashMap<u32, SocketAddr>, node: u32, id: ShardId, crc: u32) -> Option<Bytes> {
     let client = DataserverClient::connect(*peers.get(&node)?).await.ok()?;
-    let (bytes, got) = client.get_whole(id).await.ok()?;
-    (got == crc).then_some(bytes)
+    let blocks = client.get_whole(id).await.ok()?;
+    (blocks.crc32c() == crc).then_some(blocks.bytes)
 }
 
 /// Shard `index` of `stripe` (coded k+m as in `layout`), rebuilt from the stripe's other

@@ -14,17 +14,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_common::frame::{write_frames, Frame, FrameDecoder};
+use cairn_common::frame::{write_frames, AlignedFrameReader, Frame};
 use cairn_common::ids::{HallId, NodeId, RequestId};
 use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError, LIST_LIMIT_MAX};
-use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::aligned::is_aligned;
 use crate::store::ShardStore;
 
 /// Budget unit: permits are KiB so that budgets over 4 GiB fit the semaphore's u32.
@@ -134,7 +133,7 @@ impl Server {
                 permits.clear();
             }
         });
-        let mut frames = FramedRead::new(rd, FrameDecoder::new(self.config.payload_bytes_max));
+        let mut frames = AlignedFrameReader::new(rd, self.config.payload_bytes_max);
         let mut handlers = JoinSet::new();
         loop {
             let next = tokio::select! {
@@ -180,12 +179,12 @@ impl Server {
         let _ = writer.await;
     }
 
-    /// Budget a request holds while it is handled: its own bytes, the aligned copy a put
-    /// makes, or the bytes a get will return.
+    /// Budget a request holds while it is handled: its own bytes, and the aligned copy a
+    /// put of unaligned bytes makes or the bytes a get will return.
     fn cost_permits(&self, frame: &Frame, request: &Result<Request, WireError>) -> u32 {
         let own = (frame.meta.len() + frame.data.len()) as u64;
         let extra = match request {
-            Ok(Request::Put { data, .. }) => data.len() as u64,
+            Ok(Request::Put { data, .. }) if !is_aligned(data) => data.len() as u64,
             Ok(Request::Get { length, .. }) => length.unwrap_or(u64::MAX).min(u64::from(self.config.payload_bytes_max)),
             _ => 0,
         };

@@ -31,7 +31,7 @@ use cairn_common::wire::ErrorCode;
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::aligned::{padded_len, AlignedBuf};
+use crate::aligned::{padded_len, AlignedBytes};
 use crate::disk::{open_shard_file, DiskChoice};
 use crate::index::{Index, IndexError, ShardRecord, FORMAT_VERSION};
 use crate::metrics::Metrics;
@@ -373,11 +373,10 @@ impl ShardStore {
             if !same {
                 return Err(StoreError::AlreadyExists(id));
             }
-            return self.replace_if_corrupt(id, &data, "put").await;
+            return self.replace_if_corrupt(id, data, "put").await;
         }
         self.check_space(disk_bytes)?;
-        let buf = AlignedBuf::padded_copy(&data);
-        drop(data);
+        let buf = AlignedBytes::padded(data);
         let staged = self.inner.staging.file(id);
         let result = self.write_staged(id, &staged, buf, record, disk_bytes).await;
         if result.is_err() {
@@ -413,17 +412,17 @@ impl ShardStore {
             shard: id,
             detail: format!("the repair does not match the shard's checksums, nothing written: {e}"),
         })?;
-        self.replace_if_corrupt(id, &data, by).await
+        self.replace_if_corrupt(id, data, by).await
     }
 
     /// [`ShardStore::repair`] once `data` is known to match the record; the caller holds
     /// the shard's busy guard.
-    async fn replace_if_corrupt(&self, id: ShardId, data: &[u8], by: &str) -> Result<bool> {
+    async fn replace_if_corrupt(&self, id: ShardId, data: Bytes, by: &str) -> Result<bool> {
         if self.scrub(id).await?.corrupt_blocks.is_empty() {
             return Ok(false);
         }
         let staged = self.inner.staging.file(id);
-        self.stage(&staged, AlignedBuf::padded_copy(data)).await?;
+        self.stage(&staged, AlignedBytes::padded(data)).await?;
         // The record stays as it is. After a crash start-up moves the staged file into
         // place (it has a record): whole if staging finished, else as corrupt as the copy
         // it replaces, which checksums catch as before.
@@ -439,7 +438,7 @@ impl ShardStore {
         &self,
         id: ShardId,
         staged: &Path,
-        buf: AlignedBuf,
+        buf: AlignedBytes,
         record: ShardRecord,
         disk_bytes: u64,
     ) -> Result<()> {
@@ -452,7 +451,7 @@ impl ShardStore {
     }
 
     /// Writes `buf` to the staged file `staged`, durably, its directory entry included.
-    async fn stage(&self, staged: &Path, buf: AlignedBuf) -> Result<()> {
+    async fn stage(&self, staged: &Path, buf: AlignedBytes) -> Result<()> {
         let path = staged.to_owned();
         let file = self
             .blocking(move |s| open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path)))
@@ -988,7 +987,11 @@ mod tests {
                 created_ms: now_ms(),
             };
             inner.index.commit_put(committed, &rec, 8192).unwrap();
-            std::fs::write(inner.staging.file(committed), AlignedBuf::padded_copy(&d).as_slice()).unwrap();
+            std::fs::write(
+                inner.staging.file(committed),
+                crate::aligned::AlignedBuf::padded_copy(&d).as_slice(),
+            )
+            .unwrap();
             std::fs::rename(inner.path(undeleted), inner.trash.file(undeleted)).unwrap();
             std::fs::write(inner.staging.path.join("junk"), b"x").unwrap();
         }

@@ -16,7 +16,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use rustix::event::{eventfd, EventfdFlags};
 use tokio::sync::oneshot;
 
-use crate::aligned::AlignedBuf;
+use crate::aligned::{AlignedBuf, AlignedBytes};
 use crate::disk::{DiskFuture, ShardDisk};
 
 /// user_data of the eventfd wake-up read.
@@ -25,7 +25,7 @@ const WAKE: u64 = u64::MAX;
 enum Op {
     Write {
         file: Arc<File>,
-        buf: AlignedBuf,
+        buf: AlignedBytes,
         reply: oneshot::Sender<io::Result<()>>,
     },
     Read {
@@ -135,7 +135,7 @@ async fn recv<T>(rx: oneshot::Receiver<io::Result<T>>) -> io::Result<T> {
 }
 
 impl ShardDisk for UringDisk {
-    fn write_durable(&self, file: Arc<File>, buf: AlignedBuf) -> DiskFuture<()> {
+    fn write_durable(&self, file: Arc<File>, buf: AlignedBytes) -> DiskFuture<()> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Write { file, buf, reply });
         Box::pin(recv(rx))
@@ -246,7 +246,7 @@ impl Engine {
                     if buf.is_empty() {
                         vec![fsync.user_data(id << 1)]
                     } else {
-                        let write = opcode::Write::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+                        let write = opcode::Write::new(fd, buf.as_slice().as_ptr(), buf.len() as u32)
                             .offset(0)
                             .build()
                             .flags(squeue::Flags::IO_LINK)
@@ -354,7 +354,7 @@ mod tests {
         for i in 0..20u8 {
             let p = dir.path().join(format!("f{i}"));
             let file = Arc::new(open_shard_file(&p, true, false).unwrap());
-            writes.push(disk.write_durable(file, AlignedBuf::padded_copy(&vec![i; 10_000])));
+            writes.push(disk.write_durable(file, AlignedBytes::padded(vec![i; 10_000].into())));
         }
         for w in writes {
             w.await.unwrap();
@@ -365,7 +365,9 @@ mod tests {
             assert!(back.as_slice()[..10_000 - 4096].iter().all(|&b| b == i));
         }
         let file = Arc::new(open_shard_file(&path, true, false).unwrap());
-        disk.write_durable(file.clone(), AlignedBuf::zeroed(0)).await.unwrap();
+        disk.write_durable(file.clone(), AlignedBytes::padded(bytes::Bytes::new()))
+            .await
+            .unwrap();
         let short = disk
             .read_at(Arc::new(open_shard_file(&path, false, false).unwrap()), 0, 4096)
             .await;

@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use cairn_common::checksum::{block_checksums, crc_of_blocks};
+use cairn_common::checksum::{block_checksums, crc_of_blocks, ChecksummedBlocks};
 use cairn_common::config::ErasureConfig;
 use cairn_common::erasure::{ErasureCode, ErasureError};
-use cairn_common::file_wire::{Capacity, FILE_BLOCK_BYTES};
+use cairn_common::file_wire::{Capacity, FileBytes, FileBytesBuilder, FILE_BLOCK_BYTES};
 use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
@@ -65,7 +65,8 @@ pub enum FileError {
 
 /// What one shard read gave.
 enum Fetched {
-    Whole(Bytes),
+    /// The whole shard, verified.
+    Whole(ChecksummedBlocks),
     /// It failed a checksum: the shard needs repair.
     Corrupt,
     /// Its dataserver did not answer.
@@ -302,13 +303,14 @@ impl Files {
 
     /// The whole content of file `inode`, with its attributes.
     pub async fn read(&self, inode: u64) -> Result<(Attr, Bytes), FileError> {
-        self.read_range(inode, 0, u64::MAX).await
+        let (attr, data) = self.read_range(inode, 0, u64::MAX).await?;
+        Ok((attr, data.into_bytes()))
     }
 
     /// Up to `length` bytes of file `inode` from `offset` (fewer at the end of the file,
     /// none past it), with its attributes. Only the stripes that overlap are read; bytes
     /// no stripe covers read as zero.
-    pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, Bytes), FileError> {
+    pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, FileBytes), FileError> {
         let reply = match self.meta.call(Op::GetLayout(GetLayout { inode })).await? {
             meta_reply::Result::Layout(l) => l,
             other => return Err(FileError::Layout(format!("unexpected reply {other:?}"))),
@@ -317,9 +319,9 @@ impl Files {
         let layout = reply.layout.unwrap_or_default();
         let start = offset.min(attr.size);
         let end = offset.saturating_add(length).min(attr.size);
-        let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
-        let mut out = BytesMut::with_capacity(len);
-        place_bytes(&mut out, start..end, 0, &layout.inline_data);
+        usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
+        let mut out = FileBytesBuilder::default();
+        place_piece(&mut out, start..end, 0, Bytes::from(layout.inline_data), &[]);
         let wanted: Vec<Stripe> = layout
             .stripes
             .iter()
@@ -335,15 +337,17 @@ impl Files {
                 })
                 .buffered(STRIPES_IN_FLIGHT);
             while let Some((mut at, pieces)) = stripes.try_next().await? {
-                for piece in pieces {
-                    place_bytes(&mut out, start..end, at, &piece);
-                    at += piece.len() as u64;
+                for (piece, checksums) in pieces {
+                    let len = piece.len() as u64;
+                    place_piece(&mut out, start..end, at, piece, &checksums);
+                    at += len;
                 }
             }
         }
         // Bytes no stripe covers (a hole, or a stripe shorter than the file) read as zero.
-        out.resize(len, 0);
-        Ok((attr, out.freeze()))
+        let short = (end - start) - out.len();
+        out.push_zeros(short as usize);
+        Ok((attr, out.finish()))
     }
 
     async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation) -> Fetched {
@@ -356,9 +360,9 @@ impl Files {
             Err(e) => Err(e),
         };
         match got {
-            Ok((bytes, crc)) if crc == loc.crc32c => {
+            Ok(blocks) if blocks.crc32c() == loc.crc32c => {
                 self.ds.answered(node);
-                Fetched::Whole(bytes)
+                Fetched::Whole(blocks)
             }
             Ok(_) => {
                 warn!(
@@ -422,8 +426,10 @@ impl Files {
     }
 
     /// The bytes of stripe `s`, as the pieces (its data shards, decoded where needed)
-    /// that make them up in order, so that they are copied once, into the reply.
-    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Vec<Bytes>, FileError> {
+    /// that make them up in order, each with the checksums of its whole blocks of
+    /// [`FILE_BLOCK_BYTES`] where a dataserver sent them (none for decoded shards), so
+    /// that a reply neither copies nor checksums them again.
+    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Vec<(Bytes, Vec<u32>)>, FileError> {
         let bad = |reason: String| FileError::Stripe {
             offset: s.offset,
             reason,
@@ -436,6 +442,7 @@ impl Files {
         let id = StripeId(u128::from_be_bytes(id_bytes));
         let (k, total) = (code.data_shards(), code.total_shards());
         let mut shards: Vec<Option<Bytes>> = vec![None; total];
+        let mut checksums: Vec<Vec<u32>> = vec![Vec::new(); total];
         let mut corrupt = Vec::new();
         // k shards first: data shards (no decoding needed), with parity in place of those
         // on dataservers that failed lately (a dark hall costs no second round trip);
@@ -447,7 +454,13 @@ impl Files {
             let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l))).await;
             for (loc, got) in wanted.iter().zip(fetched) {
                 match got {
-                    Fetched::Whole(bytes) => shards[loc.index as usize] = Some(bytes),
+                    Fetched::Whole(blocks) => {
+                        let i = loc.index as usize;
+                        if blocks.block_bytes == FILE_BLOCK_BYTES {
+                            checksums[i] = blocks.checksums;
+                        }
+                        shards[i] = Some(blocks.bytes);
+                    }
                     Fetched::Corrupt => corrupt.push(**loc),
                     Fetched::Unavailable => {}
                 }
@@ -462,6 +475,7 @@ impl Files {
             .map(Bytes::len)
             .next()
             .ok_or_else(|| bad("no shard could be read".into()))?;
+        let fetched: Vec<bool> = shards.iter().map(Option::is_some).collect();
         // Decode at the encoded length (a truncate may have shortened the stripe since).
         let data = code.decode(&shards, shard_len * k)?;
         if !corrupt.is_empty() {
@@ -476,38 +490,42 @@ impl Files {
         let mut left = usize::try_from(s.length).unwrap_or(usize::MAX);
         Ok(data
             .into_iter()
-            .map(|d| {
+            .zip(checksums)
+            .zip(fetched)
+            .map(|((d, mut sums), fetched)| {
                 let piece = d.slice(..d.len().min(left));
                 left -= piece.len();
-                piece
+                // A fetched shard's checksums hold for the whole blocks the piece keeps.
+                sums.truncate(if fetched {
+                    piece.len() / FILE_BLOCK_BYTES as usize
+                } else {
+                    0
+                });
+                (piece, sums)
             })
-            .filter(|piece| !piece.is_empty())
+            .filter(|(piece, _)| !piece.is_empty())
             .collect())
     }
 }
 
-/// Copies the part of `src` (file bytes from `src_offset`) that falls in `range` into
-/// `out`, which holds the range's bytes from `range.start` on. Pieces come in file order,
-/// so most are appended; a gap before one is filled with zeros first.
-fn place_bytes(out: &mut BytesMut, range: std::ops::Range<u64>, src_offset: u64, src: &[u8]) {
-    let from = src_offset.max(range.start);
-    let to = (src_offset + src.len() as u64).min(range.end);
+/// Appends to `out`, which holds the file bytes of `range` from its start on, the part of
+/// `piece` (file bytes from `at`, with the checksums `known` of its first whole blocks)
+/// that falls in the range. Pieces come in file order without overlapping (layouts are
+/// checked for that); a gap before one is filled with zeros.
+fn place_piece(out: &mut FileBytesBuilder, range: std::ops::Range<u64>, at: u64, piece: Bytes, known: &[u32]) {
+    let from = at.max(range.start + out.len());
+    let to = (at + piece.len() as u64).min(range.end);
     if from >= to {
         return;
     }
-    let piece = &src[(from - src_offset) as usize..(to - src_offset) as usize];
-    let (at, until) = ((from - range.start) as usize, (to - range.start) as usize);
-    if at > out.len() {
-        out.resize(at, 0);
-    }
-    if at == out.len() {
-        out.extend_from_slice(piece);
-    } else {
-        if until > out.len() {
-            out.resize(until, 0);
-        }
-        out[at..until].copy_from_slice(piece);
-    }
+    let skip = from - at;
+    let block = u64::from(FILE_BLOCK_BYTES);
+    let known = match known.get((skip / block) as usize..) {
+        Some(rest) if skip % block == 0 => rest,
+        _ => &[],
+    };
+    out.push_zeros((from - range.start - out.len()) as usize);
+    out.push(piece.slice(skip as usize..(to - at) as usize), known);
 }
 
 #[cfg(test)]
@@ -516,14 +534,32 @@ mod tests {
 
     #[test]
     fn pieces_land_where_they_belong_and_gaps_read_as_zero() {
-        // The range 2..12 of a file: inline bytes, a hole, then pieces in and out of order.
-        let mut out = BytesMut::new();
-        place_bytes(&mut out, 2..12, 0, b"abcd");
-        place_bytes(&mut out, 2..12, 6, b"gh");
-        place_bytes(&mut out, 2..12, 10, b"klmnop");
-        place_bytes(&mut out, 2..12, 5, b"F");
-        place_bytes(&mut out, 2..12, 20, b"past the range");
-        out.resize(10, 0);
-        assert_eq!(&out[..], b"cd\0Fgh\0\0kl");
+        // The range 2..12 of a file: inline bytes, a hole, pieces that start before the
+        // range and run past it.
+        let mut out = FileBytesBuilder::default();
+        place_piece(&mut out, 2..12, 0, Bytes::from_static(b"abcd"), &[]);
+        place_piece(&mut out, 2..12, 5, Bytes::from_static(b"Fgh"), &[]);
+        place_piece(&mut out, 2..12, 10, Bytes::from_static(b"klmnop"), &[]);
+        place_piece(&mut out, 2..12, 20, Bytes::from_static(b"past the range"), &[]);
+        assert_eq!(&out.finish().into_bytes()[..], b"cd\0Fgh\0\0kl");
+    }
+
+    #[test]
+    fn known_checksums_are_kept_only_where_blocks_line_up() {
+        let block = FILE_BLOCK_BYTES as usize;
+        let piece: Bytes = (0..3 * block).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
+        let sums = block_checksums(&piece, FILE_BLOCK_BYTES);
+        // Deliberately wrong "known" checksums show where they are used.
+        let wrong: Vec<u32> = sums.iter().map(|c| !c).collect();
+        for (start, used) in [(0, 3), (block as u64, 2), (100, 0)] {
+            let mut out = FileBytesBuilder::default();
+            place_piece(&mut out, start..3 * block as u64, 0, piece.clone(), &wrong);
+            let got = out.finish();
+            let first = start as usize / block;
+            let expect_used: Vec<u32> = wrong[first..first + used].to_vec();
+            assert_eq!(&got.checksums()[..used], &expect_used[..], "range from {start}");
+            let fresh = block_checksums(&piece[start as usize..], FILE_BLOCK_BYTES);
+            assert_eq!(&got.checksums()[used..], &fresh[used..], "range from {start}");
+        }
     }
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cairn_common::checksum::block_checksums;
 use cairn_common::config::DataserverEntry;
+use cairn_common::file_wire::FILE_BLOCK_BYTES;
 use cairn_common::namespace::ROOT;
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
@@ -84,7 +86,9 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
         let (_, got) = files.read_range(inode, offset, length).await?;
         let from = (offset as usize).min(len);
         let to = (offset as usize).saturating_add(length as usize).min(len);
-        assert_eq!(got, whole.slice(from..to), "range {offset}+{length}");
+        let sums = block_checksums(&whole[from..to], FILE_BLOCK_BYTES);
+        assert_eq!(got.checksums(), &sums[..], "checksums of range {offset}+{length}");
+        assert_eq!(got.into_bytes(), whole.slice(from..to), "range {offset}+{length}");
     }
 
     // A writer streaming stripe by stripe: nothing is visible until the commit.

@@ -51,6 +51,27 @@ def test_buffers_without_copies(client: cairn.Client, workdir: str) -> None:
     assert torch.equal(back, t)
 
 
+def test_large_reads_land_in_the_callers_memory(client: cairn.Client, workdir: str) -> None:
+    # Reads of 16 MiB and more that no read-ahead window holds are received straight into
+    # the caller's buffer, 16 MiB per request: from the start, and after a small read
+    # and a seek past its read-ahead, into a buffer larger than what is left.
+    data = np.random.default_rng(7).integers(0, 256, 40_000_003, dtype=np.uint8)
+    client.write_bytes(f"{workdir}/big", data)
+    whole = np.empty_like(data)
+    with client.open(f"{workdir}/big", "rb", buffering=0) as f:
+        assert f.readinto(whole) == data.nbytes
+    assert np.array_equal(whole, data)
+    with client.open(f"{workdir}/big", "rb", buffering=0) as f:
+        head = bytearray(10)
+        assert f.readinto(head) == 10 and bytes(head) == data[:10].tobytes()
+        f.seek(30_000_000)
+        rest = np.zeros(data.nbytes, dtype=np.uint8)
+        assert f.readinto(rest) == data.nbytes - 30_000_000
+        assert f.readinto(rest) == 0
+    assert np.array_equal(rest[: data.nbytes - 30_000_000], data[30_000_000:])
+    assert not rest[data.nbytes - 30_000_000 :].any()
+
+
 def test_torch_save_and_load_through_file_objects(client: cairn.Client, workdir: str) -> None:
     model = torch.nn.Transformer(d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2)
     sd = model.state_dict()
