@@ -4,7 +4,8 @@ A training-loop stand-in holds STATE_GIB of float32 tensors in host memory, take
 steps (a cheap in-place update of one tensor each) and checkpoints every EVERY steps,
 CHECKPOINTS times. Printed, one line: the stall per checkpoint (how long the loop waited),
 the time until each checkpoint was complete, the restore time of the last one (page
-cache dropped first), the bytes, and the process's peak RSS.
+cache dropped first), the bytes, the process's peak RSS, and a bare copy of the state
+into the restored tensors timed at the end of the same process, beside the last stall.
 
     python bench/ckpt.py METHOD --dir DIR [--gib 2] [--every 5] [--checkpoints 2]
 
@@ -129,13 +130,25 @@ def main() -> None:
             dcp.load(target, storage_reader=dcp.FileSystemReader(path))
         restore = time.perf_counter() - t0
         assert all(torch.equal(target[k], sd[k]) for k in sd), "restored state differs"
+        # The bare copy of the same bytes in this process, minutes after the run's memcpy
+        # method: the machine's speed drifts, so each stall is also set beside this.
+        copies = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for k, v in sd.items():
+                target[k].copy_(v)
+            copies.append(time.perf_counter() - t0)
+        memcpy_s = min(copies)
+    else:
+        memcpy_s = stalls[-1]
 
     mb = size / 1e6
     fmt = lambda xs: "/".join(f"{x:.3f}" for x in xs)  # noqa: E731
     print(
         f"ckpt {a.method} state_MB={mb:.0f} stall_s={fmt(stalls)} complete_s={fmt(completes)} "
         f"complete_MBps={mb / completes[-1]:.0f} restore_s={restore:.3f} "
-        f"restore_MBps={(mb / restore) if restore else 0:.0f} peak_rss_MiB={rss_mib:.0f}",
+        f"restore_MBps={(mb / restore) if restore else 0:.0f} peak_rss_MiB={rss_mib:.0f} "
+        f"memcpy_here_s={memcpy_s:.3f} last_stall_vs_memcpy_here={stalls[-1] / memcpy_s:.2f}x",
         flush=True,
     )
     if a.method in ("torch-save", "dcp-fs"):
