@@ -105,15 +105,13 @@ impl FileReader {
         let end = offset.saturating_add(buf.len() as u64);
         let mut pos = offset;
         while pos < end && (self.holds(pos) || end - pos < DIRECT_BYTES_MIN) {
-            let w = self.window_at(pos).await?;
-            let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
-                // At or past the end of the file.
+            let piece = self.piece_at(pos, end).await?;
+            if piece.is_empty() {
                 return Ok((pos - offset) as usize);
-            };
-            let to = (end - w.offset).min(w.data.len() as u64);
+            }
             let at = (pos - offset) as usize;
-            buf[at..at + (to - from) as usize].copy_from_slice(&w.data[from as usize..to as usize]);
-            pos = w.offset + to;
+            buf[at..at + piece.len()].copy_from_slice(&piece);
+            pos += piece.len() as u64;
         }
         let mut filled = (pos - offset) as usize;
         if pos < end {
@@ -158,16 +156,25 @@ impl FileReader {
         let end = offset.saturating_add(len);
         let mut pos = offset;
         while pos < end {
-            let w = self.window_at(pos).await?;
-            let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
-                // At or past the end of the file.
+            let piece = self.piece_at(pos, end).await?;
+            if piece.is_empty() {
                 break;
-            };
-            let to = (end - w.offset).min(w.data.len() as u64);
-            sink(w.data.slice(from as usize..to as usize));
-            pos = w.offset + to;
+            }
+            pos += piece.len() as u64;
+            sink(piece);
         }
         Ok(())
+    }
+
+    /// The bytes from `pos` (before `end`) that the window holding it has; none at or
+    /// past the end of the file.
+    async fn piece_at(&mut self, pos: u64, end: u64) -> Result<Bytes, ClientError> {
+        let w = self.window_at(pos).await?;
+        let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
+            return Ok(Bytes::new());
+        };
+        let to = (end - w.offset).min(w.data.len() as u64);
+        Ok(w.data.slice(from as usize..to as usize))
     }
 
     /// The window holding `pos` (or the one that ends the file before it). Requests may

@@ -124,10 +124,6 @@ impl FileBytes {
         b.finish()
     }
 
-    pub fn len(&self) -> u64 {
-        self.pieces.iter().map(|p| p.len() as u64).sum()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
     }

@@ -244,9 +244,9 @@ struct Header {
 }
 
 impl Header {
-    /// The length of the message part, from the payload's first four bytes.
-    fn meta_len(&self, len_bytes: [u8; META_LEN_BYTES]) -> Result<usize, FrameError> {
-        let meta_len = u32::from_le_bytes(len_bytes);
+    /// The length of the message part, from the first four bytes of `payload`.
+    fn meta_len(&self, payload: &[u8]) -> Result<usize, FrameError> {
+        let meta_len = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
         if META_LEN_BYTES as u64 + u64::from(meta_len) > u64::from(self.payload_len) {
             return Err(FrameError::BadMetaLength {
                 meta: meta_len,
@@ -364,7 +364,7 @@ impl Decoder for FrameDecoder {
         self.header = None;
         let frame_bytes = src.split_to(total).freeze();
         let payload = frame_bytes.slice(HEADER_BYTES..);
-        let meta_end = META_LEN_BYTES + header.meta_len([payload[0], payload[1], payload[2], payload[3]])?;
+        let meta_end = META_LEN_BYTES + header.meta_len(&payload)?;
         header.check_crc(&frame_bytes[..CRC_HEADER_BYTES], &payload[..meta_end])?;
         Ok(Some(header.frame(
             payload.slice(META_LEN_BYTES..meta_end),
@@ -425,7 +425,7 @@ impl<R: AsyncRead + Unpin> AlignedFrameReader<R> {
         self.read_exact(&mut head[..HEADER_BYTES], 0).await?;
         let header = self.decoder.parse_header(&head[..HEADER_BYTES])?;
         self.read_exact(&mut head[HEADER_BYTES..], HEADER_BYTES).await?;
-        let meta_len = header.meta_len([head[24], head[25], head[26], head[27]])?;
+        let meta_len = header.meta_len(&head[HEADER_BYTES..])?;
         let mut meta = vec![0u8; META_LEN_BYTES + meta_len];
         meta[..META_LEN_BYTES].copy_from_slice(&head[HEADER_BYTES..]);
         self.read_exact(&mut meta[META_LEN_BYTES..], head.len()).await?;
