@@ -65,6 +65,18 @@ pub struct FileWriter {
     failed: Option<String>,
 }
 
+/// Puts `src` at `at` in `buf`, growing it (a gap before `at` reads as zeros). Bytes past
+/// the end are appended, not zeroed first and then overwritten: a sequential writer
+/// fills each stripe buffer with one copy.
+fn put_at(buf: &mut BytesMut, at: usize, src: &[u8]) {
+    if buf.len() < at {
+        buf.resize(at, 0);
+    }
+    let over = (buf.len() - at).min(src.len());
+    buf[at..at + over].copy_from_slice(&src[..over]);
+    buf.extend_from_slice(&src[over..]);
+}
+
 impl CairnClient {
     /// A writer of file `inode`, starting from its current content.
     pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
@@ -299,11 +311,8 @@ impl FileWriter {
                     self.load_slot(slot, from, to).await?
                 }
             };
-            if buf.len() < to {
-                buf.resize(to, 0);
-            }
             let src = (pos - offset) as usize;
-            buf[from..to].copy_from_slice(&data[src..src + (to - from)]);
+            put_at(&mut buf, from, &data[src..src + (to - from)]);
             pos = slot_start + to as u64;
             self.size = self.size.max(pos);
             if buf.len() as u64 == s {
@@ -501,6 +510,29 @@ impl FileWriter {
         if let Err(e) = self.client.meta(Op::CloseSession(CloseSession { session })).await {
             // The lease expires on its own.
             warn!(session, "closing write session: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `put_at` gives what overwriting a zero-extended copy gives.
+        #[test]
+        fn put_at_is_an_overwrite_that_grows(
+            old in proptest::collection::vec(any::<u8>(), 0..64),
+            at in 0usize..96,
+            src in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut want = old.clone();
+            want.resize(want.len().max(at + src.len()), 0);
+            want[at..at + src.len()].copy_from_slice(&src);
+            let mut buf = BytesMut::from(&old[..]);
+            put_at(&mut buf, at, &src);
+            prop_assert_eq!(&buf[..], &want[..]);
         }
     }
 }

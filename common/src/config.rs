@@ -212,6 +212,10 @@ pub struct MetadataEntry {
     pub addr: SocketAddr,
 }
 
+/// Background scrub read rate of a dataserver (one disk) unless configured: a 10 TB disk
+/// is scrubbed about every four days, at a few percent of its bandwidth.
+pub const SCRUB_BYTES_PER_SEC_DEFAULT: u64 = 32 * MIB;
+
 mod defaults {
     pub fn requests_per_connection() -> u32 {
         16
@@ -267,7 +271,7 @@ mod defaults {
         64 << 20
     }
     pub fn scrub_bytes_per_sec() -> u64 {
-        32 * super::MIB
+        super::SCRUB_BYTES_PER_SEC_DEFAULT
     }
 }
 

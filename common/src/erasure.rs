@@ -1,6 +1,8 @@
 //! Reed-Solomon erasure coding of stripes (`reed-solomon-simd`): a stripe is k data
 //! shards plus m parity shards, and any k of the k+m rebuild the data.
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 use reed_solomon_simd::{ReedSolomonDecoder, ReedSolomonEncoder};
 use thiserror::Error;
@@ -21,7 +23,13 @@ pub enum ErasureError {
     Codec(String),
 }
 
-/// A k+m code. Cheap to copy; the coder's working space is allocated per call.
+thread_local! {
+    /// One encoder per thread, reset for each stripe: its working space (about k shards)
+    /// is kept, not allocated and zeroed again for every stripe.
+    static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
+}
+
+/// A k+m code. Cheap to copy; a decoder's working space is allocated per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErasureCode {
     data_shards: usize,
@@ -86,12 +94,24 @@ impl ErasureCode {
             })
             .collect();
         let codec = |e: reed_solomon_simd::Error| ErasureError::Codec(e.to_string());
-        let mut encoder = ReedSolomonEncoder::new(self.data_shards, self.parity_shards, shard_len).map_err(codec)?;
-        for shard in &shards {
-            encoder.add_original_shard(shard).map_err(codec)?;
-        }
-        let result = encoder.encode().map_err(codec)?;
-        shards.extend(result.recovery_iter().map(Bytes::copy_from_slice));
+        let parity = ENCODER.with_borrow_mut(|kept| -> Result<Vec<Bytes>, reed_solomon_simd::Error> {
+            let encoder = match kept {
+                Some(e) => {
+                    e.reset(self.data_shards, self.parity_shards, shard_len)?;
+                    e
+                }
+                None => kept.insert(ReedSolomonEncoder::new(
+                    self.data_shards,
+                    self.parity_shards,
+                    shard_len,
+                )?),
+            };
+            for shard in &shards {
+                encoder.add_original_shard(shard)?;
+            }
+            Ok(encoder.encode()?.recovery_iter().map(Bytes::copy_from_slice).collect())
+        });
+        shards.extend(parity.map_err(codec)?);
         Ok(shards)
     }
 
@@ -193,6 +213,26 @@ mod tests {
                 prop_assert_eq!(code.reconstruct(&have).unwrap(), code.encode(&data, 8192).unwrap());
             }
         }
+    }
+
+    #[test]
+    fn the_kept_encoder_leaves_nothing_behind_between_stripes() {
+        let wide = ErasureCode::new(4, 2).unwrap();
+        let narrow = ErasureCode::new(2, 1).unwrap();
+        let big: Bytes = (0..40_000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>().into();
+        let first = wide.encode(&big, 16_384).unwrap();
+        // Another code, a short stripe, and a stripe the coder rejects, in between.
+        narrow.encode(&Bytes::from_static(b"short"), 16).unwrap();
+        wide.encode(&big.slice(..1000), 16_384).unwrap();
+        assert!(wide.encode(&big, 100).is_err());
+        assert_eq!(wide.encode(&big, 16_384).unwrap(), first);
+        // The same parity a fresh encoder computes.
+        let mut fresh = ReedSolomonEncoder::new(4, 2, first[0].len()).unwrap();
+        for shard in &first[..4] {
+            fresh.add_original_shard(shard).unwrap();
+        }
+        let parity: Vec<Vec<u8>> = fresh.encode().unwrap().recovery_iter().map(<[u8]>::to_vec).collect();
+        assert_eq!(parity, vec![first[4].to_vec(), first[5].to_vec()]);
     }
 
     #[test]

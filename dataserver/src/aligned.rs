@@ -1,7 +1,8 @@
 //! Buffers aligned for O_DIRECT, built on a plain `Vec<u8>` (over-allocated by one
 //! alignment unit, used from its first aligned byte) so no unsafe allocation code is
-//! needed, and convertible into `Bytes` without a copy; and `AlignedBytes`, bytes known
-//! to be aligned, which is what a write takes.
+//! needed, and convertible into `Bytes` without a copy; `UnfilledBuf`, the same memory
+//! before a read fills it; and `AlignedBytes`, bytes known to be aligned, which is what a
+//! write takes.
 
 use bytes::Bytes;
 use cairn_common::config::IO_ALIGN_BYTES;
@@ -13,6 +14,53 @@ pub struct AlignedBuf {
     vec: Vec<u8>,
     start: usize,
     len: usize,
+}
+
+/// Room for an aligned read of `len` bytes, not zeroed: zeroing memory the kernel is
+/// about to overwrite costs as much CPU as checking its checksums.
+#[derive(Debug)]
+pub struct UnfilledBuf {
+    /// Holds the bytes before the aligned start; the read lands in its spare capacity.
+    vec: Vec<u8>,
+    len: usize,
+}
+
+impl UnfilledBuf {
+    pub fn new(len: usize) -> UnfilledBuf {
+        debug_assert_eq!(len % ALIGN, 0);
+        let mut vec: Vec<u8> = Vec::with_capacity(len + ALIGN);
+        let start = vec.as_ptr().align_offset(ALIGN);
+        vec.resize(start, 0);
+        UnfilledBuf { vec, len }
+    }
+
+    /// The bytes a read must transfer to fill it.
+    pub fn wanted(&self) -> usize {
+        self.len
+    }
+
+    /// Where the kernel writes the `len` bytes: aligned, and valid while `self` lives
+    /// (the Vec never reallocates).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.vec.spare_capacity_mut().as_mut_ptr().cast()
+    }
+
+    /// The buffer once a read has filled it.
+    ///
+    /// # Safety
+    /// All `len` bytes at `as_mut_ptr()` must have been written (a read that transferred
+    /// exactly `len` bytes).
+    pub unsafe fn assume_filled(mut self) -> AlignedBuf {
+        let start = self.vec.len();
+        // SAFETY: the capacity is at least start + len (see `new`), and the caller
+        // guarantees the `len` bytes after `start` are initialised.
+        unsafe { self.vec.set_len(start + self.len) };
+        AlignedBuf {
+            vec: self.vec,
+            start,
+            len: self.len,
+        }
+    }
 }
 
 /// Whether `data` starts on the direct-I/O unit and is a whole number of units long.
@@ -125,6 +173,21 @@ mod tests {
             assert_eq!(&b.as_slice()[..n], &data[..]);
             assert!(b.as_slice()[n..].iter().all(|&x| x == 0));
         }
+    }
+
+    #[test]
+    fn an_unfilled_buffer_is_aligned_and_becomes_what_was_written() {
+        let mut b = UnfilledBuf::new(2 * ALIGN);
+        assert_eq!(b.wanted(), 2 * ALIGN);
+        let at = b.as_mut_ptr();
+        assert_eq!(at as usize % ALIGN, 0);
+        // SAFETY: `at` has room for 2 * ALIGN bytes, all written here.
+        unsafe { std::ptr::write_bytes(at, 9, 2 * ALIGN) };
+        // SAFETY: every byte was written just above.
+        let filled = unsafe { b.assume_filled() };
+        assert_eq!(filled.as_slice().as_ptr(), at.cast_const());
+        assert!(filled.as_slice().iter().all(|&x| x == 9));
+        assert_eq!(filled.into_bytes().len(), 2 * ALIGN);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use rustix::event::{eventfd, EventfdFlags};
 use tokio::sync::oneshot;
 
-use crate::aligned::{AlignedBuf, AlignedBytes};
+use crate::aligned::{AlignedBuf, AlignedBytes, UnfilledBuf};
 use crate::disk::{DiskFuture, ShardDisk};
 
 /// user_data of the eventfd wake-up read.
@@ -31,7 +31,7 @@ enum Op {
     Read {
         file: Arc<File>,
         offset: u64,
-        buf: AlignedBuf,
+        buf: UnfilledBuf,
         reply: oneshot::Sender<io::Result<AlignedBuf>>,
     },
     Sync {
@@ -61,7 +61,9 @@ impl Op {
             Some(e) => self.fail(e),
             None => match self {
                 Op::Write { reply, .. } | Op::Sync { reply, .. } => drop(reply.send(Ok(()))),
-                Op::Read { buf, reply, .. } => drop(reply.send(Ok(buf))),
+                // SAFETY: no error means `check` saw the read transfer all `buf.wanted()`
+                // bytes into the buffer.
+                Op::Read { buf, reply, .. } => drop(reply.send(Ok(unsafe { buf.assume_filled() }))),
             },
         }
     }
@@ -143,7 +145,7 @@ impl ShardDisk for UringDisk {
 
     fn read_at(&self, file: Arc<File>, offset: u64, len: usize) -> DiskFuture<AlignedBuf> {
         let (reply, rx) = oneshot::channel();
-        let buf = AlignedBuf::zeroed(len);
+        let buf = UnfilledBuf::new(len);
         self.send(Op::Read {
             file,
             offset,
@@ -256,7 +258,7 @@ impl Engine {
                 }
                 Op::Read { file, offset, buf, .. } => {
                     let fd = types::Fd(file.as_raw_fd());
-                    vec![opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+                    vec![opcode::Read::new(fd, buf.as_mut_ptr(), buf.wanted() as u32)
                         .offset(*offset)
                         .build()
                         .user_data(id << 1)]
@@ -323,7 +325,7 @@ fn check(op: &Op, entry: u64, res: i32) -> Option<io::Error> {
     }
     let expected = match (op, entry) {
         (Op::Write { buf, .. }, 0) => buf.len(),
-        (Op::Read { buf, .. }, _) => buf.len(),
+        (Op::Read { buf, .. }, _) => buf.wanted(),
         _ => return None,
     };
     (res as usize != expected).then(|| {

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use cairn_common::config::Config;
+use cairn_common::config::{Config, SCRUB_BYTES_PER_SEC_DEFAULT};
 use cairn_metadata::client::MetadataClient;
 use rustix::process::{kill_process, test_kill_process, Pid, Signal};
 use serde::Serialize;
@@ -79,6 +79,9 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
             ),
         });
     }
+    // Every dataserver of a local cluster shares this machine's one disk: together they
+    // scrub at the rate one dataserver would, not a multiple of it.
+    let scrub = SCRUB_BYTES_PER_SEC_DEFAULT / u64::from((l.halls * l.dataservers_per_hall).max(1));
     for h in 1..=l.halls {
         for j in 0..l.dataservers_per_hall {
             let id = (h - 1) * l.dataservers_per_hall + j + 1;
@@ -91,7 +94,8 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
                 args: vec!["serve".into()],
                 addr,
                 section: format!(
-                    "[dataserver]\nnode_id = {id}\nhall = \"hall-{h}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n",
+                    "[dataserver]\nnode_id = {id}\nhall = \"hall-{h}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
+                     scrub_bytes_per_sec = {scrub}\n",
                     dir.join(format!("dataserver-{id}")).display()
                 ),
             });
