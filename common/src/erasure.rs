@@ -25,7 +25,8 @@ pub enum ErasureError {
 
 thread_local! {
     /// One encoder per thread, reset for each stripe: its working space (about k shards)
-    /// is kept, not allocated and zeroed again for every stripe.
+    /// is kept, not allocated and zeroed again for every stripe. Stripes are encoded on
+    /// the runtime's few worker threads, so a process keeps a few of them.
     static ENCODER: RefCell<Option<ReedSolomonEncoder>> = const { RefCell::new(None) };
 }
 

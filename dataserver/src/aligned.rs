@@ -116,9 +116,8 @@ impl AlignedBuf {
     /// not zeroed first and then overwritten.
     pub fn padded_copy(data: &[u8]) -> AlignedBuf {
         let len = padded_len(data.len() as u64) as usize;
-        let mut vec: Vec<u8> = Vec::with_capacity(len + ALIGN);
-        let start = vec.as_ptr().align_offset(ALIGN);
-        vec.resize(start, 0);
+        let UnfilledBuf { mut vec, .. } = UnfilledBuf::new(len);
+        let start = vec.len();
         vec.extend_from_slice(data);
         vec.resize(start + len, 0);
         AlignedBuf { vec, start, len }
