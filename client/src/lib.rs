@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::config::ErasureConfig;
-use cairn_common::file_wire::{Capacity, FileReply, FileRequest, READ_BYTES_MAX};
+use cairn_common::file_wire::{Capacity, FileBytes, FileReply, FileRequest, READ_BYTES_MAX};
 use cairn_common::frame::{write_frame, AlignedFrameReader};
 use cairn_common::ids::RequestId;
 use cairn_common::namespace::is_mutation;
@@ -327,32 +327,40 @@ impl CairnClient {
     /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), and the
     /// file's size.
     pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Bytes, u64), ClientError> {
-        let req = FileRequest::Read {
-            inode,
-            offset,
-            length: length.min(READ_BYTES_MAX),
-        };
-        match self.exchange(req).await? {
-            FileReply::Data { size, data, .. } => Ok((data.into_bytes(), size)),
-            FileReply::Meta(m) => match m.result {
-                Some(meta_reply::Result::Error(e)) => Err(refused(e)),
-                other => Err(bad_reply(other)),
-            },
-            other => Err(bad_reply(other)),
-        }
+        let (data, _, size) = self.read_request(inode, offset, length, &mut []).await?;
+        Ok((data.into_bytes(), size))
     }
 
     /// Fills `dest` from offset `offset` of file `inode` (one request, so at most
     /// `READ_BYTES_MAX` bytes), receiving the bytes straight into it; returns how many it
     /// holds (fewer only at the end of the file) and the file's size.
     pub async fn read_range_into(&self, inode: u64, offset: u64, dest: &mut [u8]) -> Result<(usize, u64), ClientError> {
+        let asked = dest.len();
+        match self.read_request(inode, offset, asked as u64, dest).await? {
+            (data, placed, size) if data.is_empty() => Ok((placed, size)),
+            // Only a reply longer than the request does not fit in `dest`.
+            _ => Err(ClientError::BadReply(format!(
+                "a read of {asked} bytes at {offset} got more"
+            ))),
+        }
+    }
+
+    /// One read request of up to `length` bytes: the reply's bytes that did not go into
+    /// `dest`, how many did, and the file's size.
+    async fn read_request(
+        &self,
+        inode: u64,
+        offset: u64,
+        length: u64,
+        dest: &mut [u8],
+    ) -> Result<(FileBytes, usize, u64), ClientError> {
         let req = FileRequest::Read {
             inode,
             offset,
-            length: (dest.len() as u64).min(READ_BYTES_MAX),
+            length: length.min(READ_BYTES_MAX),
         };
         match self.exchange_into(req, dest).await? {
-            (FileReply::Data { size, data, .. }, placed) if data.is_empty() => Ok((placed, size)),
+            (FileReply::Data { size, data, .. }, placed) => Ok((data, placed, size)),
             (FileReply::Meta(m), _) => match m.result {
                 Some(meta_reply::Result::Error(e)) => Err(refused(e)),
                 other => Err(bad_reply(other)),

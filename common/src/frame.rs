@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_util::codec::Decoder;
 
-use crate::config::IO_ALIGN_BYTES;
+use crate::aligned::aligned_vec;
 use crate::ids::RequestId;
 
 pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
@@ -382,11 +382,11 @@ impl Decoder for FrameDecoder {
 }
 
 /// Reads frames as [`FrameDecoder`] does under `FramedRead`, except that each frame's
-/// data part is read into a buffer of its own that starts on an [`IO_ALIGN_BYTES`]
-/// boundary, so a dataserver writes a shard it received with O_DIRECT from where it
-/// landed instead of copying it first. Large data parts go from the socket straight
-/// into that buffer. Not cancel-safe: a frame read halfway is lost, so a caller that
-/// stops waiting must drop the stream.
+/// data part is read into a buffer of its own that starts on an alignment boundary
+/// ([`aligned_vec`]), so a dataserver writes a shard it received with O_DIRECT from
+/// where it landed instead of copying it first. Large data parts go from the socket
+/// straight into that buffer. Not cancel-safe: a frame read halfway is lost, so a caller
+/// that stops waiting must drop the stream.
 #[derive(Debug)]
 pub struct AlignedFrameReader<R> {
     reader: BufReader<R>,
@@ -459,10 +459,8 @@ impl<R: AsyncRead + Unpin> AlignedFrameReader<R> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let align = IO_ALIGN_BYTES as usize;
-        let mut buf: Vec<u8> = Vec::with_capacity(len + align);
-        let start = buf.as_ptr().align_offset(align);
-        buf.resize(start, 0);
+        let mut buf = aligned_vec(len);
+        let start = buf.len();
         let mut unfilled = (&mut buf).limit(len);
         while unfilled.has_remaining_mut() {
             if self.reader.read_buf(&mut unfilled).await? == 0 {
@@ -646,7 +644,7 @@ mod tests {
         let got = read_all(bytes.clone()).await.unwrap();
         assert_eq!(got, frames);
         for f in got.iter().filter(|f| !f.data.is_empty()) {
-            assert_eq!(f.data.as_ptr() as usize % IO_ALIGN_BYTES as usize, 0);
+            assert_eq!(f.data.as_ptr() as usize % crate::config::IO_ALIGN_BYTES as usize, 0);
         }
         let mut flipped = bytes.clone();
         flipped[30] ^= 1;

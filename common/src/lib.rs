@@ -5,6 +5,7 @@
 //! so the same code runs in production and in the simulator (DESIGN.md invariant 8), and
 //! the process set-up the daemons share (`logging`, `allocator`).
 
+pub mod aligned;
 pub mod allocator;
 pub mod checksum;
 pub mod config;

@@ -1,10 +1,9 @@
-//! Buffers aligned for O_DIRECT, built on a plain `Vec<u8>` (over-allocated by one
-//! alignment unit, used from its first aligned byte) so no unsafe allocation code is
-//! needed, and convertible into `Bytes` without a copy; `UnfilledBuf`, the same memory
-//! before a read fills it; and `AlignedBytes`, bytes known to be aligned, which is what a
-//! write takes.
+//! Buffers aligned for O_DIRECT, built on [`aligned_vec`] and convertible into `Bytes`
+//! without a copy; `UnfilledBuf`, the same memory before a read fills it; and
+//! `AlignedBytes`, bytes known to be aligned, which is what a write takes.
 
 use bytes::Bytes;
+use cairn_common::aligned::aligned_vec;
 use cairn_common::config::IO_ALIGN_BYTES;
 
 const ALIGN: usize = IO_ALIGN_BYTES as usize;
@@ -28,10 +27,10 @@ pub struct UnfilledBuf {
 impl UnfilledBuf {
     pub fn new(len: usize) -> UnfilledBuf {
         debug_assert_eq!(len % ALIGN, 0);
-        let mut vec: Vec<u8> = Vec::with_capacity(len + ALIGN);
-        let start = vec.as_ptr().align_offset(ALIGN);
-        vec.resize(start, 0);
-        UnfilledBuf { vec, len }
+        UnfilledBuf {
+            vec: aligned_vec(len),
+            len,
+        }
     }
 
     /// The bytes a read must transfer to fill it.
@@ -106,8 +105,9 @@ impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (a multiple of the alignment).
     pub fn zeroed(len: usize) -> AlignedBuf {
         debug_assert_eq!(len % ALIGN, 0);
-        let vec = vec![0u8; len + ALIGN];
-        let start = vec.as_ptr().align_offset(ALIGN);
+        let mut vec = aligned_vec(len);
+        let start = vec.len();
+        vec.resize(start + len, 0);
         AlignedBuf { vec, start, len }
     }
 

@@ -319,7 +319,7 @@ impl Files {
         let layout = reply.layout.unwrap_or_default();
         let start = offset.min(attr.size);
         let end = offset.saturating_add(length).min(attr.size);
-        usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
+        let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
         let mut out = FileBytesBuilder::default();
         place_piece(&mut out, start..end, 0, Bytes::from(layout.inline_data), &[]);
         let wanted: Vec<Stripe> = layout
@@ -345,8 +345,7 @@ impl Files {
             }
         }
         // Bytes no stripe covers (a hole, or a stripe shorter than the file) read as zero.
-        let short = (end - start) - out.len();
-        out.push_zeros(short as usize);
+        out.push_zeros(len - out.len() as usize);
         Ok((attr, out.finish()))
     }
 
@@ -442,6 +441,7 @@ impl Files {
         let id = StripeId(u128::from_be_bytes(id_bytes));
         let (k, total) = (code.data_shards(), code.total_shards());
         let mut shards: Vec<Option<Bytes>> = vec![None; total];
+        // Block checksums of the shards fetched whole; a shard decoded later has none.
         let mut checksums: Vec<Vec<u32>> = vec![Vec::new(); total];
         let mut corrupt = Vec::new();
         // k shards first: data shards (no decoding needed), with parity in place of those
@@ -475,7 +475,6 @@ impl Files {
             .map(Bytes::len)
             .next()
             .ok_or_else(|| bad("no shard could be read".into()))?;
-        let fetched: Vec<bool> = shards.iter().map(Option::is_some).collect();
         // Decode at the encoded length (a truncate may have shortened the stripe since).
         let data = code.decode(&shards, shard_len * k)?;
         if !corrupt.is_empty() {
@@ -491,16 +490,12 @@ impl Files {
         Ok(data
             .into_iter()
             .zip(checksums)
-            .zip(fetched)
-            .map(|((d, mut sums), fetched)| {
+            .map(|(d, mut sums)| {
                 let piece = d.slice(..d.len().min(left));
                 left -= piece.len();
-                // A fetched shard's checksums hold for the whole blocks the piece keeps.
-                sums.truncate(if fetched {
-                    piece.len() / FILE_BLOCK_BYTES as usize
-                } else {
-                    0
-                });
+                // A fetched shard's checksums hold for the whole blocks the piece keeps;
+                // a decoded one has none.
+                sums.truncate(piece.len() / FILE_BLOCK_BYTES as usize);
                 (piece, sums)
             })
             .filter(|(piece, _)| !piece.is_empty())
