@@ -1,9 +1,10 @@
 //! Read-ahead for one open file. Reads are served from a window fetched in one request
 //! (the logic node reads its stripes in parallel); while a sequential reader consumes
 //! one window, the next `WINDOWS_AHEAD` are being fetched (over several connections, so
-//! from both logic nodes at once). Windows start at one stripe and double while the
-//! reader stays sequential, up to the largest reply, so a random reader does not pay for
-//! bytes it will not read.
+//! from both logic nodes at once). A read that does not follow the one before fetches
+//! only what it asks for (at least one checksum block, which the dataservers read
+//! anyway), so a random reader does not pay for bytes it will not read; once reads
+//! follow each other, windows start at one stripe and double up to the largest reply.
 //!
 //! A large read into the caller's memory (a tensor being restored) skips the windows for
 //! what they do not already hold: its bytes are received straight into that memory,
@@ -13,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use cairn_common::file_wire::READ_BYTES_MAX;
+use cairn_common::file_wire::{FILE_BLOCK_BYTES, READ_BYTES_MAX};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::task::JoinHandle;
 
@@ -169,7 +170,7 @@ impl FileReader {
     /// The bytes from `pos` (before `end`) that the window holding it has; none at or
     /// past the end of the file.
     async fn piece_at(&mut self, pos: u64, end: u64) -> Result<Bytes, ClientError> {
-        let w = self.window_at(pos).await?;
+        let w = self.window_at(pos, end - pos).await?;
         let Some(from) = pos.checked_sub(w.offset).filter(|f| *f < w.data.len() as u64) else {
             return Ok(Bytes::new());
         };
@@ -177,11 +178,11 @@ impl FileReader {
         Ok(w.data.slice(from as usize..to as usize))
     }
 
-    /// The window holding `pos` (or the one that ends the file before it). Requests may
-    /// arrive a little out of order (the kernel reads ahead from several threads), so the
-    /// last two windows are kept and a position inside any window being fetched ahead
-    /// counts as sequential.
-    async fn window_at(&mut self, pos: u64) -> Result<&Window, ClientError> {
+    /// The window holding `pos` (or the one that ends the file before it), for a read of
+    /// `want` bytes. Requests may arrive a little out of order (the kernel reads ahead
+    /// from several threads), so the last two windows are kept and a position inside any
+    /// window being fetched ahead counts as sequential.
+    async fn window_at(&mut self, pos: u64, want: u64) -> Result<&Window, ClientError> {
         let held = |w: &Window| pos >= w.offset && (pos < w.offset + w.data.len() as u64 || pos >= w.size);
         if let Some(i) = self.recent.iter().position(held) {
             return Ok(&self.recent[i]);
@@ -206,10 +207,13 @@ impl FileReader {
                 let last_end = self.recent.back().map(|w| w.offset + w.data.len() as u64);
                 let sequential = last_end == Some(pos) || (last_end.is_none() && pos == 0);
                 self.abort_ahead();
-                if !sequential {
+                let len = if sequential {
+                    self.window_bytes
+                } else {
                     self.window_bytes = self.client.stripe_bytes() as u64;
-                }
-                let (data, size) = self.client.read_range(self.inode, pos, self.window_bytes).await?;
+                    want.clamp(u64::from(FILE_BLOCK_BYTES), READ_BYTES_MAX)
+                };
+                let (data, size) = self.client.read_range(self.inode, pos, len).await?;
                 let window = Window {
                     offset: pos,
                     data,

@@ -186,14 +186,28 @@ impl DataserverClient {
     /// Reads `length` bytes of a shard (to its end when `None`) from `offset`, and
     /// verifies every block received against its checksum.
     pub async fn get(&self, shard: ShardId, offset: u64, length: Option<u64>) -> Result<Bytes, ClientError> {
-        let (length, blocks) = self.get_blocks(shard, offset, length).await?;
+        let (_, length, blocks) = self.get_blocks(shard, offset, length).await?;
         Ok(blocks.verified_range(offset, length)?)
+    }
+
+    /// The blocks that cover `length` bytes of a shard from `offset`, every one verified,
+    /// with the shard's length: a reader of part of a stripe checks that the shard is as
+    /// long as it expects before it trusts where its bytes lie.
+    pub async fn get_part(
+        &self,
+        shard: ShardId,
+        offset: u64,
+        length: u64,
+    ) -> Result<(u64, ChecksummedBlocks), ClientError> {
+        let (shard_len, length, blocks) = self.get_blocks(shard, offset, Some(length)).await?;
+        blocks.verified_range(offset, length)?;
+        Ok((shard_len, blocks))
     }
 
     /// The whole shard, every block verified: its bytes and block checksums, and (from
     /// them, without reading the bytes again) the crc32c a layout records for it.
     pub async fn get_whole(&self, shard: ShardId) -> Result<ChecksummedBlocks, ClientError> {
-        let (length, blocks) = self.get_blocks(shard, 0, None).await?;
+        let (_, length, blocks) = self.get_blocks(shard, 0, None).await?;
         let held = blocks.bytes.len() as u64;
         if blocks.first_block != 0 || held != length {
             // More or fewer bytes than the shard's: its crc would not describe the shard.
@@ -210,20 +224,21 @@ impl DataserverClient {
     }
 
     /// The reply to a read of `length` bytes (to the shard's end when `None`) from
-    /// `offset`: the length it holds and its blocks, not yet verified.
+    /// `offset`: the shard's length, the length the reply holds and its blocks, not yet
+    /// verified.
     async fn get_blocks(
         &self,
         shard: ShardId,
         offset: u64,
         length: Option<u64>,
-    ) -> Result<(u64, ChecksummedBlocks), ClientError> {
+    ) -> Result<(u64, u64, ChecksummedBlocks), ClientError> {
         match self.call(&Request::Get { shard, offset, length }).await? {
             Reply::Data {
+                shard_len,
                 offset: got_offset,
                 length: got_length,
                 blocks,
-                ..
-            } if got_offset == offset && length.is_none_or(|l| l == got_length) => Ok((got_length, blocks)),
+            } if got_offset == offset && length.is_none_or(|l| l == got_length) => Ok((shard_len, got_length, blocks)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

@@ -20,9 +20,12 @@
 //! the layout); only when one is missing, unreachable or corrupt are parity shards
 //! fetched and the stripe decoded. A corrupt shard (a block failing its checksum) never
 //! reaches the reader; it is rebuilt from the decoded stripe and written back over the
-//! damaged copy.
+//! damaged copy. A read of part of a stripe (a small or unaligned read, an S3 range)
+//! fetches only the blocks that hold it, from the data shards alone, each block checked;
+//! if one of those shards cannot give its part, the whole stripe is read as above.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -41,6 +44,10 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::dataservers::Dataservers;
+
+/// Bytes of a stripe read: their offset in the stripe, and the checksums of their
+/// first whole blocks of [`FILE_BLOCK_BYTES`] that a dataserver sent.
+type Piece = (u64, Bytes, Vec<u32>);
 
 /// Lease of a write session; a whole-file write renews nothing, so it must fit.
 const SESSION_TTL_MS: u32 = 120_000;
@@ -65,8 +72,9 @@ pub enum FileError {
 
 /// What one shard read gave.
 enum Fetched {
-    /// The whole shard, verified.
-    Whole(ChecksummedBlocks),
+    /// The blocks asked for (the whole shard, or those covering a part of it), every one
+    /// verified, and the shard's length.
+    Verified { shard_len: u64, blocks: ChecksummedBlocks },
     /// It failed a checksum: the shard needs repair.
     Corrupt,
     /// Its dataserver did not answer.
@@ -332,15 +340,14 @@ impl Files {
             let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
             let mut stripes = stream::iter(wanted)
                 .map(|s| async move {
-                    let pieces = self.read_stripe(&code, &s).await?;
+                    let part = start.max(s.offset) - s.offset..end.min(s.offset.saturating_add(s.length)) - s.offset;
+                    let pieces = self.read_part(&code, &s, part).await?;
                     Ok::<_, FileError>((s.offset, pieces))
                 })
                 .buffered(STRIPES_IN_FLIGHT);
-            while let Some((mut at, pieces)) = stripes.try_next().await? {
-                for (piece, checksums) in pieces {
-                    let len = piece.len() as u64;
-                    place_piece(&mut out, start..end, at, piece, &checksums);
-                    at += len;
+            while let Some((stripe_at, pieces)) = stripes.try_next().await? {
+                for (at, piece, checksums) in pieces {
+                    place_piece(&mut out, start..end, stripe_at + at, piece, &checksums);
                 }
             }
         }
@@ -349,21 +356,28 @@ impl Files {
         Ok((attr, out.finish()))
     }
 
-    async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation) -> Fetched {
+    /// Reads shard `loc` of stripe `id`: the whole shard, checked against the layout's
+    /// crc32c, or with `part` the blocks that cover those bytes of it.
+    async fn fetch(&self, stripe: &Stripe, id: StripeId, loc: &ShardLocation, part: Option<Range<u64>>) -> Fetched {
         let node = NodeId(loc.dataserver);
         let Ok(index) = u8::try_from(loc.index) else {
             return Fetched::Unavailable;
         };
-        let got = match self.ds.client(node).await {
-            Ok(c) => c.get_whole(ShardId::new(id, index)).await,
-            Err(e) => Err(e),
+        let shard = ShardId::new(id, index);
+        let got = match (self.ds.client(node).await, part) {
+            (Ok(c), None) => c
+                .get_whole(shard)
+                .await
+                .map(|blocks| (blocks.crc32c() == loc.crc32c).then(|| (blocks.bytes.len() as u64, blocks))),
+            (Ok(c), Some(part)) => c.get_part(shard, part.start, part.end - part.start).await.map(Some),
+            (Err(e), _) => Err(e),
         };
         match got {
-            Ok(blocks) if blocks.crc32c() == loc.crc32c => {
+            Ok(Some((shard_len, blocks))) => {
                 self.ds.answered(node);
-                Fetched::Whole(blocks)
+                Fetched::Verified { shard_len, blocks }
             }
-            Ok(_) => {
+            Ok(None) => {
                 warn!(
                     stripe = stripe.offset,
                     index = loc.index,
@@ -424,21 +438,73 @@ impl Files {
         }
     }
 
-    /// The bytes of stripe `s`, as the pieces (its data shards, decoded where needed)
-    /// that make them up in order, each with the checksums of its whole blocks of
-    /// [`FILE_BLOCK_BYTES`] where a dataserver sent them (none for decoded shards), so
-    /// that a reply neither copies nor checksums them again.
-    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe) -> Result<Vec<(Bytes, Vec<u32>)>, FileError> {
+    /// Bytes `part` of stripe `s` (offsets in the stripe, within its length), as pieces
+    /// in order, each with its offset in the stripe and the checksums of its whole blocks
+    /// of [`FILE_BLOCK_BYTES`] where a dataserver sent them (none for decoded shards), so
+    /// that a reply neither copies nor checksums them again. A piece may start before
+    /// `part` and end after it.
+    async fn read_part(&self, code: &ErasureCode, s: &Stripe, part: Range<u64>) -> Result<Vec<Piece>, FileError> {
+        let id_bytes: [u8; STRIPE_ID_BYTES] = s.stripe_id.as_slice().try_into().map_err(|_| FileError::Stripe {
+            offset: s.offset,
+            reason: "stripe id is not 16 bytes".into(),
+        })?;
+        let id = StripeId(u128::from_be_bytes(id_bytes));
+        if part.start > 0 || part.end < s.length {
+            if let Some(pieces) = self.read_stripe_part(code, s, id, part).await {
+                return Ok(pieces);
+            }
+        }
+        self.read_stripe(code, s, id).await
+    }
+
+    /// [`Files::read_part`] from the data shards that hold `part` alone, each asked for
+    /// the blocks that cover its share. `None` when one of them cannot give it: its
+    /// dataserver is down or suspect, a block is corrupt, or the shard is longer than the
+    /// stripe's length implies (a truncate shortened the stripe, so its bytes lie
+    /// elsewhere); the whole stripe is then read, decoding and repairing as needed.
+    async fn read_stripe_part(
+        &self,
+        code: &ErasureCode,
+        s: &Stripe,
+        id: StripeId,
+        part: Range<u64>,
+    ) -> Option<Vec<Piece>> {
+        let shard_len = code.shard_len(usize::try_from(s.length).ok()?) as u64;
+        let shards = part.start / shard_len..part.end.div_ceil(shard_len);
+        let reads = shards.map(|i| async move {
+            let from = i * shard_len;
+            let loc = s
+                .shards
+                .iter()
+                .find(|l| u64::from(l.index) == i)
+                .filter(|l| !self.ds.is_suspect(NodeId(l.dataserver)))?;
+            let share = part.start.max(from) - from..part.end.min(from + shard_len) - from;
+            let Fetched::Verified { shard_len: len, blocks } = self.fetch(s, id, loc, Some(share)).await else {
+                return None;
+            };
+            if len != shard_len {
+                return None;
+            }
+            let at = from + u64::from(blocks.first_block) * u64::from(blocks.block_bytes);
+            // What lies past the stripe's length is padding.
+            let keep = s.length.saturating_sub(at).min(blocks.bytes.len() as u64) as usize;
+            let mut sums = match blocks.block_bytes {
+                FILE_BLOCK_BYTES => blocks.checksums,
+                _ => Vec::new(),
+            };
+            sums.truncate(keep / FILE_BLOCK_BYTES as usize);
+            Some((at, blocks.bytes.slice(..keep), sums))
+        });
+        futures::future::join_all(reads).await.into_iter().collect()
+    }
+
+    /// The whole of stripe `s` ([`Files::read_part`]): its data shards, decoded where
+    /// needed.
+    async fn read_stripe(&self, code: &ErasureCode, s: &Stripe, id: StripeId) -> Result<Vec<Piece>, FileError> {
         let bad = |reason: String| FileError::Stripe {
             offset: s.offset,
             reason,
         };
-        let id_bytes: [u8; STRIPE_ID_BYTES] = s
-            .stripe_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("stripe id is not 16 bytes".into()))?;
-        let id = StripeId(u128::from_be_bytes(id_bytes));
         let (k, total) = (code.data_shards(), code.total_shards());
         let mut shards: Vec<Option<Bytes>> = vec![None; total];
         // Block checksums of the shards fetched whole; a shard decoded later has none.
@@ -451,10 +517,10 @@ impl Files {
         order.sort_by_key(|l| (self.ds.is_suspect(NodeId(l.dataserver)), l.index as usize >= k, l.index));
         let (first, rest) = order.split_at(k.min(order.len()));
         for wanted in [first.to_vec(), rest.to_vec()] {
-            let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l))).await;
+            let fetched = futures::future::join_all(wanted.iter().map(|l| self.fetch(s, id, l, None))).await;
             for (loc, got) in wanted.iter().zip(fetched) {
                 match got {
-                    Fetched::Whole(blocks) => {
+                    Fetched::Verified { blocks, .. } => {
                         let i = loc.index as usize;
                         if blocks.block_bytes == FILE_BLOCK_BYTES {
                             checksums[i] = blocks.checksums;
@@ -490,15 +556,16 @@ impl Files {
         Ok(data
             .into_iter()
             .zip(checksums)
-            .map(|(d, mut sums)| {
+            .enumerate()
+            .map(|(i, (d, mut sums))| {
                 let piece = d.slice(..d.len().min(left));
                 left -= piece.len();
                 // A fetched shard's checksums hold for the whole blocks the piece keeps;
                 // a decoded one has none.
                 sums.truncate(piece.len() / FILE_BLOCK_BYTES as usize);
-                (piece, sums)
+                ((i * shard_len) as u64, piece, sums)
             })
-            .filter(|(piece, _)| !piece.is_empty())
+            .filter(|(_, piece, _)| !piece.is_empty())
             .collect())
     }
 }

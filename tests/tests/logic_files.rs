@@ -10,6 +10,7 @@ use cairn_common::checksum::block_checksums;
 use cairn_common::config::DataserverEntry;
 use cairn_common::file_wire::FILE_BLOCK_BYTES;
 use cairn_common::namespace::ROOT;
+use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout};
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
 use cairn_tests::cluster::{pattern, small_stripes};
@@ -44,6 +45,39 @@ async fn check(files: &Files, written: &[(u64, u32, usize)], label: &str) -> any
     Ok(())
 }
 
+/// Ranges of `whole`, the content of file `inode`: across stripe boundaries (`sb` bytes
+/// each), inside one shard, at the end and past it. Each reads back with the checksums of
+/// its blocks, whichever shards served it.
+async fn check_ranges(files: &Files, inode: u64, whole: &Bytes, label: &str) -> anyhow::Result<()> {
+    let len = whole.len() as u64;
+    let sb = files.stripe_bytes() as u64;
+    for (offset, length) in [
+        (0, 1),
+        (5000, 3000),
+        (sb - 1, 2),
+        (3 * sb - 5, sb + 10),
+        (4 * sb + 70_000, 200_000),
+        (len - 10, 100),
+        (len + 5, 10),
+    ] {
+        let (_, got) = files.read_range(inode, offset, length).await?;
+        let from = offset.min(len) as usize;
+        let to = offset.saturating_add(length).min(len) as usize;
+        let sums = block_checksums(&whole[from..to], FILE_BLOCK_BYTES);
+        assert_eq!(
+            got.checksums(),
+            &sums[..],
+            "{label}: checksums of range {offset}+{length}"
+        );
+        assert_eq!(
+            got.into_bytes(),
+            whole.slice(from..to),
+            "{label}: range {offset}+{length}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     let cluster = MetadataCluster::start(3, "").await?;
@@ -72,24 +106,11 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     }
     check(&files, &written, "all dataservers up").await?;
 
-    // Ranges across stripe boundaries (a stripe holds 256 KiB here), at the end, past it.
-    let (inode, _, len) = written[10];
+    // Ranges (a stripe holds 256 KiB here): parts of stripes come from their data shards.
+    let (ranged, _, len) = written[10];
     let whole = pattern(len, 10);
+    check_ranges(&files, ranged, &whole, "all dataservers up").await?;
     let sb = files.stripe_bytes() as u64;
-    for (offset, length) in [
-        (0, 1),
-        (sb - 1, 2),
-        (3 * sb - 5, sb + 10),
-        (len as u64 - 10, 100),
-        (len as u64 + 5, 10),
-    ] {
-        let (_, got) = files.read_range(inode, offset, length).await?;
-        let from = (offset as usize).min(len);
-        let to = (offset as usize).saturating_add(length as usize).min(len);
-        let sums = block_checksums(&whole[from..to], FILE_BLOCK_BYTES);
-        assert_eq!(got.checksums(), &sums[..], "checksums of range {offset}+{length}");
-        assert_eq!(got.into_bytes(), whole.slice(from..to), "range {offset}+{length}");
-    }
 
     // A writer streaming stripe by stripe: nothing is visible until the commit.
     let f = meta.create(ROOT, b"streamed", 0o644, true).await?;
@@ -108,10 +129,37 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
         0,
         "uncommitted stripes are invisible"
     );
-    meta.commit_layout(session.session, f.inode, 0, files.layout(stripes), data.len() as u64)
+    let committed = meta
+        .commit_layout(
+            session.session,
+            f.inode,
+            0,
+            files.layout(stripes.clone()),
+            data.len() as u64,
+        )
         .await?;
     meta.close_session(session.session).await?;
     assert_eq!(files.read(f.inode).await?.1, data);
+
+    // A stripe shortened as a truncate leaves it: its shards keep the length they were
+    // encoded at, longer than its new length implies, so a part of it is found by reading
+    // the whole stripe. Past its new end the file reads as zeros.
+    let session = meta.open_session(f.inode, 30_000).await?;
+    stripes[1].length = 100_000;
+    let version = committed.layout.map_or(0, |l| l.version);
+    meta.commit_layout(
+        session.session,
+        f.inode,
+        version,
+        files.layout(stripes),
+        data.len() as u64,
+    )
+    .await?;
+    meta.close_session(session.session).await?;
+    let (_, got) = files.read_range(f.inode, sb + 70_000, 50_000).await?;
+    let mut expect = data[(sb + 70_000) as usize..(sb + 100_000) as usize].to_vec();
+    expect.resize(50_000, 0);
+    assert_eq!(got.into_bytes(), expect, "a part of a shortened stripe");
 
     // Overwrite: the new content replaces the old as one commit.
     let (inode, _, _) = written[9];
@@ -123,6 +171,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     // One dataserver gone: every read still verifies (decoding where its shards were).
     servers[0].kill9();
     check(&files, &written, "one dataserver down").await?;
+    check_ranges(&files, ranged, &whole, "one dataserver down").await?;
     // Two gone in different halls (m = 2): still readable.
     servers[3].kill9();
     check(&files, &written, "two dataservers down").await?;
@@ -132,5 +181,36 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     let data = pattern(2 << 20, 7);
     files.write(f.inode, data.clone()).await?;
     assert_eq!(files.read(f.inode).await?.1, data);
+
+    // More than m shards of a stripe gone: the stripe cannot be decoded, yet a read of
+    // bytes whose data shard is up is served from that shard alone.
+    let layout = match meta.call(Op::GetLayout(GetLayout { inode: f.inode })).await? {
+        meta_reply::Result::Layout(l) => l.layout.unwrap_or_default(),
+        other => anyhow::bail!("GetLayout answered {other:?}"),
+    };
+    let holder = |index: u32| {
+        layout.stripes[0]
+            .shards
+            .iter()
+            .find(|l| l.index == index)
+            .map(|l| l.dataserver as usize - 1)
+    };
+    let kept = holder(0).ok_or_else(|| anyhow::anyhow!("stripe 0 has no shard 0"))?;
+    for index in 1..6 {
+        match holder(index) {
+            Some(node) if node != kept => servers[node].kill9(),
+            _ => {}
+        }
+    }
+    let (_, got) = files.read_range(f.inode, 1000, 20_000).await?;
+    assert_eq!(
+        got.into_bytes(),
+        data.slice(1000..21_000),
+        "a part of a stripe with its shard up"
+    );
+    assert!(
+        files.read_range(f.inode, 0, sb).await.is_err(),
+        "a whole stripe with 5 of its 6 shards gone"
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import random
 import threading
 import tomllib
 import zlib
@@ -70,6 +71,25 @@ def test_large_reads_land_in_the_callers_memory(client: cairn.Client, workdir: s
         assert f.readinto(rest) == 0
     assert np.array_equal(rest[: data.nbytes - 30_000_000], data[30_000_000:])
     assert not rest[data.nbytes - 30_000_000 :].any()
+
+
+def test_random_reads_then_a_sequential_run(client: cairn.Client, workdir: str) -> None:
+    # A read that does not follow the one before fetches about what it asks for (a part
+    # of a stripe, from its data shards alone); reads that follow each other then read
+    # ahead. Every byte is checked, buffered and raw, whatever window served it.
+    data = np.random.default_rng(11).integers(0, 256, 9_000_001, dtype=np.uint8)
+    client.write_bytes(f"{workdir}/rand", data)
+    rng = random.Random(3)
+    for buffering in (-1, 0):
+        with client.open(f"{workdir}/rand", "rb", buffering=buffering) as f:
+            for _ in range(200):
+                at = rng.randrange(data.nbytes)
+                n = rng.choice([1, 100, 4096, 65_536, 65_537, 300_000])
+                f.seek(at)
+                assert f.read(n) == data[at : at + n].tobytes(), (buffering, at, n)
+            f.seek(1_234_567)
+            run = b"".join(iter(lambda: f.read(10_000), b""))
+            assert run == data[1_234_567:].tobytes()
 
 
 def test_torch_save_and_load_through_file_objects(client: cairn.Client, workdir: str) -> None:

@@ -37,6 +37,10 @@ LOCAL_CLUSTER = os.path.join(os.path.expanduser("~"), ".cache", "cairn", "local"
 #: Buffer of the file objects `open` returns unless told otherwise (large writes and
 #: reads bypass it).
 BUFFER_BYTES = 1 << 20
+#: The same for files opened only for reading. The native reader already reads ahead
+#: for a sequential reader, so this buffer only saves native calls on small reads; a
+#: large one would make every random read fetch all of it.
+READ_BUFFER_BYTES = 128 << 10
 
 
 def _native(cluster: str | os.PathLike[str] | Iterable[str] | None, timeout: float) -> _Native:
@@ -205,7 +209,8 @@ class Client:
             if not binary:
                 raise ValueError("can't have unbuffered text I/O")
             return raw
-        size = BUFFER_BYTES if buffering in (-1, 1) else buffering
+        default = BUFFER_BYTES if flags["write"] else READ_BUFFER_BYTES
+        size = default if buffering in (-1, 1) else buffering
         buffered: io.BufferedIOBase
         try:
             if flags["read"] and flags["write"]:
