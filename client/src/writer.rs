@@ -91,7 +91,13 @@ impl CairnClient {
 
     /// File `inode`'s committed attributes and layout.
     async fn committed(&self, inode: u64) -> Result<(Attr, Layout), ClientError> {
-        match self.meta(Op::GetLayout(GetLayout { inode })).await? {
+        match self
+            .meta(Op::GetLayout(GetLayout {
+                inode,
+                ..Default::default()
+            }))
+            .await?
+        {
             meta_reply::Result::Layout(l) => Ok((l.attr.unwrap_or_default(), l.layout.unwrap_or_default())),
             other => Err(bad_reply(other)),
         }

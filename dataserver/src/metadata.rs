@@ -156,7 +156,15 @@ async fn ask(metadata: &[SocketAddr], op: Op) -> Result<meta_reply::Result, Stri
 
 /// The committed layout of file `inode`.
 pub async fn layout(metadata: &[SocketAddr], inode: u64) -> Result<Layout, String> {
-    match ask(metadata, Op::GetLayout(GetLayout { inode })).await? {
+    match ask(
+        metadata,
+        Op::GetLayout(GetLayout {
+            inode,
+            ..Default::default()
+        }),
+    )
+    .await?
+    {
         meta_reply::Result::Layout(l) => Ok(l.layout.unwrap_or_default()),
         other => Err(format!("unexpected answer {other:?}")),
     }

@@ -78,10 +78,16 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
                 FileKind::Directory => return Err(refuse(Errno::Eisdir, "a directory has no layout")),
                 _ => return Err(refuse(Errno::Einval, "not a regular file")),
             }
-            let layout = match view.get(Cf::Layouts, &u64_key(g.inode))? {
+            let mut layout = match view.get(Cf::Layouts, &u64_key(g.inode))? {
                 Some(b) => Layout::decode(b.as_slice())?,
                 None => Layout::default(),
             };
+            if g.length > 0 {
+                let end = g.offset.saturating_add(g.length);
+                layout
+                    .stripes
+                    .retain(|s| s.offset < end && s.offset.saturating_add(s.length) > g.offset);
+            }
             Ok(reply(meta_reply::Result::Layout(LayoutReply {
                 attr: Some(attr),
                 layout: Some(layout),

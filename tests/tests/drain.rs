@@ -119,7 +119,13 @@ async fn every_stripe_whole_without(
     files: &[(u64, bytes::Bytes)],
 ) -> anyhow::Result<()> {
     for (inode, data) in files {
-        let layout = match meta.call(Op::GetLayout(GetLayout { inode: *inode })).await? {
+        let layout = match meta
+            .call(Op::GetLayout(GetLayout {
+                inode: *inode,
+                ..Default::default()
+            }))
+            .await?
+        {
             meta_reply::Result::Layout(l) => l.layout.unwrap_or_default(),
             other => anyhow::bail!("GetLayout: {other:?}"),
         };

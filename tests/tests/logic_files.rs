@@ -112,6 +112,36 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     check_ranges(&files, ranged, &whole, "all dataservers up").await?;
     let sb = files.stripe_bytes() as u64;
 
+    // The metadata group hands a reader of a range only the stripes that overlap it.
+    let stripe_offsets = |offset, length| {
+        let meta = meta.clone();
+        async move {
+            match meta
+                .call(Op::GetLayout(GetLayout {
+                    inode: ranged,
+                    offset,
+                    length,
+                }))
+                .await?
+            {
+                meta_reply::Result::Layout(l) => Ok(l
+                    .layout
+                    .unwrap_or_default()
+                    .stripes
+                    .iter()
+                    .map(|s| s.offset)
+                    .collect::<Vec<_>>()),
+                other => anyhow::bail!("GetLayout answered {other:?}"),
+            }
+        }
+    };
+    let all: Vec<u64> = (0..(len as u64).div_ceil(sb)).map(|i| i * sb).collect();
+    assert_eq!(stripe_offsets(0, 0).await?, all, "no length: every stripe");
+    assert_eq!(stripe_offsets(0, 1).await?, [0]);
+    assert_eq!(stripe_offsets(sb - 1, 2).await?, [0, sb]);
+    assert_eq!(stripe_offsets(3 * sb, sb).await?, [3 * sb]);
+    assert_eq!(stripe_offsets(len as u64 + 5, 10).await?, Vec::<u64>::new());
+
     // A writer streaming stripe by stripe: nothing is visible until the commit.
     let f = meta.create(ROOT, b"streamed", 0o644, true).await?;
     let session = meta.open_session(f.inode, 30_000).await?;
@@ -184,7 +214,13 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
 
     // More than m shards of a stripe gone: the stripe cannot be decoded, yet a read of
     // bytes whose data shard is up is served from that shard alone.
-    let layout = match meta.call(Op::GetLayout(GetLayout { inode: f.inode })).await? {
+    let layout = match meta
+        .call(Op::GetLayout(GetLayout {
+            inode: f.inode,
+            ..Default::default()
+        }))
+        .await?
+    {
         meta_reply::Result::Layout(l) => l.layout.unwrap_or_default(),
         other => anyhow::bail!("GetLayout answered {other:?}"),
     };

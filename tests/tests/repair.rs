@@ -42,7 +42,10 @@ async fn damaged(
     let layout = match cluster
         .meta
         .client()
-        .call(Op::GetLayout(GetLayout { inode: f.inode }))
+        .call(Op::GetLayout(GetLayout {
+            inode: f.inode,
+            ..Default::default()
+        }))
         .await?
     {
         meta_reply::Result::Layout(l) => l.layout.context("a layout")?,
