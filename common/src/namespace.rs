@@ -1,8 +1,10 @@
 //! Facts about the namespace that its clients and the metadata group share: the root
 //! inode, size limits, which requests change state and which directories they change,
-//! and how a layout is truncated.
+//! how a layout is truncated, and which stripes a range of a file lies in.
 
-use crate::proto::metadata::{meta_request::Op, Layout};
+use std::ops::Range;
+
+use crate::proto::metadata::{meta_request::Op, Layout, Stripe};
 
 /// The root directory's inode; it exists before anything is written.
 pub const ROOT: u64 = 1;
@@ -45,6 +47,14 @@ pub fn changed_dirs(op: &Op) -> Vec<u64> {
     }
 }
 
+/// The bytes of the file range `range` that stripe `s` holds, as offsets in the stripe;
+/// `None` when it holds none of them (a reader of the range needs nothing from it).
+pub fn stripe_part(s: &Stripe, range: &Range<u64>) -> Option<Range<u64>> {
+    let start = range.start.max(s.offset);
+    let end = range.end.min(s.offset.saturating_add(s.length));
+    (start < end).then(|| start - s.offset..end - s.offset)
+}
+
 /// The layout of a file cut (or extended with zeros) to `size` bytes: stripes past the end
 /// are dropped, the one across it is shortened; shards are never rewritten.
 pub fn truncate_layout(old: &Layout, size: u64) -> Layout {
@@ -55,4 +65,27 @@ pub fn truncate_layout(old: &Layout, size: u64) -> Layout {
         last.length = last.length.min(size - last.offset);
     }
     new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_takes_from_a_stripe_only_the_bytes_it_holds() {
+        let s = Stripe {
+            offset: 100,
+            length: 50,
+            ..Stripe::default()
+        };
+        assert_eq!(stripe_part(&s, &(0..1000)), Some(0..50));
+        assert_eq!(stripe_part(&s, &(120..130)), Some(20..30));
+        assert_eq!(stripe_part(&s, &(90..101)), Some(0..1));
+        assert_eq!(stripe_part(&s, &(149..u64::MAX)), Some(49..50));
+        assert_eq!(stripe_part(&s, &(0..100)), None);
+        assert_eq!(stripe_part(&s, &(150..200)), None);
+        assert_eq!(stripe_part(&s, &(120..120)), None);
+        let empty = Stripe { length: 0, ..s };
+        assert_eq!(stripe_part(&empty, &(0..1000)), None);
+    }
 }

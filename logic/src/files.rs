@@ -34,7 +34,7 @@ use cairn_common::config::ErasureConfig;
 use cairn_common::erasure::{ErasureCode, ErasureError};
 use cairn_common::file_wire::{Capacity, FileBytes, FileBytesBuilder, FILE_BLOCK_BYTES};
 use cairn_common::ids::{NodeId, ShardId, StripeId};
-use cairn_common::namespace::{INLINE_BYTES_MAX, STRIPE_ID_BYTES};
+use cairn_common::namespace::{stripe_part, INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
 use cairn_common::wire::ErrorCode;
@@ -331,17 +331,16 @@ impl Files {
         let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
         let mut out = FileBytesBuilder::default();
         place_piece(&mut out, start..end, 0, Bytes::from(layout.inline_data), &[]);
-        let wanted: Vec<Stripe> = layout
+        // An older leader sends every stripe, whatever the range.
+        let wanted: Vec<(Stripe, Range<u64>)> = layout
             .stripes
-            .iter()
-            .filter(|s| s.offset < end && s.offset.saturating_add(s.length) > start)
-            .cloned()
+            .into_iter()
+            .filter_map(|s| stripe_part(&s, &(start..end)).map(|part| (s, part)))
             .collect();
         if !wanted.is_empty() {
             let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
             let mut stripes = stream::iter(wanted)
-                .map(|s| async move {
-                    let part = start.max(s.offset) - s.offset..end.min(s.offset.saturating_add(s.length)) - s.offset;
+                .map(|(s, part)| async move {
                     let pieces = self.read_part(&code, &s, part).await?;
                     Ok::<_, FileError>((s.offset, pieces))
                 })
@@ -487,14 +486,11 @@ impl Files {
                 return None;
             }
             let at = from + u64::from(blocks.first_block) * u64::from(blocks.block_bytes);
+            let (bytes, mut sums) = reusable_checksums(blocks);
             // What lies past the stripe's length is padding.
-            let keep = s.length.saturating_sub(at).min(blocks.bytes.len() as u64) as usize;
-            let mut sums = match blocks.block_bytes {
-                FILE_BLOCK_BYTES => blocks.checksums,
-                _ => Vec::new(),
-            };
+            let keep = s.length.saturating_sub(at).min(bytes.len() as u64) as usize;
             sums.truncate(keep / FILE_BLOCK_BYTES as usize);
-            Some((at, blocks.bytes.slice(..keep), sums))
+            Some((at, bytes.slice(..keep), sums))
         });
         futures::future::join_all(reads).await.into_iter().collect()
     }
@@ -523,10 +519,8 @@ impl Files {
                 match got {
                     Fetched::Verified { blocks, .. } => {
                         let i = loc.index as usize;
-                        if blocks.block_bytes == FILE_BLOCK_BYTES {
-                            checksums[i] = blocks.checksums;
-                        }
-                        shards[i] = Some(blocks.bytes);
+                        let (bytes, sums) = reusable_checksums(blocks);
+                        (shards[i], checksums[i]) = (Some(bytes), sums);
                     }
                     Fetched::Corrupt => corrupt.push(**loc),
                     Fetched::Unavailable => {}
@@ -569,6 +563,16 @@ impl Files {
             .filter(|(_, piece, _)| !piece.is_empty())
             .collect())
     }
+}
+
+/// A fetched shard's bytes, with its block checksums where its blocks are the file
+/// protocol's ([`FILE_BLOCK_BYTES`]), so that a reply reuses them; none otherwise.
+fn reusable_checksums(blocks: ChecksummedBlocks) -> (Bytes, Vec<u32>) {
+    let sums = match blocks.block_bytes {
+        FILE_BLOCK_BYTES => blocks.checksums,
+        _ => Vec::new(),
+    };
+    (blocks.bytes, sums)
 }
 
 /// Appends to `out`, which holds the file bytes of `range` from its start on, the part of

@@ -1,6 +1,7 @@
 //! Read-only namespace queries, served from the local database once a linearizable
 //! barrier has passed (see `service`).
 
+use cairn_common::namespace::stripe_part;
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply,
     LockReply, MetaReply, StatFsReply, XattrNames,
@@ -83,10 +84,8 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
                 None => Layout::default(),
             };
             if g.length > 0 {
-                let end = g.offset.saturating_add(g.length);
-                layout
-                    .stripes
-                    .retain(|s| s.offset < end && s.offset.saturating_add(s.length) > g.offset);
+                let range = g.offset..g.offset.saturating_add(g.length);
+                layout.stripes.retain(|s| stripe_part(s, &range).is_some());
             }
             Ok(reply(meta_reply::Result::Layout(LayoutReply {
                 attr: Some(attr),
