@@ -41,9 +41,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
 pub(crate) const SESSION_TTL_MS: u32 = 120_000;
-/// How long a client that learnt that the metadata group needs write sessions for
-/// commits keeps opening them before it tries without again.
-const SESSIONS_NEEDED_FOR: Duration = Duration::from_secs(60);
+/// How long a client keeps to what it learnt of the metadata group's entry format (see
+/// [`Learnt`]) before it tries the newer way again.
+const LEARNT_FOR: Duration = Duration::from_secs(60);
 /// Connections to the logic nodes, and so requests in flight at once.
 const CONNECTIONS: usize = 8;
 /// Replies carry at most this much file data plus their message.
@@ -119,10 +119,29 @@ pub struct CairnClient {
     next_request: AtomicU64,
     deadline: Duration,
     erasure: ErasureConfig,
-    /// Until when writers open a session before they commit: the metadata group refused
-    /// a commit without one (its entries are older than `SESSIONLESS_COMMIT_FORMAT`).
-    /// Asked again after `SESSIONS_NEEDED_FOR`, as a finalized upgrade lifts it.
-    sessions_needed_until: std::sync::Mutex<Option<Instant>>,
+    /// Writers open a session before they commit: the metadata group refused a commit
+    /// without one (its entries are older than `SESSIONLESS_COMMIT_FORMAT`).
+    sessions_needed: Learnt,
+    /// Writers commit whole layouts: the group refused a commit of changed stripes (its
+    /// entries are older than `STRIPE_KEYS_FORMAT`).
+    whole_commits_needed: Learnt,
+}
+
+/// A refusal the metadata group gave because its entries predate a newer way of doing
+/// something: until when the client does it the older way. It asks again after
+/// [`LEARNT_FOR`], as a finalized upgrade lifts it.
+#[derive(Debug, Default)]
+struct Learnt(std::sync::Mutex<Option<Instant>>);
+
+impl Learnt {
+    fn holds(&self) -> bool {
+        let until = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn learn(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + LEARNT_FOR);
+    }
 }
 
 /// What one attempt produced: an answer (with the count of bytes it placed in the
@@ -152,7 +171,8 @@ impl CairnClient {
             next_request: AtomicU64::new(1),
             deadline,
             erasure,
-            sessions_needed_until: std::sync::Mutex::new(None),
+            sessions_needed: Learnt::default(),
+            whole_commits_needed: Learnt::default(),
         })
     }
 

@@ -10,6 +10,11 @@
 //! which is what `fsync` and `close` wait for: a crash at any point before leaves the
 //! previous content whole.
 //!
+//! A commit sends only the stripes written since the last one (`CommitStripes`), so its
+//! cost does not grow with the file. A metadata group whose entries predate that refuses
+//! it; the writer then commits the whole layout: the committed one with its stripes in
+//! place.
+//!
 //! Opening a writer reads the file's layout; it commits without a write session (one
 //! Raft entry per file written, not three) unless asked to [`FileWriter::hold`] the
 //! file: then it keeps a session open (renewed as it is used), so an unlink while the
@@ -23,15 +28,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cairn_common::file_wire::{FileReply, FileRequest};
-use cairn_common::namespace::{truncate_layout, FILE_BYTES_MAX, INLINE_BYTES_MAX};
+use cairn_common::namespace::{overlay_stripes, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, Errno, FileKind, GetLayout, Layout, OpenSession,
-    RenewSession, SessionReply, Stripe,
+    meta_reply, meta_request::Op, Attr, CloseSession, CommitLayout, CommitStripes, Errno, FileKind, GetLayout, Layout,
+    OpenSession, RenewSession, SessionReply, Stripe,
 };
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::{bad_reply, CairnClient, ClientError, SESSIONS_NEEDED_FOR, SESSION_TTL_MS};
+use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
 
 /// Partly written slots kept in memory; past this the lowest is sent as it is (its
 /// unwritten tail reads as zeros, and a later write there reloads it).
@@ -49,9 +54,8 @@ pub struct FileWriter {
     /// The committed state this writer builds on; its layout version is the commit's
     /// compare-and-set.
     attr: Attr,
-    base: Layout,
-    /// Whether `base` is cut in this client's slots; if not (inline bytes, or another
-    /// code), every slot is rewritten at commit.
+    /// Whether the committed layout is cut in this client's slots; if not (inline bytes,
+    /// or another code), every slot is rewritten at commit.
     base_aligned: bool,
     /// Committed bytes below this offset are still the file's (a truncate lowers it).
     valid_old: u64,
@@ -63,6 +67,16 @@ pub struct FileWriter {
     /// Why a stripe could not be stored or a commit failed: its bytes are gone, so this
     /// writer commits nothing more.
     failed: Option<String>,
+}
+
+/// What a commit publishes.
+#[derive(Debug)]
+enum Commit {
+    /// A small file's bytes, inline in the layout.
+    Whole(Layout),
+    /// The stripes written since the last commit; the committed bytes below `keep_below`
+    /// stay where they are not written over.
+    Stripes { layout: Layout, keep_below: u64 },
 }
 
 /// Puts `src` at `at` in `buf`, growing it (a gap before `at` reads as zeros). Bytes past
@@ -107,17 +121,6 @@ impl CairnClient {
     /// nothing to read first).
     pub fn new_file_writer(self: &Arc<Self>, created: Attr) -> FileWriter {
         FileWriter::start(self.clone(), created, Layout::default())
-    }
-
-    /// Whether commits must name a write session (see `sessions_needed_until`).
-    fn sessions_needed(&self) -> bool {
-        let until = self.sessions_needed_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn learn_sessions_needed(&self) {
-        *self.sessions_needed_until.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Instant::now() + SESSIONS_NEEDED_FOR);
     }
 
     async fn open_session(&self, inode: u64) -> Result<SessionReply, ClientError> {
@@ -165,7 +168,6 @@ impl FileWriter {
             session: None,
             renewed: Instant::now(),
             attr: Attr::default(),
-            base: Layout::default(),
             base_aligned: true,
             valid_old: 0,
             size: 0,
@@ -225,7 +227,6 @@ impl FileWriter {
         self.valid_old = attr.size;
         self.size = attr.size;
         self.attr = attr;
-        self.base = layout;
         self.written.clear();
     }
 
@@ -411,7 +412,6 @@ impl FileWriter {
                 stripe.length = stripe.length.min(size - slot * s);
             }
             self.valid_old = self.valid_old.min(size);
-            self.base = truncate_layout(&self.base, size);
         }
         self.size = size;
         Ok(())
@@ -424,28 +424,20 @@ impl FileWriter {
         if !self.is_dirty() {
             return Ok(self.attr);
         }
-        if self.client.sessions_needed() {
+        if self.client.sessions_needed.holds() {
             self.hold().await?;
         }
         self.renew_if_due().await?;
-        let layout = match self.build_layout().await {
-            Ok(l) => l,
+        let commit = match self.build_commit().await {
+            Ok(c) => c,
             Err(e) => return Err(self.fail(e)),
         };
-        let mut commit = CommitLayout {
-            session: self.session.unwrap_or(0),
-            inode: self.inode,
-            expected_version: self.attr.layout_version,
-            layout: Some(layout),
-            size: self.size,
-        };
-        let mut result = self.client.meta(Op::CommitLayout(commit.clone())).await;
+        let mut result = self.send_commit(&commit).await;
         if self.session.is_none() && result.as_ref().is_err_and(|e| e.errno() == Some(Errno::Estale)) {
             // The group's entries predate commits without a session.
-            self.client.learn_sessions_needed();
+            self.client.sessions_needed.learn();
             self.hold().await?;
-            commit.session = self.session.unwrap_or(0);
-            result = self.client.meta(Op::CommitLayout(commit)).await;
+            result = self.send_commit(&commit).await;
         }
         match result {
             Ok(meta_reply::Result::Layout(l)) => {
@@ -458,9 +450,60 @@ impl FileWriter {
         }
     }
 
-    /// Stores every pending slot and returns the layout of the whole file. A file small
-    /// enough keeps its bytes inline in the metadata (no shard I/O at all).
-    async fn build_layout(&mut self) -> Result<Layout, ClientError> {
+    /// Sends `commit`: the changed stripes, or, to a group whose entries predate that,
+    /// the whole layout they make.
+    async fn send_commit(&self, commit: &Commit) -> Result<meta_reply::Result, ClientError> {
+        let whole = |layout: Layout| {
+            Op::CommitLayout(CommitLayout {
+                session: self.session.unwrap_or(0),
+                inode: self.inode,
+                expected_version: self.attr.layout_version,
+                layout: Some(layout),
+                size: self.size,
+            })
+        };
+        let (layout, keep_below) = match commit {
+            Commit::Whole(layout) => return self.client.meta(whole(layout.clone())).await,
+            Commit::Stripes { layout, keep_below } => (layout, *keep_below),
+        };
+        if !self.client.whole_commits_needed.holds() {
+            let result = self
+                .client
+                .meta(Op::CommitStripes(CommitStripes {
+                    session: self.session.unwrap_or(0),
+                    inode: self.inode,
+                    expected_version: self.attr.layout_version,
+                    layout: Some(layout.clone()),
+                    size: self.size,
+                    keep_below,
+                }))
+                .await;
+            // EOPNOTSUPP: the group's entries predate it; EINVAL: so does the leader's build.
+            let older = |e: &ClientError| matches!(e.errno(), Some(Errno::Eopnotsupp | Errno::Einval));
+            if !result.as_ref().is_err_and(older) {
+                return result;
+            }
+            self.client.whole_commits_needed.learn();
+        }
+        let (attr, committed) = self.client.committed(self.inode).await?;
+        if attr.layout_version != self.attr.layout_version {
+            return Err(ClientError::refused(
+                Errno::Eagain,
+                "another writer committed first: the layout changed since this writer opened",
+            ));
+        }
+        let stripes = overlay_stripes(&committed, keep_below, &layout.stripes);
+        self.client
+            .meta(whole(Layout {
+                stripes,
+                ..layout.clone()
+            }))
+            .await
+    }
+
+    /// Stores every pending slot and returns what to commit. A file small enough keeps
+    /// its bytes inline in the metadata (no shard I/O at all).
+    async fn build_commit(&mut self) -> Result<Commit, ClientError> {
         let s = self.slot_bytes();
         if self.size <= INLINE_BYTES_MAX as u64 && self.written.is_empty() && self.in_flight.is_empty() {
             let mut bytes = match self.dirty.remove(&0) {
@@ -468,10 +511,10 @@ impl FileWriter {
                 None => self.load_slot(0, 0, 0).await?,
             };
             bytes.resize(self.size as usize, 0);
-            return Ok(Layout {
+            return Ok(Commit::Whole(Layout {
                 inline_data: bytes.to_vec(),
                 ..Layout::default()
-            });
+            }));
         }
         if !self.base_aligned {
             // Slots not written here hold their bytes only in the old layout: move them.
@@ -490,20 +533,17 @@ impl FileWriter {
             self.send(slot, buf.freeze()).await?;
         }
         self.drain().await?;
-        let mut stripes: BTreeMap<u64, Stripe> = BTreeMap::new();
-        if self.base_aligned {
-            stripes.extend(self.base.stripes.iter().map(|st| (st.offset / s, st.clone())));
-        }
-        stripes.extend(self.written.iter().map(|(slot, st)| (*slot, st.clone())));
         let erasure = &self.client.erasure;
-        Ok(Layout {
+        let layout = Layout {
             version: 0,
             data_shards: erasure.data_shards.into(),
             parity_shards: erasure.parity_shards.into(),
             shard_unit_bytes: erasure.shard_unit_bytes,
-            stripes: stripes.into_values().collect(),
+            stripes: self.written.values().cloned().collect(),
             inline_data: Vec::new(),
-        })
+        };
+        let keep_below = if self.base_aligned { self.valid_old } else { 0 };
+        Ok(Commit::Stripes { layout, keep_below })
     }
 
     /// Ends the write session if there is one (uncommitted changes are dropped: call

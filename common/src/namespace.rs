@@ -67,9 +67,56 @@ pub fn truncate_layout(old: &Layout, size: u64) -> Layout {
     new
 }
 
+/// The stripes of `old` after a commit of changed stripes (`CommitStripes`): those below
+/// `keep_below` (the one across it shortened), less those a stripe of `new` (in file
+/// order) covers, with `new` in their place, in file order. It is what the leader stores;
+/// a writer that must commit a whole layout instead (to a group that predates such
+/// commits) sends it.
+pub fn overlay_stripes(old: &Layout, keep_below: u64, new: &[Stripe]) -> Vec<Stripe> {
+    let covered = |s: &Stripe| {
+        let i = new.partition_point(|n| n.offset <= s.offset);
+        i > 0 && s.offset < new[i - 1].offset.saturating_add(new[i - 1].length)
+    };
+    let mut stripes: Vec<Stripe> = truncate_layout(old, keep_below)
+        .stripes
+        .into_iter()
+        .filter(|s| !covered(s))
+        .chain(new.iter().cloned())
+        .collect();
+    stripes.sort_by_key(|s| s.offset);
+    stripes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_stripes_take_the_place_of_those_they_cover_below_what_is_kept() {
+        let at = |offset, length, id: u8| Stripe {
+            stripe_id: vec![id; 16],
+            offset,
+            length,
+            ..Stripe::default()
+        };
+        let old = Layout {
+            stripes: vec![at(0, 10, 1), at(10, 10, 2), at(20, 10, 3), at(30, 5, 4)],
+            ..Layout::default()
+        };
+        let view = |stripes: Vec<Stripe>| -> Vec<(u64, u64, u8)> {
+            stripes.iter().map(|s| (s.offset, s.length, s.stripe_id[0])).collect()
+        };
+        // Kept below 25: the stripe at 20 is shortened, the one at 30 goes; the new one at
+        // 10 takes the place of the old one there, and one past the end is added.
+        assert_eq!(
+            view(overlay_stripes(&old, 25, &[at(10, 10, 9), at(40, 10, 8)])),
+            [(0, 10, 1), (10, 10, 9), (20, 5, 3), (40, 10, 8)]
+        );
+        // Nothing kept: only the new ones.
+        assert_eq!(view(overlay_stripes(&old, 0, &[at(0, 3, 7)])), [(0, 3, 7)]);
+        // All kept, nothing new.
+        assert_eq!(view(overlay_stripes(&old, 35, &[])), view(old.stripes.clone()));
+    }
 
     #[test]
     fn a_range_takes_from_a_stripe_only_the_bytes_it_holds() {

@@ -15,14 +15,21 @@ use crate::frame;
 ///
 /// - 1: the first format.
 /// - 2: a layout commit may name no write session ([`SESSIONLESS_COMMIT_FORMAT`]).
+/// - 3: layouts are stored one key per stripe, and `CommitStripes` commits only the
+///   stripes that changed ([`STRIPE_KEYS_FORMAT`]).
 pub const ENTRY_FORMAT_MIN: u16 = 1;
-pub const ENTRY_FORMAT_MAX: u16 = if cfg!(feature = "protocol-next") { 3 } else { 2 };
+pub const ENTRY_FORMAT_MAX: u16 = if cfg!(feature = "protocol-next") { 4 } else { 3 };
 const _: () = assert!(ENTRY_FORMAT_MIN <= ENTRY_FORMAT_MAX);
 
 /// The entry format from which `CommitLayout { session: 0 }` commits without a write
 /// session (the layout version alone guards it); in older entries it is refused as a
 /// session that expired, which is how a writer learns it must open one.
 pub const SESSIONLESS_COMMIT_FORMAT: u16 = 2;
+
+/// The entry format from which voters store a file's layout one key per stripe and apply
+/// `CommitStripes`. Before it a layout is one value, which a voter of the build before
+/// reads (from a snapshot, too); a layout of that form is split when it is next written.
+pub const STRIPE_KEYS_FORMAT: u16 = 3;
 
 /// Versions of the gRPC API (`MetaRequest::api_version`) this build serves. A request
 /// that names none is of version 1. Clients send the oldest version, so a server of the

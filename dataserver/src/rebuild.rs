@@ -260,6 +260,7 @@ impl Rebuilder {
                 index: u32::from(w.index),
                 from_dataserver: w.from,
                 to_dataserver: to,
+                stripe_offset: Some(w.stripe.offset),
             }),
         )
         .await;

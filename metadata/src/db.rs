@@ -10,7 +10,7 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 
 /// Column families. `Log` and `Raft` belong to the log store; the rest are the state
 /// machine, copied whole by snapshots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cf {
     /// log index (u64 BE) → entry
     Log,
@@ -22,7 +22,9 @@ pub enum Cf {
     Inodes,
     /// parent (u64 BE) ++ name → DentryValue
     Dentries,
-    /// inode (u64 BE) → Layout
+    /// inode (u64 BE) ++ b'h' → Layout without stripes (code, version, inline bytes);
+    /// inode ++ b's' ++ offset (u64 BE) → Stripe; or, as entries before
+    /// `STRIPE_KEYS_FORMAT` store it, inode → the whole Layout (see `layout_store`)
     Layouts,
     /// session (u64 BE) → SessionRecord
     Sessions,

@@ -32,11 +32,18 @@ pub fn check_layout(l: &Layout, size: u64) -> OpResult<()> {
     if l.inline_data.len() as u64 > size {
         return bad("inline bytes beyond the file size".into());
     }
+    if !l.stripes.is_empty() && !l.inline_data.is_empty() {
+        return bad("a layout has either inline bytes or stripes, not both".into());
+    }
+    check_stripes(l, size)
+}
+
+/// The stripes of `l` and the code it names: shards that can exist, stripes in file order
+/// and inside `size` (the checks a commit of changed stripes makes too).
+pub fn check_stripes(l: &Layout, size: u64) -> OpResult<()> {
+    let bad = |m: String| Err(refuse(Errno::Einval, m));
     if l.stripes.is_empty() {
         return Ok(());
-    }
-    if !l.inline_data.is_empty() {
-        return bad("a layout has either inline bytes or stripes, not both".into());
     }
     let (k, m) = (l.data_shards, l.parity_shards);
     if !(1..=DATA_SHARDS_MAX).contains(&k) || !(1..=PARITY_SHARDS_MAX).contains(&m) {

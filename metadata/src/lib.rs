@@ -14,6 +14,7 @@ pub mod db;
 pub mod errors;
 pub mod handover;
 pub mod layout;
+pub mod layout_store;
 pub mod liveness;
 pub mod locks;
 pub mod log_store;

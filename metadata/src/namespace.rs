@@ -2,24 +2,23 @@
 //! everything before it writes, so a refused request leaves no trace (the caller also rolls
 //! back the request's writes).
 
-use std::collections::HashSet;
-
-use cairn_common::namespace::{truncate_layout, ROOT};
+use cairn_common::namespace::ROOT;
 use cairn_common::proto::metadata::{
-    meta_reply, Attr, CommitLayout, Create, Errno, FileKind, Layout, LayoutReply, Link, Lock, LockKind, MetaReply,
-    Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr, SetDraining,
-    SetEntryFormat, SetLock, SetXattr, Symlink,
+    meta_reply, Attr, CommitLayout, CommitStripes, Create, Errno, FileKind, Layout, LayoutReply, Link, Lock, LockKind,
+    MetaReply, Mkdir, OpenLockSession, OpenSession, RemoveXattr, Rename, ReplaceShard, SessionReply, SetAttr,
+    SetDraining, SetEntryFormat, SetLock, SetXattr, Symlink,
 };
-use cairn_common::versions::SESSIONLESS_COMMIT_FORMAT;
+use cairn_common::versions::{SESSIONLESS_COMMIT_FORMAT, STRIPE_KEYS_FORMAT};
 use prost::Message;
 
 use crate::db::{u64_key, Cf};
 use crate::errors::{refuse, reply, OpError, OpResult};
-use crate::layout::check_layout;
+use crate::layout::{check_layout, check_size, check_stripes};
+use crate::layout_store::{self, Change};
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
-    decode_entry_format, decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, shard_ref_key,
-    InodeRecord, LockTable, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
+    decode_entry_format, decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, InodeRecord,
+    LockTable, SessionRecord, DRAINING_KEY, ENTRY_FORMAT_KEY, LOST_KEY, RECORD_FORMAT,
 };
 use crate::txn::Txn;
 use crate::{locks, xattrs};
@@ -127,37 +126,16 @@ impl Apply<'_, '_> {
         }
     }
 
-    fn layout(&self, ino: u64) -> OpResult<Layout> {
-        match self.txn.get(Cf::Layouts, &u64_key(ino))? {
-            Some(b) => Ok(Layout::decode(b.as_slice())?),
-            None => Ok(Layout::default()),
+    /// Runs `edit` on the split form of file `ino`'s layout (`layout_store`), keeping it in
+    /// one value while the group's entries predate `STRIPE_KEYS_FORMAT`, as the build
+    /// before reads it.
+    fn edit_layout<T>(&mut self, ino: u64, edit: impl FnOnce(&mut Txn<'_>) -> OpResult<T>) -> OpResult<T> {
+        layout_store::split(self.txn, ino)?;
+        let out = edit(self.txn)?;
+        if self.format < STRIPE_KEYS_FORMAT {
+            layout_store::join(self.txn, ino)?;
         }
-    }
-
-    /// Store a file's new layout and keep the shard references in step with it.
-    fn put_layout(&mut self, ino: u64, old: &Layout, new: Option<&Layout>) {
-        let refs = |l: &Layout| -> HashSet<Vec<u8>> {
-            l.stripes
-                .iter()
-                .flat_map(|s| {
-                    s.shards
-                        .iter()
-                        .map(|sh| shard_ref_key(sh.dataserver, &s.stripe_id, sh.index, ino))
-                })
-                .collect()
-        };
-        let before = refs(old);
-        let after = new.map(refs).unwrap_or_default();
-        for gone in before.difference(&after) {
-            self.txn.delete(Cf::ShardRefs, gone.clone());
-        }
-        for added in after.difference(&before) {
-            self.txn.put(Cf::ShardRefs, added.clone(), Vec::new());
-        }
-        match new {
-            Some(l) => self.txn.put(Cf::Layouts, u64_key(ino), l.encode_to_vec()),
-            None => self.txn.delete(Cf::Layouts, u64_key(ino)),
-        }
+        Ok(out)
     }
 
     fn touch_dir(&mut self, mut dir: Attr, entries_delta: i64, nlink_delta: i32) -> OpResult<()> {
@@ -204,8 +182,7 @@ impl Apply<'_, '_> {
         }
         if attr.kind() == FileKind::Regular {
             self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size);
-            let old = self.layout(attr.inode)?;
-            self.put_layout(attr.inode, &old, None);
+            layout_store::remove(self.txn, attr.inode)?;
         }
         self.txn.delete(Cf::Inodes, u64_key(attr.inode));
         // Its lock sessions still name it; they find no table when they end.
@@ -514,11 +491,15 @@ impl Apply<'_, '_> {
             }
             crate::layout::check_size(size)?;
             if size != attr.size {
-                let old = self.layout(attr.inode)?;
-                let mut new = truncate_layout(&old, size);
                 attr.layout_version += 1;
-                new.version = attr.layout_version;
-                self.put_layout(attr.inode, &old, Some(&new));
+                let truncate = Change {
+                    keep_below: size,
+                    layout: Layout::default(),
+                    whole: false,
+                    size,
+                    version: attr.layout_version,
+                };
+                self.edit_layout(attr.inode, |txn| layout_store::change(txn, attr.inode, truncate))?;
                 self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size).saturating_add(size);
                 attr.size = size;
                 if s.mtime_ns.is_none() {
@@ -581,7 +562,7 @@ impl Apply<'_, '_> {
         let (session, expires_ns) = self.new_session(o.inode, o.ttl_ms);
         attr.sessions += 1;
         self.put_attr(attr)?;
-        let layout = self.layout(o.inode)?;
+        let layout = layout_store::layout(&*self.txn, o.inode, None)?;
         Ok(reply(meta_reply::Result::Session(SessionReply {
             session,
             expires_ns,
@@ -750,26 +731,25 @@ impl Apply<'_, '_> {
 
     pub fn replace_shard(&mut self, r: ReplaceShard) -> OpResult<MetaReply> {
         let mut attr = self.attr(r.inode)?;
-        let old = self.layout(r.inode)?;
-        let mut layout = old.clone();
-        let stale = || refuse(Errno::Estale, "the stripe no longer names that shard there");
-        let stripe = layout
-            .stripes
-            .iter_mut()
-            .find(|s| s.stripe_id == r.stripe_id)
-            .ok_or_else(stale)?;
-        if stripe.shards.iter().any(|s| s.dataserver == r.to_dataserver) {
-            return Err(refuse(Errno::Einval, "the target already holds a shard of the stripe"));
-        }
-        let shard = stripe
-            .shards
-            .iter_mut()
-            .find(|s| s.index == r.index && s.dataserver == r.from_dataserver)
-            .ok_or_else(stale)?;
-        shard.dataserver = r.to_dataserver;
         attr.layout_version += 1;
-        layout.version = attr.layout_version;
-        self.put_layout(r.inode, &old, Some(&layout));
+        let version = attr.layout_version;
+        let layout = self.edit_layout(r.inode, |txn| {
+            let stale = || refuse(Errno::Estale, "the stripe no longer names that shard there");
+            let old = layout_store::find_stripe(txn, r.inode, &r.stripe_id, r.stripe_offset)?.ok_or_else(stale)?;
+            if old.shards.iter().any(|s| s.dataserver == r.to_dataserver) {
+                return Err(refuse(Errno::Einval, "the target already holds a shard of the stripe"));
+            }
+            let mut moved = old.clone();
+            let shard = moved
+                .shards
+                .iter_mut()
+                .find(|s| s.index == r.index && s.dataserver == r.from_dataserver)
+                .ok_or_else(stale)?;
+            shard.dataserver = r.to_dataserver;
+            let mut head = layout_store::replace_stripe(txn, r.inode, &old, &moved, version)?;
+            head.stripes = vec![moved];
+            Ok(head)
+        })?;
         attr.ctime_ns = self.now;
         self.put_attr(attr)?;
         Ok(reply(meta_reply::Result::Layout(LayoutReply {
@@ -849,35 +829,91 @@ impl Apply<'_, '_> {
         Ok(())
     }
 
-    pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
-        self.check_writer(c.session, c.inode)?;
-        let mut attr = self.attr(c.inode)?;
+    /// The attributes of file `inode` for a commit by `session` on top of
+    /// `expected_version`, or why it cannot commit.
+    fn commit_base(&self, session: u64, inode: u64, expected_version: u64) -> OpResult<Attr> {
+        self.check_writer(session, inode)?;
+        let attr = self.attr(inode)?;
         if attr.kind() != FileKind::Regular {
             return Err(refuse(Errno::Einval, "only a regular file has a layout"));
         }
-        if attr.layout_version != c.expected_version {
+        if attr.layout_version != expected_version {
             return Err(refuse(
                 Errno::Eagain,
                 format!(
-                    "layout of inode {} is at version {}, not {}: another writer committed first",
-                    c.inode, attr.layout_version, c.expected_version
+                    "layout of inode {inode} is at version {}, not {expected_version}: another writer committed first",
+                    attr.layout_version
                 ),
             ));
         }
-        let mut layout = c.layout.unwrap_or_default();
-        check_layout(&layout, c.size)?;
-        let old = self.layout(c.inode)?;
-        attr.layout_version += 1;
-        layout.version = attr.layout_version;
-        self.put_layout(c.inode, &old, Some(&layout));
-        self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size).saturating_add(c.size);
-        attr.size = c.size;
+        Ok(attr)
+    }
+
+    /// Applies a checked commit: the layout's `change`, then the file's new size and times.
+    fn commit(&mut self, mut attr: Attr, change: Change) -> OpResult<(Attr, Layout)> {
+        let size = change.size;
+        let head = self.edit_layout(attr.inode, |txn| layout_store::change(txn, attr.inode, change))?;
+        self.txn.counters.bytes = self.txn.counters.bytes.saturating_sub(attr.size).saturating_add(size);
+        attr.size = size;
         attr.mtime_ns = self.now;
         attr.ctime_ns = self.now;
         self.put_attr(attr)?;
+        Ok((attr, head))
+    }
+
+    pub fn commit_layout(&mut self, c: CommitLayout) -> OpResult<MetaReply> {
+        let mut attr = self.commit_base(c.session, c.inode, c.expected_version)?;
+        let mut layout = c.layout.unwrap_or_default();
+        check_layout(&layout, c.size)?;
+        attr.layout_version += 1;
+        layout.version = attr.layout_version;
+        let whole = Change {
+            keep_below: 0,
+            layout: layout.clone(),
+            whole: true,
+            size: c.size,
+            version: attr.layout_version,
+        };
+        let (attr, _) = self.commit(attr, whole)?;
+        // A writer of the build before starts over from the layout it gets back.
         Ok(reply(meta_reply::Result::Layout(LayoutReply {
             attr: Some(attr),
             layout: Some(layout),
+        })))
+    }
+
+    pub fn commit_stripes(&mut self, c: CommitStripes) -> OpResult<MetaReply> {
+        if self.format < STRIPE_KEYS_FORMAT {
+            return Err(refuse(
+                Errno::Eopnotsupp,
+                format!(
+                    "the group writes entries of format {}, before commits of changed stripes ({STRIPE_KEYS_FORMAT}): commit the whole layout",
+                    self.format
+                ),
+            ));
+        }
+        let mut attr = self.commit_base(c.session, c.inode, c.expected_version)?;
+        let layout = c.layout.unwrap_or_default();
+        check_size(c.size)?;
+        if !layout.inline_data.is_empty() {
+            return Err(refuse(
+                Errno::Einval,
+                "inline bytes are committed with the whole layout",
+            ));
+        }
+        check_stripes(&layout, c.size)?;
+        attr.layout_version += 1;
+        let changed = Change {
+            keep_below: c.keep_below,
+            layout,
+            whole: false,
+            size: c.size,
+            version: attr.layout_version,
+        };
+        let (attr, head) = self.commit(attr, changed)?;
+        Ok(reply(meta_reply::Result::Layout(LayoutReply {
+            attr: Some(attr),
+            layout: Some(head),
         })))
     }
 }

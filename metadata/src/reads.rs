@@ -1,20 +1,21 @@
 //! Read-only namespace queries, served from the local database once a linearizable
 //! barrier has passed (see `service`).
 
-use cairn_common::namespace::stripe_part;
+use std::ops::Range;
+
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Dataservers, DirEntry, Entries, Errno, FileKind, Layout, LayoutReply,
-    LockReply, MetaReply, StatFsReply, XattrNames,
+    meta_reply, meta_request::Op, Attr, Dataservers, DirEntry, Entries, Errno, FileKind, LayoutReply, LockReply,
+    MetaReply, StatFsReply, XattrNames,
 };
-use prost::Message;
 use rocksdb::{Direction, IteratorMode};
 
 use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, reply, OpError, OpResult};
+use crate::layout_store;
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
 use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
-use crate::txn::load_counters;
+use crate::txn::{bounded, direction, load_counters, Records, Scanned};
 use crate::{locks, xattrs};
 
 /// Entries one readdir page may ask for.
@@ -29,9 +30,20 @@ struct View<'a> {
     snapshot: rocksdb::Snapshot<'a>,
 }
 
-impl View<'_> {
+impl Records for View<'_> {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
         self.snapshot.get_cf(self.db.cf(cf), key)
+    }
+
+    fn scan(&self, cf: Cf, keys: Range<&[u8]>, reverse: bool, limit: usize) -> Scanned {
+        if keys.start >= keys.end {
+            return Ok(Vec::new());
+        }
+        self.snapshot
+            .iterator_cf_opt(self.db.cf(cf), bounded(&keys), direction(reverse))
+            .take(limit)
+            .map(|r| r.map(|(k, v)| (k.into_vec(), v.into_vec())))
+            .collect()
     }
 }
 
@@ -79,14 +91,8 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
                 FileKind::Directory => return Err(refuse(Errno::Eisdir, "a directory has no layout")),
                 _ => return Err(refuse(Errno::Einval, "not a regular file")),
             }
-            let mut layout = match view.get(Cf::Layouts, &u64_key(g.inode))? {
-                Some(b) => Layout::decode(b.as_slice())?,
-                None => Layout::default(),
-            };
-            if g.length > 0 {
-                let range = g.offset..g.offset.saturating_add(g.length);
-                layout.stripes.retain(|s| stripe_part(s, &range).is_some());
-            }
+            let range = (g.length > 0).then(|| g.offset..g.offset.saturating_add(g.length));
+            let layout = layout_store::layout(&view, g.inode, range)?;
             Ok(reply(meta_reply::Result::Layout(LayoutReply {
                 attr: Some(attr),
                 layout: Some(layout),

@@ -169,6 +169,7 @@ async fn logic_node_refuses_garbage() -> anyhow::Result<()> {
         index: 0,
         from_dataserver: 1,
         to_dataserver: 2,
+        stripe_offset: None,
     });
     let drain = Op::SetDraining(SetDraining {
         dataserver: 1,

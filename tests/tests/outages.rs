@@ -265,11 +265,11 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
     }
     assert_eq!(status(&cluster)["healthy"], true);
 
-    // The group, formed by N, started at N's newest entry format (2) and kept writing it
+    // The group, formed by N, started at N's newest entry format (3) and kept writing it
     // through both rolls. Finalizing raises it only as far as every voter reads: not
-    // while they run N; to 3 once they all run N+1. After that a roll back to N is
+    // while they run N; to 4 once they all run N+1. After that a roll back to N is
     // refused before anything stops.
-    assert_eq!(status(&cluster)["entry_format"], 2);
+    assert_eq!(status(&cluster)["entry_format"], 3);
     let addrs: Vec<String> = status(&cluster)["nodes"]
         .as_array()
         .expect("nodes")
@@ -282,11 +282,11 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(finalize().contains("stay in format 2"));
+    assert!(finalize().contains("stay in format 3"));
     tier("metadata", &next);
-    assert!(finalize().contains("now written in format 3"));
-    assert_eq!(status(&cluster)["entry_format"], 3);
-    through_the_mix("format-3");
+    assert!(finalize().contains("now written in format 4"));
+    assert_eq!(status(&cluster)["entry_format"], 4);
+    through_the_mix("format-4");
     let pids = |c: &LocalCluster| -> Vec<String> {
         (1..=4)
             .map(|i| std::fs::read_to_string(c.path().join(format!("metadata-{i}.pid"))).unwrap_or_default())
@@ -308,7 +308,7 @@ fn a_rolling_upgrade_to_the_next_protocol_and_back_fails_no_io() {
     );
     let why = String::from_utf8_lossy(&back.stderr);
     assert!(
-        why.contains("format 3") && why.contains("cannot be rolled back"),
+        why.contains("format 4") && why.contains("cannot be rolled back"),
         "{why}"
     );
     assert_eq!(pids(&cluster), before, "nothing was stopped");
