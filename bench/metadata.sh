@@ -7,15 +7,21 @@
 #   3. restart: namespaces of 10k, 100k and 1M files whose logs are never purged (every
 #      entry since the group formed stays in the log), every voter killed with -9 and
 #      started again; time from the processes' start to the first linearizable read served;
-#   4. each voter's peak RSS (VmHWM) with the 1M-inode namespace.
+#   4. each voter's peak RSS (VmHWM) with the 1M-inode namespace;
+#   5. one file's layout as it grows to 1k, 10k and 100k stripes of 4 MiB (4 GiB to 400
+#      GiB): the latency of a commit of one appended stripe, sent as that stripe and as
+#      the whole layout (what every commit cost before layouts were stored by stripe),
+#      and of the layout read a 64 KiB file read makes.
 # Run as root from the repository root:  bench/metadata.sh   (env: SIZES, LOAD_COUNT,
-# WORKER_THREADS: the voters' metadata.worker_threads, their default when unset)
+# LAYOUT_STRIPES, WORKER_THREADS: the voters' metadata.worker_threads, their default
+# when unset; SIZES="" leaves out the restarts)
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
 OUT="${BENCH_OUT:-$CAIRN_ROOT/bench-out}"
 DATA="$OUT/metadata"
 SIZES="${SIZES:-10000 100000 1000000}"
 LOAD_COUNT="${LOAD_COUNT:-20000}"
+LAYOUT_STRIPES="${LAYOUT_STRIPES:-1000,10000,100000}"
 mkdir -p "$DATA"
 
 (cd "$CAIRN_ROOT" && cargo build --quiet --release -p cairn-metadata -p cairn-tools --bins)
@@ -63,6 +69,8 @@ one=$("$BIN/cairn-bench" meta --addrs "$ADDRS" --clients 1 --count $((LOAD_COUNT
 echo "$one"
 sixteen=$("$BIN/cairn-bench" meta --addrs "$ADDRS" --clients 16 --count "$LOAD_COUNT")
 echo "$sixteen"
+layouts=$("$BIN/cairn-bench" meta-layout --addrs "$ADDRS" --stripes "$LAYOUT_STRIPES")
+echo "$layouts"
 kill_cluster
 limit1=$(limit)
 echo "limit rocksdb synced batches/s (after): $limit1"
@@ -111,3 +119,10 @@ for n in $SIZES; do
   printf '  %8s inodes, log of %8s entries: %-24s peak RSS per voter (MiB): %s\n' \
     "${INODES[$n]}" "${LOGLEN[$n]}" "${READY[$n]}" "${RSS[$n]}"
 done
+echo "one file's layout: p50 latency (ms) of a commit of one appended stripe, and of the layout read for a 64 KiB read"
+printf '  %9s %22s %22s %14s %16s\n' stripes "commit: the stripe" "commit: whole layout" "ranged read" "whole read"
+while read -r line; do
+  field() { grep -oE "$1=[0-9.]+" <<<"$line" | cut -d= -f2; }
+  printf '  %9s %22s %22s %14s %16s\n' "$(field stripes)" "$(field commit_one_stripe_p50_ms)" \
+    "$(field commit_whole_layout_p50_ms)" "$(field ranged_read_p50_ms)" "$(field whole_read_ms)"
+done <<<"$layouts"

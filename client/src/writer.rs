@@ -94,7 +94,7 @@ fn put_at(buf: &mut BytesMut, at: usize, src: &[u8]) {
 impl CairnClient {
     /// A writer of file `inode`, starting from its current content.
     pub async fn open_writer(self: &Arc<Self>, inode: u64) -> Result<FileWriter, ClientError> {
-        let (attr, layout) = self.committed(inode).await?;
+        let (attr, layout) = self.committed(inode, false).await?;
         match attr.kind() {
             FileKind::Regular => {}
             FileKind::Directory => return Err(ClientError::refused(Errno::Eisdir, "cannot write a directory")),
@@ -103,11 +103,12 @@ impl CairnClient {
         Ok(FileWriter::start(self.clone(), attr, layout))
     }
 
-    /// File `inode`'s committed attributes and layout.
-    async fn committed(&self, inode: u64) -> Result<(Attr, Layout), ClientError> {
+    /// File `inode`'s committed attributes and layout, with or without its stripes.
+    async fn committed(&self, inode: u64, stripes: bool) -> Result<(Attr, Layout), ClientError> {
         match self
             .meta(Op::GetLayout(GetLayout {
                 inode,
+                no_stripes: !stripes,
                 ..Default::default()
             }))
             .await?
@@ -128,6 +129,7 @@ impl CairnClient {
             .meta(Op::OpenSession(OpenSession {
                 inode,
                 ttl_ms: SESSION_TTL_MS,
+                no_stripes: true,
             }))
             .await?
         {
@@ -214,16 +216,18 @@ impl FileWriter {
     }
 
     /// Starts over from a committed state of the file.
+    /// `layout` need not list its stripes: every writer cuts a file in stripes of its
+    /// code's size, so a layout of this client's code (or of none: no stripes) is cut in
+    /// this writer's slots.
     fn rebase(&mut self, attr: Attr, layout: Layout) {
-        let s = self.slot_bytes();
         let erasure = &self.client.erasure;
-        let same_code = layout.stripes.is_empty()
-            || (layout.data_shards == u32::from(erasure.data_shards)
-                && layout.parity_shards == u32::from(erasure.parity_shards)
-                && layout.shard_unit_bytes == erasure.shard_unit_bytes);
-        self.base_aligned = layout.inline_data.is_empty()
-            && same_code
-            && layout.stripes.iter().all(|st| st.offset % s == 0 && st.length <= s);
+        let ours = (
+            u32::from(erasure.data_shards),
+            u32::from(erasure.parity_shards),
+            erasure.shard_unit_bytes,
+        );
+        let code = (layout.data_shards, layout.parity_shards, layout.shard_unit_bytes);
+        self.base_aligned = layout.inline_data.is_empty() && (code == ours || code == (0, 0, 0));
         self.valid_old = attr.size;
         self.size = attr.size;
         self.attr = attr;
@@ -237,7 +241,7 @@ impl FileWriter {
         if self.is_dirty() || self.failed.is_some() {
             return Ok(());
         }
-        let (attr, layout) = self.client.committed(self.inode).await?;
+        let (attr, layout) = self.client.committed(self.inode, false).await?;
         self.rebase(attr, layout);
         Ok(())
     }
@@ -485,7 +489,7 @@ impl FileWriter {
             }
             self.client.whole_commits_needed.learn();
         }
-        let (attr, committed) = self.client.committed(self.inode).await?;
+        let (attr, committed) = self.client.committed(self.inode, true).await?;
         if attr.layout_version != self.attr.layout_version {
             return Err(ClientError::refused(
                 Errno::Eagain,

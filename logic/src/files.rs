@@ -319,7 +319,12 @@ impl Files {
     /// none past it), with its attributes. Only the stripes that overlap are read; bytes
     /// no stripe covers read as zero.
     pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, FileBytes), FileError> {
-        let only = GetLayout { inode, offset, length };
+        let only = GetLayout {
+            inode,
+            offset,
+            length,
+            ..GetLayout::default()
+        };
         let reply = match self.meta.call(Op::GetLayout(only)).await? {
             meta_reply::Result::Layout(l) => l,
             other => return Err(FileError::Layout(format!("unexpected reply {other:?}"))),

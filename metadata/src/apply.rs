@@ -330,7 +330,12 @@ mod tests {
     /// The file's attributes and the stripes a reader of `range` (None: all) gets.
     fn read_layout(db: &Db, inode: u64, range: Option<(u64, u64)>) -> (Attr, Vec<Stripe>) {
         let (offset, length) = range.unwrap_or((0, 0));
-        let op = Op::GetLayout(GetLayout { inode, offset, length });
+        let op = Op::GetLayout(GetLayout {
+            inode,
+            offset,
+            length,
+            ..GetLayout::default()
+        });
         match crate::reads::read(db, &op).expect("reads").result {
             Some(meta_reply::Result::Layout(l)) => (l.attr.unwrap_or_default(), l.layout.unwrap_or_default().stripes),
             other => panic!("not a layout: {other:?}"),

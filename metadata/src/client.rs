@@ -351,7 +351,14 @@ impl MetadataClient {
     }
 
     pub async fn open_session(&self, inode: u64, ttl_ms: u32) -> Result<SessionReply, MetaClientError> {
-        match self.call(Op::OpenSession(OpenSession { inode, ttl_ms })).await? {
+        match self
+            .call(Op::OpenSession(OpenSession {
+                inode,
+                ttl_ms,
+                ..OpenSession::default()
+            }))
+            .await?
+        {
             meta_reply::Result::Session(s) => Ok(s),
             other => Err(MetaClientError::BadReply(format!("{other:?}"))),
         }

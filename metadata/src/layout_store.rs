@@ -67,22 +67,35 @@ fn decode(bytes: Option<Vec<u8>>) -> OpResult<Option<Layout>> {
     Ok(bytes.map(|b| Layout::decode(b.as_slice())).transpose()?)
 }
 
-/// The layout of `ino` with the stripes that hold bytes of `range`, or all of them.
-pub fn layout(r: &impl Records, ino: u64, range: Option<Range<u64>>) -> OpResult<Layout> {
+/// Which stripes a read of a layout wants.
+#[derive(Clone, Debug)]
+pub enum Wanted {
+    All,
+    /// Those holding bytes of the range.
+    Range(Range<u64>),
+    /// None: the code, version and inline bytes only.
+    None,
+}
+
+/// The layout of `ino` with the stripes `wanted`.
+pub fn layout(r: &impl Records, ino: u64, wanted: Wanted) -> OpResult<Layout> {
     let Some(mut head) = decode(r.get(Cf::Layouts, &header_key(ino))?)? else {
         let mut whole = decode(r.get(Cf::Layouts, &u64_key(ino))?)?.unwrap_or_default();
-        if let Some(range) = range {
-            whole.stripes.retain(|s| stripe_part(s, &range).is_some());
+        match wanted {
+            Wanted::All => {}
+            Wanted::Range(range) => whole.stripes.retain(|s| stripe_part(s, &range).is_some()),
+            Wanted::None => whole.stripes.clear(),
         }
         return Ok(whole);
     };
-    head.stripes = match range {
-        None => stripes(r, ino, 0..u64::MAX, false, usize::MAX)?,
-        Some(range) => {
+    head.stripes = match wanted {
+        Wanted::All => stripes(r, ino, 0..u64::MAX, false, usize::MAX)?,
+        Wanted::Range(range) => {
             let first = stripe_before(r, ino, range.start)?.filter(|s| end(s) > range.start);
             let rest = stripes(r, ino, range.start..range.end.max(range.start), false, usize::MAX)?;
             first.into_iter().chain(rest).collect()
         }
+        Wanted::None => Vec::new(),
     };
     Ok(head)
 }
@@ -179,6 +192,9 @@ pub fn change(txn: &mut Txn<'_>, ino: u64, c: Change) -> OpResult<Layout> {
     if c.keep_below > c.size {
         return bad(format!("bytes kept below {} past the size {}", c.keep_below, c.size));
     }
+    if c.whole {
+        return replace(txn, ino, c);
+    }
     let mut head = header(txn, ino)?;
     if let Some(mut across) = stripe_before(txn, ino, c.keep_below)?.filter(|s| end(s) > c.keep_below) {
         across.length = c.keep_below - across.offset;
@@ -189,13 +205,8 @@ pub fn change(txn: &mut Txn<'_>, ino: u64, c: Change) -> OpResult<Layout> {
     }
     let new = c.layout;
     let code = |l: &Layout| (l.data_shards, l.parity_shards, l.shard_unit_bytes);
-    if c.whole {
-        (head.data_shards, head.parity_shards, head.shard_unit_bytes) = code(&new);
-        head.inline_data.clone_from(&new.inline_data);
-    } else {
-        head.inline_data
-            .truncate(usize::try_from(c.keep_below).unwrap_or(usize::MAX));
-    }
+    head.inline_data
+        .truncate(usize::try_from(c.keep_below).unwrap_or(usize::MAX));
     if !new.stripes.is_empty() {
         if !head.inline_data.is_empty() {
             return bad("a layout has either inline bytes or stripes, not both".into());
@@ -232,6 +243,38 @@ pub fn change(txn: &mut Txn<'_>, ino: u64, c: Change) -> OpResult<Layout> {
         }
     }
     head.version = c.version;
+    put_header(txn, ino, &head);
+    Ok(head)
+}
+
+/// A whole layout (checked: stripes in file order) in place of `ino`'s: the header is the
+/// new layout's, and of the stripes only those that differ are written, so a writer that
+/// sends the whole layout of a big file costs the leader reads, not a rewrite.
+fn replace(txn: &mut Txn<'_>, ino: u64, c: Change) -> OpResult<Layout> {
+    let mut old = stripes(txn, ino, 0..u64::MAX, false, usize::MAX)?
+        .into_iter()
+        .peekable();
+    for s in &c.layout.stripes {
+        while let Some(gone) = old.next_if(|o| o.offset < s.offset) {
+            drop_stripe(txn, ino, &gone);
+        }
+        match old.next_if(|o| o.offset == s.offset) {
+            Some(same) if same == *s => {}
+            Some(other) => {
+                drop_stripe(txn, ino, &other);
+                add_stripe(txn, ino, s);
+            }
+            None => add_stripe(txn, ino, s),
+        }
+    }
+    for gone in old {
+        drop_stripe(txn, ino, &gone);
+    }
+    let head = Layout {
+        version: c.version,
+        stripes: Vec::new(),
+        ..c.layout
+    };
     put_header(txn, ino, &head);
     Ok(head)
 }

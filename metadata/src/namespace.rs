@@ -14,7 +14,7 @@ use prost::Message;
 use crate::db::{u64_key, Cf};
 use crate::errors::{refuse, reply, OpError, OpResult};
 use crate::layout::{check_layout, check_size, check_stripes};
-use crate::layout_store::{self, Change};
+use crate::layout_store::{self, Change, Wanted};
 use crate::names::{check_mode, check_name, check_symlink_target};
 use crate::records::{
     decode_entry_format, decode_ids, dentry_key, dentry_value, parse_dentry_value, session_expiry_key, InodeRecord,
@@ -562,7 +562,8 @@ impl Apply<'_, '_> {
         let (session, expires_ns) = self.new_session(o.inode, o.ttl_ms);
         attr.sessions += 1;
         self.put_attr(attr)?;
-        let layout = layout_store::layout(&*self.txn, o.inode, None)?;
+        let wanted = if o.no_stripes { Wanted::None } else { Wanted::All };
+        let layout = layout_store::layout(&*self.txn, o.inode, wanted)?;
         Ok(reply(meta_reply::Result::Session(SessionReply {
             session,
             expires_ns,

@@ -11,7 +11,7 @@ use rocksdb::{Direction, IteratorMode};
 
 use crate::db::{u64_key, Cf, Db};
 use crate::errors::{refuse, reply, OpError, OpResult};
-use crate::layout_store;
+use crate::layout_store::{self, Wanted};
 use crate::names::{check_name, NAME_BYTES_MAX};
 use crate::namespace::{attr_of, inode_record};
 use crate::records::{decode_ids, dentry_key, parse_dentry_value, InodeRecord, DRAINING_KEY, LOST_KEY};
@@ -91,8 +91,14 @@ pub fn read(db: &Db, op: &Op) -> OpResult<MetaReply> {
                 FileKind::Directory => return Err(refuse(Errno::Eisdir, "a directory has no layout")),
                 _ => return Err(refuse(Errno::Einval, "not a regular file")),
             }
-            let range = (g.length > 0).then(|| g.offset..g.offset.saturating_add(g.length));
-            let layout = layout_store::layout(&view, g.inode, range)?;
+            let wanted = if g.no_stripes {
+                Wanted::None
+            } else if g.length > 0 {
+                Wanted::Range(g.offset..g.offset.saturating_add(g.length))
+            } else {
+                Wanted::All
+            };
+            let layout = layout_store::layout(&view, g.inode, wanted)?;
             Ok(reply(meta_reply::Result::Layout(LayoutReply {
                 attr: Some(attr),
                 layout: Some(layout),

@@ -113,7 +113,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     let sb = files.stripe_bytes() as u64;
 
     // The metadata group hands a reader of a range only the stripes that overlap it.
-    let stripe_offsets = |offset, length| {
+    let stripe_offsets_of = |offset, length, no_stripes| {
         let meta = meta.clone();
         async move {
             match meta
@@ -121,6 +121,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
                     inode: ranged,
                     offset,
                     length,
+                    no_stripes,
                 }))
                 .await?
             {
@@ -135,7 +136,12 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
             }
         }
     };
+    let stripe_offsets = |offset, length| stripe_offsets_of(offset, length, false);
     let all: Vec<u64> = (0..(len as u64).div_ceil(sb)).map(|i| i * sb).collect();
+    assert!(
+        stripe_offsets_of(0, 0, true).await?.is_empty(),
+        "a writer's start: no stripes"
+    );
     assert_eq!(stripe_offsets(0, 0).await?, all, "no length: every stripe");
     assert_eq!(stripe_offsets(0, 1).await?, [0]);
     assert_eq!(stripe_offsets(sb - 1, 2).await?, [0, sb]);

@@ -67,6 +67,20 @@ enum Bench {
         #[arg(long)]
         creates_only: bool,
     },
+    /// Commit and read costs of one file's layout as it grows (synthetic stripes).
+    MetaLayout {
+        #[arg(long, value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// Sizes of the layout measured, in stripes of 4 MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        stripes: Vec<u64>,
+        /// Commits of each kind measured at each size.
+        #[arg(long, default_value_t = 20)]
+        commits: u64,
+        /// Ranged layout reads measured at each size.
+        #[arg(long, default_value_t = 200)]
+        reads: u64,
+    },
     /// Time from `since_ns` (ns since the epoch) to the first linearizable read served.
     MetaReady {
         #[arg(long, value_delimiter = ',')]
@@ -163,6 +177,12 @@ async fn main() -> std::process::ExitCode {
             count,
             creates_only,
         } => cairn_tools::meta_bench::load(&addrs, clients, count, creates_only).await,
+        Bench::MetaLayout {
+            addrs,
+            stripes,
+            commits,
+            reads,
+        } => cairn_tools::meta_bench::layouts(&addrs, &stripes, commits, reads).await,
         Bench::MetaReady { addrs, since_ns } => cairn_tools::meta_bench::ready(&addrs, since_ns, READY_WAIT).await,
         Bench::RocksdbSync { dir, count } => cairn_tools::meta_bench::rocksdb_sync(&dir, count),
         Bench::Passthrough {
