@@ -52,6 +52,20 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the shard's bytes are bad: a block failed its checksum here, on receipt,
+    /// or the dataserver found the shard damaged. The node itself answered: the shard
+    /// needs repair, not the node a rest.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            ClientError::BadBlocks(BlockRangeError::Corrupt(_))
+                | ClientError::Remote {
+                    code: ErrorCode::Corrupt,
+                    ..
+                }
+        )
+    }
 }
 
 type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>>>;

@@ -10,7 +10,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub bytes_written: IntCounter,
     pub bytes_read: IntCounter,
-    /// Corrupt blocks found by reads ("read") and by scrub ("scrub").
+    /// Corrupt blocks found here by reads ("read": a shard file missing or short) and by
+    /// scrub ("scrub"). Flipped bits are for the reader to find, on receipt.
     pub corrupt_blocks: IntCounterVec,
     pub scrubbed_bytes: IntCounter,
     pub scrubbed_shards: IntCounter,

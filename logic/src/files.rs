@@ -37,7 +37,6 @@ use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{stripe_part, INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
-use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use thiserror::Error;
@@ -390,8 +389,8 @@ impl Files {
                 );
                 Fetched::Corrupt
             }
-            // The dataserver found a block failing its checksum: the node itself is fine.
-            Err(e) if e.code() == Some(ErrorCode::Corrupt) => {
+            // A block failed its checksum: the node itself is fine.
+            Err(e) if e.is_corrupt() => {
                 warn!(
                     stripe = stripe.offset,
                     index = loc.index,
