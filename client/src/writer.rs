@@ -43,6 +43,10 @@ use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
 const DIRTY_SLOTS_MAX: usize = 4;
 /// Stripes being stored at once by one writer.
 const STRIPES_IN_FLIGHT: usize = 4;
+/// Stripe buffers kept once their stripe is stored, for the next slots: a sequential
+/// writer then fills memory it has touched before instead of faulting in fresh pages
+/// for every stripe.
+const SPARE_BUFFERS_MAX: usize = 2;
 
 #[derive(Debug)]
 pub struct FileWriter {
@@ -61,8 +65,11 @@ pub struct FileWriter {
     valid_old: u64,
     size: u64,
     dirty: BTreeMap<u64, BytesMut>,
+    /// Empty buffers of a whole slot's capacity, from stripes already stored.
+    spare: Vec<BytesMut>,
     written: BTreeMap<u64, Stripe>,
-    in_flight: JoinSet<(u64, Result<Stripe, ClientError>)>,
+    /// Each stripe's result, with its bytes (whose buffer may be reused).
+    in_flight: JoinSet<(u64, Result<Stripe, ClientError>, Bytes)>,
     in_flight_slots: HashSet<u64>,
     /// Why a stripe could not be stored or a commit failed: its bytes are gone, so this
     /// writer commits nothing more.
@@ -174,6 +181,7 @@ impl FileWriter {
             valid_old: 0,
             size: 0,
             dirty: BTreeMap::new(),
+            spare: Vec::new(),
             written: BTreeMap::new(),
             in_flight: JoinSet::new(),
             in_flight_slots: HashSet::new(),
@@ -342,10 +350,15 @@ impl FileWriter {
 
     /// The committed bytes of `slot` that are still the file's, when a write of
     /// `from..to` in it does not cover them all (else an empty buffer).
-    async fn load_slot(&self, slot: u64, from: usize, to: usize) -> Result<BytesMut, ClientError> {
+    async fn load_slot(&mut self, slot: u64, from: usize, to: usize) -> Result<BytesMut, ClientError> {
         let slot_start = slot * self.slot_bytes();
         let old = self.valid_old.saturating_sub(slot_start).min(self.slot_bytes()) as usize;
-        let mut buf = BytesMut::with_capacity(old.max(to));
+        // A whole slot's capacity from the start: a buffer grown by the writes that fill
+        // it would be copied at each doubling. Capacity never written costs no memory.
+        let mut buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(self.slot_bytes() as usize));
         if old == 0 || (from == 0 && to >= old) {
             return Ok(buf);
         }
@@ -369,20 +382,36 @@ impl FileWriter {
         let client = self.client.clone();
         let offset = slot * self.slot_bytes();
         self.in_flight_slots.insert(slot);
-        self.in_flight
-            .spawn(async move { (slot, client.write_stripe(offset, data).await) });
+        self.in_flight.spawn(async move {
+            let stored = client.write_stripe(offset, data.clone()).await;
+            (slot, stored, data)
+        });
         Ok(())
+    }
+
+    /// Keeps the buffer of a stored stripe for a later slot, when nothing else holds it.
+    fn keep_spare(&mut self, data: Bytes) {
+        if self.spare.len() >= SPARE_BUFFERS_MAX {
+            return;
+        }
+        if let Ok(mut buf) = data.try_into_mut() {
+            if buf.capacity() >= self.slot_bytes() as usize {
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
     }
 
     async fn reap_one(&mut self) -> Result<(), ClientError> {
         match self.in_flight.join_next().await {
             None => Ok(()),
-            Some(Ok((slot, Ok(stripe)))) => {
+            Some(Ok((slot, Ok(stripe), data))) => {
                 self.in_flight_slots.remove(&slot);
                 self.written.insert(slot, stripe);
+                self.keep_spare(data);
                 Ok(())
             }
-            Some(Ok((_, Err(e)))) => Err(self.fail(e)),
+            Some(Ok((_, Err(e), _))) => Err(self.fail(e)),
             Some(Err(e)) => Err(self.fail(ClientError::BadReply(format!("stripe write task: {e}")))),
         }
     }
