@@ -119,6 +119,8 @@ pub struct DataserverConfig {
     pub node_id: u32,
     pub hall: String,
     pub listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP); none when left out.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     #[serde(default)]
     pub io: IoMode,
@@ -477,6 +479,9 @@ impl ErasureConfig {
 impl DataserverConfig {
     fn validate(&self, erasure: &ErasureConfig) -> Result<(), ConfigError> {
         HallId::new(self.hall.clone()).map_err(|e| invalid("dataserver.hall", e.to_string()))?;
+        if self.metrics_listen == Some(self.listen) {
+            return Err(invalid("dataserver.metrics_listen", "must differ from listen"));
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("dataserver.data_dir", "must not be empty"));
         }
@@ -606,6 +611,11 @@ mod tests {
             ),
             (&DS.replace("\"h1\"", "\"Hall 1\""), "dataserver.hall"),
             (&DS.replace("127.0.0.1:7001", "nowhere"), "listen"),
+            (
+                &format!("{DS}\nmetrics_listen = \"127.0.0.1:7001\""),
+                "dataserver.metrics_listen",
+            ),
+            (&format!("{DS}\nmetrics_listen = \"port 80\""), "metrics_listen"),
             (&format!("{DS}\nio = \"magic\""), "io"),
         ] {
             let e = err(text);

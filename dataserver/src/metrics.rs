@@ -1,7 +1,14 @@
-//! Prometheus counters of one dataserver. Each store has its own registry so several
-//! stores in one process (tests) never collide.
+//! Prometheus counters of one dataserver, and the plain-HTTP endpoint Prometheus scrapes
+//! (`GET /metrics`). Each store has its own registry so several stores in one process
+//! (tests) never collide.
 
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -94,6 +101,23 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    }
+}
+
+/// Serves `GET /metrics` (the text exposition format) on `listener` until `shutdown`
+/// fires; any other path is 404, and a malformed request gets 400 from the HTTP library
+/// without reaching this code.
+pub async fn serve(metrics: Metrics, listener: TcpListener, shutdown: CancellationToken) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = metrics.render();
+            async move { ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body) }
+        }),
+    );
+    let stopped = async move { shutdown.cancelled().await };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        warn!("metrics endpoint stopped: {e}");
     }
 }
 

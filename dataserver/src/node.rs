@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disk;
 use crate::metadata;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::orphans::{self, OrphanConfig};
 use crate::rebuild::{self, RebuildConfig};
 use crate::repair::RepairConfig;
@@ -29,6 +29,8 @@ pub struct Node {
     pub server: Arc<Server>,
     pub listener: TcpListener,
     pub addr: SocketAddr,
+    /// The bound `GET /metrics` endpoint, when configured.
+    pub metrics: Option<(TcpListener, SocketAddr)>,
     scrub: ScrubConfig,
     orphans: Option<OrphanConfig>,
     rebuild: Option<RebuildConfig>,
@@ -53,6 +55,16 @@ impl Node {
             .await
             .with_context(|| format!("listen on {}", ds.listen))?;
         let addr = listener.local_addr()?;
+        let metrics = match ds.metrics_listen {
+            Some(at) => {
+                let l = TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("listen for metrics on {at}"))?;
+                let bound = l.local_addr()?;
+                Some((l, bound))
+            }
+            None => None,
+        };
         let server = Server::new(
             store.clone(),
             ServerConfig {
@@ -102,6 +114,7 @@ impl Node {
             server,
             listener,
             addr,
+            metrics,
             scrub,
             orphans,
             rebuild,
@@ -119,11 +132,20 @@ impl Node {
         let rebuilder = self
             .rebuild
             .map(|c| rebuild::spawn_background(self.store.clone(), c, shutdown.clone()));
+        let exporter = self
+            .metrics
+            .map(|(l, _)| tokio::spawn(metrics::serve(self.store.metrics().clone(), l, shutdown.clone())));
         let heartbeats = self
             .heartbeats
             .map(|(members, node)| tokio::spawn(metadata::send_heartbeats(members, node, shutdown.clone())));
         self.server.serve(self.listener, shutdown).await;
-        for task in scrubber.into_iter().chain(collector).chain(rebuilder).chain(heartbeats) {
+        for task in scrubber
+            .into_iter()
+            .chain(collector)
+            .chain(rebuilder)
+            .chain(heartbeats)
+            .chain(exporter)
+        {
             let _ = task.await;
         }
     }

@@ -6,8 +6,9 @@ use std::process::{Command, Output};
 
 use crate::{bin_path, free_ports};
 
-/// Processes of the default local cluster: 4 voters, 8 dataservers, 2 logic nodes.
-pub const PROCESSES: u16 = 14;
+/// Ports of the default local cluster: 4 voters, 8 dataservers, 2 logic nodes, then the
+/// dataservers' metrics endpoints.
+pub const PORTS: u16 = 22;
 
 pub fn cairnctl(args: &[&str]) -> Output {
     Command::new(bin_path("cairnctl"))
@@ -29,7 +30,7 @@ impl LocalCluster {
     pub fn up() -> anyhow::Result<LocalCluster> {
         let cluster = LocalCluster {
             dir: tempfile::tempdir()?,
-            base_port: free_ports(PROCESSES),
+            base_port: free_ports(PORTS),
         };
         let up = cairnctl(&[
             "local",

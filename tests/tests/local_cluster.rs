@@ -1,10 +1,11 @@
 //! `cairnctl local up|down` and `cairnctl status`: a whole cluster of real processes on
 //! loopback, started idempotently, mounted, reported healthy, unmounted and stopped.
 
+use std::io::{Read, Write};
 use std::path::Path;
 
 use cairn_tests::free_ports;
-use cairn_tests::local::{cairnctl, PROCESSES};
+use cairn_tests::local::{cairnctl, PORTS};
 use cairn_tests::mount::is_mounted;
 
 /// Stops the cluster even when the test fails.
@@ -20,7 +21,8 @@ impl Drop for Down<'_> {
 fn local_cluster_up_status_down() {
     let dir = tempfile::tempdir().expect("temp dir");
     let d = dir.path().display().to_string();
-    let base = free_ports(PROCESSES).to_string();
+    let base_port = free_ports(PORTS);
+    let base = base_port.to_string();
     let _down = Down(dir.path());
     let up = cairnctl(&["local", "up", "--dir", &d, "--base-port", &base]);
     assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
@@ -30,6 +32,18 @@ fn local_cluster_up_status_down() {
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
     assert_eq!(report["healthy"], true, "{report}");
     assert_eq!(report["nodes"].as_array().map(Vec::len), Some(4 + 8 + 2));
+    // Prometheus can scrape every dataserver, on the ports after the cluster's others.
+    for port in base_port + 14..base_port + PORTS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("metrics request");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("metrics answer");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("cairn_dataserver_requests_total"),
+            "port {port}: {answer}"
+        );
+    }
 
     // It is mounted: a file written there reads back whole (two full stripes, whose data
     // shards keep the client's block checksums, and a tail).
