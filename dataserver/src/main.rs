@@ -82,7 +82,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<ExitCode> {
     let usage = node.store.usage()?;
     info!(
         addr = %node.addr,
-        metrics = ?node.metrics.as_ref().map(|(_, a)| *a),
+        metrics = ?node.metrics.as_ref().and_then(|l| l.local_addr().ok()),
         shards = usage.shard_count,
         io = node.store.io_mode(),
         startup_ms = started.elapsed().as_millis() as u64,

@@ -30,7 +30,7 @@ pub struct Node {
     pub listener: TcpListener,
     pub addr: SocketAddr,
     /// The bound `GET /metrics` endpoint, when configured.
-    pub metrics: Option<(TcpListener, SocketAddr)>,
+    pub metrics: Option<TcpListener>,
     scrub: ScrubConfig,
     orphans: Option<OrphanConfig>,
     rebuild: Option<RebuildConfig>,
@@ -56,13 +56,11 @@ impl Node {
             .with_context(|| format!("listen on {}", ds.listen))?;
         let addr = listener.local_addr()?;
         let metrics = match ds.metrics_listen {
-            Some(at) => {
-                let l = TcpListener::bind(at)
+            Some(at) => Some(
+                TcpListener::bind(at)
                     .await
-                    .with_context(|| format!("listen for metrics on {at}"))?;
-                let bound = l.local_addr()?;
-                Some((l, bound))
-            }
+                    .with_context(|| format!("listen for metrics on {at}"))?,
+            ),
             None => None,
         };
         let server = Server::new(
@@ -134,7 +132,7 @@ impl Node {
             .map(|c| rebuild::spawn_background(self.store.clone(), c, shutdown.clone()));
         let exporter = self
             .metrics
-            .map(|(l, _)| tokio::spawn(metrics::serve(self.store.metrics().clone(), l, shutdown.clone())));
+            .map(|l| tokio::spawn(metrics::serve(self.store.metrics().clone(), l, shutdown.clone())));
         let heartbeats = self
             .heartbeats
             .map(|(members, node)| tokio::spawn(metadata::send_heartbeats(members, node, shutdown.clone())));

@@ -81,17 +81,11 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
     }
     // Every dataserver of a local cluster shares this machine's one disk: together they
     // scrub at the rate one dataserver would, not a multiple of it.
-    let dataservers = l.halls * l.dataservers_per_hall;
-    let scrub = SCRUB_BYTES_PER_SEC_DEFAULT / u64::from(dataservers.max(1));
-    // Each dataserver's `GET /metrics` port comes after every other port of the cluster,
-    // so adding it moved none of them.
-    let first_metrics = u32::from(l.base_port) + l.halls + dataservers + l.logic_nodes;
+    let scrub = SCRUB_BYTES_PER_SEC_DEFAULT / u64::from((l.halls * l.dataservers_per_hall).max(1));
     for h in 1..=l.halls {
         for j in 0..l.dataservers_per_hall {
             let id = (h - 1) * l.dataservers_per_hall + j + 1;
             let addr = next()?;
-            let metrics_port = u16::try_from(first_metrics + id - 1).context("--base-port too high")?;
-            let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
             shared += &format!("[[dataservers]]\nnode_id = {id}\nhall = \"hall-{h}\"\naddr = \"{addr}\"\n");
             nodes.push(Node {
                 name: format!("dataserver-{id}"),
@@ -101,7 +95,7 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
                 addr,
                 section: format!(
                     "[dataserver]\nnode_id = {id}\nhall = \"hall-{h}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
-                     scrub_bytes_per_sec = {scrub}\nmetrics_listen = \"{metrics}\"\n",
+                     scrub_bytes_per_sec = {scrub}\n",
                     dir.join(format!("dataserver-{id}")).display()
                 ),
             });
@@ -120,6 +114,11 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
             addr,
             section: format!("[logic]\nlisten = \"{addr}\"\n"),
         });
+    }
+    // Each dataserver's `GET /metrics` port comes after every other port of the cluster,
+    // so adding them moved none of those.
+    for n in nodes.iter_mut().filter(|n| n.binary == "cairn-dataserver") {
+        n.section += &format!("metrics_listen = \"{}\"\n", next()?);
     }
     Ok((shared, nodes))
 }
