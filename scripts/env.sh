@@ -5,8 +5,29 @@ set -euo pipefail
 CAIRN_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn/target}"
 mkdir -p "$CARGO_TARGET_DIR"
+# Incremental state is for editing loops; in a shared target it only grows the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 log() { printf '[cairn] %s\n' "$*" >&2; }
+
+# Every clone path gets its own build hashes in the shared target, so linked executables
+# (about 0.5 GB each in debug) pile up across clones and CI runs until a link dies with
+# SIGBUS on a full disk. Below the space one whole build needs, drop them and any
+# incremental state: relinking costs minutes, while the compiled libraries (RocksDB's
+# 15-minute build among them) stay.
+prune_target_when_low() {
+  local need_kib=$((30 * 1024 * 1024)) avail_kib
+  avail_kib="$(df --output=avail -k "$CARGO_TARGET_DIR" | tail -1 | tr -d ' ')"
+  ((avail_kib >= need_kib)) && return 0
+  log "$((avail_kib / 1024 / 1024)) GiB free under $CARGO_TARGET_DIR: removing linked executables and incremental state"
+  local profile
+  for profile in "$CARGO_TARGET_DIR"/debug "$CARGO_TARGET_DIR"/release; do
+    [ -d "$profile/deps" ] || continue
+    find "$profile/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -delete
+    rm -rf "$profile/incremental"
+  done
+}
+prune_target_when_low
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
