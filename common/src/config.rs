@@ -71,6 +71,8 @@ pub struct LogicEntry {
 #[serde(deny_unknown_fields)]
 pub struct LogicConfig {
     pub listen: SocketAddr,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP); none when left out.
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default = "defaults::max_connections")]
     pub max_connections: u32,
     /// Requests handled at once on one connection (more wait: backpressure).
@@ -164,6 +166,8 @@ pub struct MetadataConfig {
     /// This node's id; must be listed in `metadata_nodes`, whose address it listens on.
     pub node_id: u64,
     pub data_dir: PathBuf,
+    /// Where Prometheus scrapes `GET /metrics` (plain HTTP); none when left out.
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(default = "defaults::heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// Followers start an election after a random time in [timeout, 2 × timeout]. It
@@ -310,6 +314,7 @@ impl Config {
             md.validate(&self.metadata_nodes)?;
         }
         if let Some(l) = &self.logic {
+            metrics_apart("logic.metrics_listen", l.metrics_listen, l.listen)?;
             in_range("logic.max_connections", l.max_connections, 1, 65_536)?;
             in_range("logic.requests_per_connection", l.requests_per_connection, 1, 1024)?;
             if self.metadata_nodes.is_empty() {
@@ -424,6 +429,17 @@ pub const IO_ALIGN_BYTES: u32 = 4096;
 /// The largest checksum block accepted, in config and in a put.
 pub const BLOCK_BYTES_MAX: u32 = 4 * MIB as u32;
 
+/// The metrics endpoint speaks plain HTTP, so it cannot share the node's own address.
+fn metrics_apart(key: &str, metrics: Option<SocketAddr>, listen: SocketAddr) -> Result<(), ConfigError> {
+    if metrics == Some(listen) {
+        return Err(invalid(
+            key,
+            format!("must differ from the node's own address {listen}"),
+        ));
+    }
+    Ok(())
+}
+
 fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
     if v < lo || v > hi {
         return Err(invalid(key, format!("must be between {lo} and {hi}, got {v}")));
@@ -479,9 +495,7 @@ impl ErasureConfig {
 impl DataserverConfig {
     fn validate(&self, erasure: &ErasureConfig) -> Result<(), ConfigError> {
         HallId::new(self.hall.clone()).map_err(|e| invalid("dataserver.hall", e.to_string()))?;
-        if self.metrics_listen == Some(self.listen) {
-            return Err(invalid("dataserver.metrics_listen", "must differ from listen"));
-        }
+        metrics_apart("dataserver.metrics_listen", self.metrics_listen, self.listen)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("dataserver.data_dir", "must not be empty"));
         }
@@ -513,12 +527,13 @@ impl DataserverConfig {
 
 impl MetadataConfig {
     fn validate(&self, nodes: &[MetadataEntry]) -> Result<(), ConfigError> {
-        if !nodes.iter().any(|n| n.node_id == self.node_id) {
+        let Some(me) = self.entry(nodes) else {
             return Err(invalid(
                 "metadata.node_id",
                 format!("node {} is not listed in metadata_nodes", self.node_id),
             ));
-        }
+        };
+        metrics_apart("metadata.metrics_listen", self.metrics_listen, me.addr)?;
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("metadata.data_dir", "must not be empty"));
         }
@@ -691,6 +706,11 @@ mod tests {
                 "data_dir = \"/tmp/m2\"\nvoters_per_hall = 0",
                 "metadata.voters_per_hall",
             ),
+            (
+                "data_dir = \"/tmp/m2\"",
+                "data_dir = \"/tmp/m2\"\nmetrics_listen = \"127.0.0.1:7102\"",
+                "metadata.metrics_listen",
+            ),
             ("127.0.0.1:7102", "127.0.0.1:7101", "metadata_nodes[1].addr"),
             ("hall = \"h2\"", "hall = \"../x\"", "metadata_nodes[1].hall"),
             (
@@ -704,5 +724,31 @@ mod tests {
             let e = err(&text);
             assert!(e.contains(key), "error for {key} does not name it: {e}");
         }
+        let apart = MD.replace("data_dir", "metrics_listen = \"127.0.0.1:9102\"\ndata_dir");
+        let c = Config::parse(&apart).unwrap();
+        assert_eq!(
+            c.metadata().unwrap().metrics_listen,
+            Some("127.0.0.1:9102".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn logic_sections_are_checked() {
+        let logic = |extra: &str| {
+            format!(
+                "[erasure]\ndata_shards = 1\nparity_shards = 1\n\
+                 [logic]\nlisten = \"127.0.0.1:7201\"\n{extra}\n\
+                 [[metadata_nodes]]\nnode_id = 1\nhall = \"h1\"\naddr = \"127.0.0.1:7101\"\n\
+                 [[dataservers]]\nnode_id = 1\nhall = \"h1\"\naddr = \"127.0.0.1:7001\"\n\
+                 [[dataservers]]\nnode_id = 2\nhall = \"h2\"\naddr = \"127.0.0.1:7002\"\n"
+            )
+        };
+        let ok = Config::parse(&logic("metrics_listen = \"127.0.0.1:9201\"")).unwrap();
+        assert_eq!(
+            ok.logic().unwrap().metrics_listen,
+            Some("127.0.0.1:9201".parse().unwrap())
+        );
+        let e = err(&logic("metrics_listen = \"127.0.0.1:7201\""));
+        assert!(e.contains("logic.metrics_listen"), "{e}");
     }
 }

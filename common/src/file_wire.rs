@@ -128,6 +128,10 @@ impl FileBytes {
         self.pieces.is_empty()
     }
 
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+
     pub fn checksums(&self) -> &[u32] {
         &self.checksums
     }

@@ -3,7 +3,8 @@
 //!
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
 //! so the same code runs in production and in the simulator (DESIGN.md invariant 8), and
-//! the process set-up the daemons share (`logging`, `allocator`).
+//! the process set-up the daemons share (`logging`, `allocator`, and `metrics` with its
+//! HTTP endpoint).
 
 pub mod aligned;
 pub mod allocator;
@@ -14,6 +15,7 @@ pub mod file_wire;
 pub mod frame;
 pub mod ids;
 pub mod logging;
+pub mod metrics;
 pub mod namespace;
 pub mod placement;
 pub mod proto;

@@ -32,6 +32,43 @@ pub fn is_mutation(op: &Op) -> bool {
     )
 }
 
+/// The name of `op` as a metric label: the request's field name in the protocol.
+pub fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Lookup(_) => "lookup",
+        Op::Getattr(_) => "getattr",
+        Op::Readdir(_) => "readdir",
+        Op::Readlink(_) => "readlink",
+        Op::GetLayout(_) => "get_layout",
+        Op::Statfs(_) => "statfs",
+        Op::ListDraining(_) => "list_draining",
+        Op::GetXattr(_) => "get_xattr",
+        Op::ListXattr(_) => "list_xattr",
+        Op::GetLock(_) => "get_lock",
+        Op::Create(_) => "create",
+        Op::Mkdir(_) => "mkdir",
+        Op::Symlink(_) => "symlink",
+        Op::Link(_) => "link",
+        Op::Unlink(_) => "unlink",
+        Op::Rmdir(_) => "rmdir",
+        Op::Rename(_) => "rename",
+        Op::Setattr(_) => "setattr",
+        Op::OpenSession(_) => "open_session",
+        Op::RenewSession(_) => "renew_session",
+        Op::CloseSession(_) => "close_session",
+        Op::CommitLayout(_) => "commit_layout",
+        Op::ReplaceShard(_) => "replace_shard",
+        Op::SetDraining(_) => "set_draining",
+        Op::SetEntryFormat(_) => "set_entry_format",
+        Op::Heartbeat(_) => "heartbeat",
+        Op::SetXattr(_) => "set_xattr",
+        Op::RemoveXattr(_) => "remove_xattr",
+        Op::OpenLockSession(_) => "open_lock_session",
+        Op::SetLock(_) => "set_lock",
+        Op::CommitStripes(_) => "commit_stripes",
+    }
+}
+
 /// The directories whose entries `op` changes when it succeeds.
 pub fn changed_dirs(op: &Op) -> Vec<u64> {
     match op {

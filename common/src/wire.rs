@@ -63,6 +63,21 @@ impl ErrorCode {
             _ => ErrorCode::Unknown,
         }
     }
+
+    /// The code's name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Corrupt => "corrupt",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Io => "io",
+            ErrorCode::OutOfSpace => "out_of_space",
+            ErrorCode::OutOfRange => "out_of_range",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
 }
 
 /// What a dataserver reports about itself.

@@ -1,14 +1,8 @@
-//! Prometheus counters of one dataserver, and the plain-HTTP endpoint Prometheus scrapes
-//! (`GET /metrics`). Each store has its own registry so several stores in one process
-//! (tests) never collide.
+//! Prometheus counters of one dataserver, served at `GET /metrics`
+//! (`cairn_common::metrics::serve`).
 
-use axum::http::header::CONTENT_TYPE;
-use axum::routing::get;
-use axum::Router;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use cairn_common::metrics::{counter, counter_vec, gauge, registry, render};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -36,88 +30,45 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("cairn_dataserver".into()), None)
-            .unwrap_or_else(|e| unreachable!("static registry prefix: {e}"));
-        let requests = IntCounterVec::new(
-            Opts::new("requests_total", "Requests by operation and outcome"),
-            &["op", "outcome"],
-        );
-        let corrupt = IntCounterVec::new(
-            Opts::new("corrupt_blocks_total", "Blocks that failed their checksum"),
-            &["found_by"],
-        );
-        let m = Metrics {
-            requests: requests.unwrap_or_else(|e| unreachable!("{e}")),
-            bytes_written: IntCounter::new("written_bytes_total", "Shard bytes stored")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            bytes_read: IntCounter::new("read_bytes_total", "Shard bytes served")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            corrupt_blocks: corrupt.unwrap_or_else(|e| unreachable!("{e}")),
-            scrubbed_bytes: IntCounter::new("scrubbed_bytes_total", "Bytes re-read by scrub")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            scrubbed_shards: IntCounter::new("scrubbed_shards_total", "Shards re-read by scrub")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            repaired_shards: IntCounterVec::new(
-                Opts::new("repaired_shards_total", "Corrupt shards replaced by a verified copy"),
+        let r = registry("cairn_dataserver");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "requests_total",
+                "Requests by operation and outcome",
+                &["op", "outcome"],
+            ),
+            bytes_written: counter(&r, "written_bytes_total", "Shard bytes stored"),
+            bytes_read: counter(&r, "read_bytes_total", "Shard bytes served"),
+            corrupt_blocks: counter_vec(
+                &r,
+                "corrupt_blocks_total",
+                "Blocks that failed their checksum",
+                &["found_by"],
+            ),
+            scrubbed_bytes: counter(&r, "scrubbed_bytes_total", "Bytes re-read by scrub"),
+            scrubbed_shards: counter(&r, "scrubbed_shards_total", "Shards re-read by scrub"),
+            repaired_shards: counter_vec(
+                &r,
+                "repaired_shards_total",
+                "Corrupt shards replaced by a verified copy",
                 &["by"],
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-            orphans_deleted: IntCounter::new("orphans_deleted_total", "Unreferenced shards deleted")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            rebuilt_shards: IntCounter::new(
+            ),
+            orphans_deleted: counter(&r, "orphans_deleted_total", "Unreferenced shards deleted"),
+            rebuilt_shards: counter(
+                &r,
                 "rebuilt_shards_total",
                 "Shards of drained dataservers rebuilt by this node",
-            )
-            .unwrap_or_else(|e| unreachable!("{e}")),
-            rebuilt_bytes: IntCounter::new("rebuilt_bytes_total", "Bytes of shards rebuilt by this node")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            connections: IntGauge::new("connections", "Open client connections")
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            registry,
-        };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
-            Box::new(m.requests.clone()),
-            Box::new(m.bytes_written.clone()),
-            Box::new(m.bytes_read.clone()),
-            Box::new(m.corrupt_blocks.clone()),
-            Box::new(m.scrubbed_bytes.clone()),
-            Box::new(m.scrubbed_shards.clone()),
-            Box::new(m.repaired_shards.clone()),
-            Box::new(m.orphans_deleted.clone()),
-            Box::new(m.rebuilt_shards.clone()),
-            Box::new(m.rebuilt_bytes.clone()),
-            Box::new(m.connections.clone()),
-        ];
-        for c in collectors {
-            m.registry
-                .register(c)
-                .unwrap_or_else(|e| unreachable!("metric names are distinct: {e}"));
+            ),
+            rebuilt_bytes: counter(&r, "rebuilt_bytes_total", "Bytes of shards rebuilt by this node"),
+            connections: gauge(&r, "connections", "Open client connections"),
+            registry: r,
         }
-        m
     }
 
     /// Text exposition of every metric.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
-    }
-}
-
-/// Serves `GET /metrics` (the text exposition format) on `listener` until `shutdown`
-/// fires; any other path is 404, and a malformed request gets 400 from the HTTP library
-/// without reaching this code.
-pub async fn serve(metrics: Metrics, listener: TcpListener, shutdown: CancellationToken) {
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let body = metrics.render();
-            async move { ([(CONTENT_TYPE, prometheus::TEXT_FORMAT)], body) }
-        }),
-    );
-    let stopped = async move { shutdown.cancelled().await };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-        warn!("metrics endpoint stopped: {e}");
+        render(&self.registry)
     }
 }
 

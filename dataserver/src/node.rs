@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::Context;
 use cairn_common::config::Config;
 use cairn_common::ids::{HallId, NodeId};
+use cairn_common::metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::disk;
 use crate::metadata;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::orphans::{self, OrphanConfig};
 use crate::rebuild::{self, RebuildConfig};
 use crate::repair::RepairConfig;
@@ -55,14 +56,9 @@ impl Node {
             .await
             .with_context(|| format!("listen on {}", ds.listen))?;
         let addr = listener.local_addr()?;
-        let metrics = match ds.metrics_listen {
-            Some(at) => Some(
-                TcpListener::bind(at)
-                    .await
-                    .with_context(|| format!("listen for metrics on {at}"))?,
-            ),
-            None => None,
-        };
+        let metrics = metrics::bind(ds.metrics_listen)
+            .await
+            .with_context(|| format!("listen for metrics on {:?}", ds.metrics_listen))?;
         let server = Server::new(
             store.clone(),
             ServerConfig {
@@ -130,9 +126,15 @@ impl Node {
         let rebuilder = self
             .rebuild
             .map(|c| rebuild::spawn_background(self.store.clone(), c, shutdown.clone()));
-        let exporter = self
-            .metrics
-            .map(|l| tokio::spawn(metrics::serve(self.store.metrics().clone(), l, shutdown.clone())));
+        let exporter = self.metrics.map(|l| {
+            let m = self.store.metrics().clone();
+            let stop = shutdown.clone();
+            tokio::spawn(metrics::serve(
+                move || m.render(),
+                l,
+                async move { stop.cancelled().await },
+            ))
+        });
         let heartbeats = self
             .heartbeats
             .map(|(members, node)| tokio::spawn(metadata::send_heartbeats(members, node, shutdown.clone())));

@@ -229,7 +229,7 @@ impl Server {
             Err(e) => {
                 debug!(request = %id, error = %e, "request failed");
                 let code = e.code();
-                (error_label(code), Reply::error(code, e.to_string()))
+                (code.label(), Reply::error(code, e.to_string()))
             }
         };
         store.metrics().requests.with_label_values(&[op, outcome]).inc();
@@ -253,19 +253,5 @@ impl Server {
             build_version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol_version: u32::from(cairn_common::frame::VERSION),
         }))
-    }
-}
-
-fn error_label(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest => "bad_request",
-        ErrorCode::Corrupt => "corrupt",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::AlreadyExists => "already_exists",
-        ErrorCode::Busy => "busy",
-        ErrorCode::Io => "io",
-        ErrorCode::OutOfSpace => "out_of_space",
-        ErrorCode::OutOfRange => "out_of_range",
-        ErrorCode::Unknown => "unknown",
     }
 }

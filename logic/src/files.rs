@@ -43,6 +43,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::dataservers::Dataservers;
+use crate::metrics::Metrics;
 
 /// Bytes of a stripe read: their offset in the stripe, and the checksums of their
 /// first whole blocks of [`FILE_BLOCK_BYTES`] that a dataserver sent.
@@ -87,6 +88,7 @@ pub struct Files {
     code: ErasureCode,
     unit: usize,
     block_bytes: u32,
+    metrics: Metrics,
 }
 
 impl Files {
@@ -97,7 +99,22 @@ impl Files {
             code: erasure.code(),
             unit: erasure.shard_unit_bytes as usize,
             block_bytes: erasure.block_bytes,
+            metrics: Metrics::new(),
         }
+    }
+
+    /// This logic node's metrics (the file path counts into them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `node` failed a request: counted, its connection dropped, placement avoids it.
+    async fn dataserver_failed(&self, node: NodeId) {
+        self.metrics
+            .dataserver_failures
+            .with_label_values(&[&node.0.to_string()])
+            .inc();
+        self.ds.failed(node).await;
     }
 
     /// Replace the content of file `inode` with `data`; returns once the new layout is
@@ -302,7 +319,7 @@ impl Files {
                 Ok(())
             }
             Err(e) => {
-                self.ds.failed(node).await;
+                self.dataserver_failed(node).await;
                 Err(format!("dataserver {node}: {e}"))
             }
         }
@@ -404,7 +421,7 @@ impl Files {
                     index = loc.index,
                     "reading shard from {node}: {e}"
                 );
-                self.ds.failed(node).await;
+                self.dataserver_failed(node).await;
                 Fetched::Unavailable
             }
         }
@@ -435,6 +452,7 @@ impl Files {
                 .await
             {
                 Ok(()) => {
+                    self.metrics.repaired_shards.inc();
                     info!(stripe = %id.0, index = loc.index, dataserver = loc.dataserver, "corrupt shard repaired")
                 }
                 Err(e) => warn!(stripe = %id.0, index = loc.index, "repairing a corrupt shard: {e}"),
@@ -540,6 +558,10 @@ impl Files {
             .map(Bytes::len)
             .next()
             .ok_or_else(|| bad("no shard could be read".into()))?;
+        if shards[..k].iter().any(Option::is_none) {
+            self.metrics.degraded_stripes.inc();
+        }
+        self.metrics.corrupt_shards.inc_by(corrupt.len() as u64);
         // Decode at the encoded length (a truncate may have shortened the stripe since).
         let data = code.decode(&shards, shard_len * k)?;
         if !corrupt.is_empty() {

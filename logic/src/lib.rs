@@ -6,4 +6,5 @@
 
 pub mod dataservers;
 pub mod files;
+pub mod metrics;
 pub mod server;

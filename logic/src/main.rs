@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
+use cairn_common::metrics;
 use cairn_common::versions::Versions;
 use cairn_logic::dataservers::Dataservers;
 use cairn_logic::files::Files;
@@ -58,8 +59,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(logic.listen)
         .await
         .with_context(|| format!("listening on {}", logic.listen))?;
-    info!(addr = %logic.listen, "logic node serving");
+    let exporter = metrics::bind(logic.metrics_listen)
+        .await
+        .with_context(|| format!("listening for metrics on {:?}", logic.metrics_listen))?;
+    info!(addr = %logic.listen, metrics = ?logic.metrics_listen, "logic node serving");
     let drain = CancellationToken::new();
+    if let Some(l) = exporter {
+        // Served until the process exits, draining included.
+        let m = node.files.metrics().clone();
+        tokio::spawn(metrics::serve(move || m.render(), l, std::future::pending()));
+    }
     let signal = drain.clone();
     tokio::spawn(async move {
         tokio::select! {

@@ -4,12 +4,13 @@
 //! reply. Nothing here keeps state between requests.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::file_wire::{FileReply, FileRequest};
 use cairn_common::frame::{write_frames, Frame, FrameDecoder};
 use cairn_common::ids::RequestId;
+use cairn_common::metrics::errno_label;
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
 use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
@@ -68,7 +69,41 @@ impl LogicNode {
             .saturating_add(FRAME_META_BYTES_MAX)
     }
 
+    /// Answers `req`, counting it in the node's metrics.
     pub async fn handle(&self, req: FileRequest) -> FileReply {
+        let op = match &req {
+            FileRequest::Meta(_) => "meta",
+            FileRequest::WriteStripe { .. } => "write_stripe",
+            FileRequest::Read { .. } => "read",
+            FileRequest::Capacity => "capacity",
+        };
+        let started = Instant::now();
+        let reply = self.answer(req).await;
+        let m = self.files.metrics();
+        m.latency
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &reply {
+            FileReply::Error { code, .. } => code.label().to_owned(),
+            FileReply::Meta(MetaReply {
+                result: Some(meta_reply::Result::Error(e)),
+                ..
+            }) => errno_label(e.errno),
+            FileReply::Stripe(s) => {
+                m.written_bytes.inc_by(s.length);
+                "ok".to_owned()
+            }
+            FileReply::Data { data, .. } => {
+                m.read_bytes.inc_by(data.len());
+                "ok".to_owned()
+            }
+            _ => "ok".to_owned(),
+        };
+        m.requests.with_label_values(&[op, &outcome]).inc();
+        reply
+    }
+
+    async fn answer(&self, req: FileRequest) -> FileReply {
         match req {
             // Moving shards, draining dataservers, their heartbeats and raising the entry
             // format are the admin tools' and the dataservers' (they talk to the metadata
@@ -147,7 +182,10 @@ pub async fn serve(
         let (node, drain) = (node.clone(), drain.clone());
         tokio::spawn(async move {
             debug!(%peer, "client connected");
+            let connections = node.files.metrics().connections.clone();
+            connections.inc();
             connection(stream, node, drain).await;
+            connections.dec();
             drop(permit);
         });
     }

@@ -18,6 +18,7 @@ pub mod layout_store;
 pub mod liveness;
 pub mod locks;
 pub mod log_store;
+pub mod metrics;
 pub mod names;
 pub mod namespace;
 pub mod network;

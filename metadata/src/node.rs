@@ -19,6 +19,7 @@ use crate::db::Db;
 use crate::handover::LeadingSince;
 use crate::liveness::Liveness;
 use crate::log_store::LogStore;
+use crate::metrics::Metrics;
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::proposer::{now_ns, Proposer};
 use crate::records::{ids, DRAINING_KEY, LOST_KEY};
@@ -107,12 +108,25 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         leading_since,
     };
     let liveness = Arc::new(Liveness::default());
+    let metrics = Metrics::new();
     let dataservers: Arc<Vec<u32>> = Arc::new(config.dataservers.iter().map(|d| d.node_id).collect());
 
     let listener = tokio::net::TcpListener::bind(me.addr)
         .await
         .with_context(|| format!("listening on {}", me.addr))?;
-    info!(node = me.node_id, addr = %me.addr, "metadata node serving");
+    let exporter = cairn_common::metrics::bind(md.metrics_listen)
+        .await
+        .with_context(|| format!("listening for metrics on {:?}", md.metrics_listen))?;
+    info!(node = me.node_id, addr = %me.addr, metrics = ?md.metrics_listen, "metadata node serving");
+    if let Some(l) = exporter {
+        let (metrics, raft) = (metrics.clone(), raft.clone());
+        let render = move || {
+            metrics.observe_raft(&raft.metrics().borrow());
+            metrics.render()
+        };
+        // Served until the process exits.
+        tokio::spawn(cairn_common::metrics::serve(render, l, std::future::pending()));
+    }
     let server = tonic::transport::Server::builder()
         .add_service(
             RaftServer::new(RaftService { raft: raft.clone() })
@@ -126,6 +140,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
                 raft: raft.clone(),
                 liveness: liveness.clone(),
                 dataservers: dataservers.clone(),
+                metrics: metrics.clone(),
             })
             .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX),

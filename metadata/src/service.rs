@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use cairn_common::config::DATASERVER_SILENT_AFTER;
 use cairn_common::ids::StripeId;
-use cairn_common::namespace::{changed_dirs, is_mutation};
+use cairn_common::metrics::errno_label;
+use cairn_common::namespace::{changed_dirs, is_mutation, op_name};
 use cairn_common::placement::partition_of;
 use cairn_common::proto::metadata::{
     admin_server::Admin, meta_reply, meta_request::Op, metadata_server::Metadata, raft_server::Raft as RaftRpc,
@@ -33,6 +34,7 @@ use crate::db::{read_u64, Cf, Db};
 use crate::errors::{error_reply, meta_error, reply};
 use crate::handover::{campaign, hand_over, Leader, LeadingSince};
 use crate::liveness::Liveness;
+use crate::metrics::Metrics;
 use crate::network::{envelope, open_envelope, Network};
 use crate::proposer::{leading_term, write_error, Proposer};
 use crate::reads::{dir_attrs, read};
@@ -80,6 +82,7 @@ pub struct MetadataService {
     pub liveness: Arc<Liveness>,
     /// The configured dataservers: silent until heard from.
     pub dataservers: Arc<Vec<u32>>,
+    pub metrics: Metrics,
 }
 
 /// Shard references per streamed chunk.
@@ -178,7 +181,20 @@ type ShardRefStream = Pin<Box<dyn Stream<Item = Result<ShardRefsChunk, Status>> 
 #[tonic::async_trait]
 impl Metadata for MetadataService {
     async fn call(&self, req: Request<MetaRequest>) -> Result<Response<MetaReply>, Status> {
-        Ok(Response::new(MetadataService::call(self, req.into_inner()).await))
+        let req = req.into_inner();
+        let op = req.op.as_ref().map_or("none", op_name);
+        let started = Instant::now();
+        let reply = MetadataService::call(self, req).await;
+        self.metrics
+            .latency
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &reply.result {
+            Some(meta_reply::Result::Error(e)) => errno_label(e.errno),
+            _ => "ok".to_owned(),
+        };
+        self.metrics.requests.with_label_values(&[op, &outcome]).inc();
+        Ok(Response::new(reply))
     }
 
     type ShardRefsStream = ShardRefStream;

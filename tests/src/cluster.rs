@@ -35,6 +35,8 @@ pub fn pattern(len: usize, seed: u8) -> bytes::Bytes {
 #[derive(Debug)]
 pub struct LogicProcess {
     pub addr: SocketAddr,
+    /// Its `GET /metrics` endpoint.
+    pub metrics: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
     pub child: Process,
@@ -129,17 +131,19 @@ impl FileCluster {
         let mut logic = Vec::new();
         for i in 0..logic_nodes {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+            let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
             let config = dir.path().join(format!("logic{i}.toml"));
             std::fs::write(
                 &config,
                 format!(
                     "[erasure]\ndata_shards = {}\nparity_shards = {}\nshard_unit_bytes = {}\nblock_bytes = {}\n\n\
-                     [logic]\nlisten = \"{addr}\"\n\n{members}",
+                     [logic]\nlisten = \"{addr}\"\nmetrics_listen = \"{metrics}\"\n\n{members}",
                     erasure.data_shards, erasure.parity_shards, erasure.shard_unit_bytes, erasure.block_bytes
                 ),
             )?;
             let mut p = LogicProcess {
                 addr,
+                metrics,
                 config,
                 log: dir.path().join(format!("logic{i}.log")),
                 child: Process::default(),

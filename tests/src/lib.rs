@@ -14,6 +14,7 @@ use rustix::process::{kill_process, Pid, Signal};
 pub mod cluster;
 pub mod local;
 pub mod metadata;
+pub mod metrics;
 pub mod mount;
 
 /// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that

@@ -7,8 +7,8 @@ use std::process::{Command, Output};
 use crate::{bin_path, free_ports};
 
 /// Ports of the default local cluster: 4 voters, 8 dataservers, 2 logic nodes, then the
-/// dataservers' metrics endpoints.
-pub const PORTS: u16 = 22;
+/// metrics endpoints of the dataservers, the voters and the logic nodes.
+pub const PORTS: u16 = 28;
 
 pub fn cairnctl(args: &[&str]) -> Output {
     Command::new(bin_path("cairnctl"))

@@ -5,31 +5,11 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_common::ids::{ShardId, StripeId};
+use cairn_tests::metrics::{get, http};
 use cairn_tests::{free_port, Dataserver};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// Sends `request` as it is and returns the answer, read until the server closes (or
-/// 10 s pass: a test that hangs fails instead).
-async fn http(addr: SocketAddr, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-async fn get(addr: SocketAddr, path: &str) -> String {
-    http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-}
 
 #[tokio::test]
 async fn counters_are_served_for_prometheus() {
@@ -44,7 +24,7 @@ async fn counters_are_served_for_prometheus() {
     assert_eq!(client.get(id, 0, None).await.unwrap(), data);
     assert!(client.get(ShardId::new(StripeId(0x44), 0), 0, None).await.is_err());
 
-    let answer = get(metrics, "/metrics").await;
+    let answer = get(metrics, "/metrics");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer
@@ -64,15 +44,14 @@ async fn counters_are_served_for_prometheus() {
     }
 
     // Bad requests: an error status each, and both ports keep serving.
-    assert!(get(metrics, "/nothing-here").await.starts_with("HTTP/1.1 404"));
-    let garbage = http(metrics, b"\x00\x01\xffnot http at all\r\n\r\n").await;
+    assert!(get(metrics, "/nothing-here").starts_with("HTTP/1.1 404"));
+    let garbage = http(metrics, b"\x00\x01\xffnot http at all\r\n\r\n");
     assert!(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400"), "{garbage}");
     let post = http(
         metrics,
         b"POST /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-    )
-    .await;
+    );
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-    assert!(get(metrics, "/metrics").await.starts_with("HTTP/1.1 200"));
+    assert!(get(metrics, "/metrics").starts_with("HTTP/1.1 200"));
     assert_eq!(client.get(id, 0, None).await.unwrap(), data);
 }

@@ -204,10 +204,16 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     assert_eq!(files.read(inode).await?.1, new);
     written[9] = (inode, crc32c::crc32c(&new), new.len());
 
-    // One dataserver gone: every read still verifies (decoding where its shards were).
+    // One dataserver gone: every read still verifies (decoding where its shards were),
+    // and the node's metrics show it: stripes read by decoding, the failed dataserver.
+    let metrics = files.metrics();
+    assert_eq!(metrics.degraded_stripes.get(), 0, "all shards were up");
     servers[0].kill9();
     check(&files, &written, "one dataserver down").await?;
     check_ranges(&files, ranged, &whole, "one dataserver down").await?;
+    assert!(metrics.degraded_stripes.get() > 0);
+    assert!(metrics.dataserver_failures.with_label_values(&["1"]).get() > 0);
+    assert_eq!(metrics.dataserver_failures.with_label_values(&["2"]).get(), 0);
     // Two gone in different halls (m = 2): still readable.
     servers[3].kill9();
     check(&files, &written, "two dataservers down").await?;

@@ -10,6 +10,7 @@ use cairn_common::ids::{ShardId, StripeId};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout};
 use cairn_dataserver::client::DataserverClient;
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
+use cairn_tests::metrics::{sample, scrape};
 
 /// The file named `name` under `dir`, searched recursively.
 fn find(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -106,6 +107,15 @@ async fn a_corrupt_shard_is_decoded_around_and_rewritten() -> anyhow::Result<()>
     // And the damaged shard is rewritten: it verifies on its dataserver again.
     repaired(&dsc, id, crc).await?;
     ensure!(client.read_file(inode).await? == data);
+    // The logic node's metrics tell the operator what happened.
+    let seen = scrape(cluster.logic[0].metrics);
+    for name in [
+        "cairn_logic_corrupt_shards_total",
+        "cairn_logic_degraded_stripes_total",
+        "cairn_logic_repaired_shards_total",
+    ] {
+        ensure!(sample(&seen, name) >= Some(1.0), "{name} in:\n{seen}");
+    }
     Ok(())
 }
 

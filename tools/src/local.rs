@@ -115,10 +115,12 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
             section: format!("[logic]\nlisten = \"{addr}\"\n"),
         });
     }
-    // Each dataserver's `GET /metrics` port comes after every other port of the cluster,
-    // so adding them moved none of those.
-    for n in nodes.iter_mut().filter(|n| n.binary == "cairn-dataserver") {
-        n.section += &format!("metrics_listen = \"{}\"\n", next()?);
+    // Every node's `GET /metrics` port comes after the cluster's service ports, the
+    // dataservers' first (they were served before the others), so adding them moved none.
+    for binary in ["cairn-dataserver", "cairn-metadata", "cairn-logic"] {
+        for n in nodes.iter_mut().filter(|n| n.binary == binary) {
+            n.section += &format!("metrics_listen = \"{}\"\n", next()?);
+        }
     }
     Ok((shared, nodes))
 }
