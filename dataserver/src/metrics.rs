@@ -1,7 +1,7 @@
 //! Prometheus counters of one dataserver, served at `GET /metrics`
 //! (`cairn_common::metrics::serve`).
 
-use cairn_common::metrics::{counter, counter_vec, gauge, registry, render};
+use cairn_common::metrics::{counter, counter_vec, gauge, registry};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
 #[derive(Clone, Debug)]
@@ -64,11 +64,6 @@ impl Metrics {
             connections: gauge(&r, "connections", "Open client connections"),
             registry: r,
         }
-    }
-
-    /// Text exposition of every metric.
-    pub fn render(&self) -> String {
-        render(&self.registry)
     }
 }
 

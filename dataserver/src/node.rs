@@ -129,11 +129,9 @@ impl Node {
         let exporter = self.metrics.map(|l| {
             let m = self.store.metrics().clone();
             let stop = shutdown.clone();
-            tokio::spawn(metrics::serve(
-                move || m.render(),
-                l,
-                async move { stop.cancelled().await },
-            ))
+            tokio::spawn(metrics::serve(move || metrics::render(&m.registry), l, async move {
+                stop.cancelled().await
+            }))
         });
         let heartbeats = self
             .heartbeats

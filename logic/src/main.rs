@@ -67,7 +67,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(l) = exporter {
         // Served until the process exits, draining included.
         let m = node.files.metrics().clone();
-        tokio::spawn(metrics::serve(move || m.render(), l, std::future::pending()));
+        tokio::spawn(metrics::serve(
+            move || metrics::render(&m.registry),
+            l,
+            std::future::pending(),
+        ));
     }
     let signal = drain.clone();
     tokio::spawn(async move {

@@ -3,7 +3,7 @@
 //! operator watches it by: the requests it serves and how long they take, the file bytes
 //! it moves, and the shards it had to decode around, repair or could not reach.
 
-use cairn_common::metrics::{counter, counter_vec, gauge, latency_vec, registry, render};
+use cairn_common::metrics::{counter, counter_vec, gauge, latency_vec, registry};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 #[derive(Clone, Debug)]
@@ -56,11 +56,6 @@ impl Metrics {
             connections: gauge(&r, "connections", "Open client connections"),
             registry: r,
         }
-    }
-
-    /// Text exposition of every metric.
-    pub fn render(&self) -> String {
-        render(&self.registry)
     }
 }
 

@@ -3,7 +3,7 @@
 //! the Raft group (term, leader, log and apply positions, and on the leader how far each
 //! follower lags), read from openraft's metrics at each scrape.
 
-use cairn_common::metrics::{counter_vec, gauge, gauge_vec, latency_vec, registry, render};
+use cairn_common::metrics::{counter_vec, gauge, gauge_vec, latency_vec, registry};
 use openraft::{RaftMetrics, ServerState};
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
@@ -80,11 +80,6 @@ impl Metrics {
                 .with_label_values(&[&id.to_string()])
                 .set(index(Some(lag)));
         }
-    }
-
-    /// Text exposition of every metric.
-    pub fn render(&self) -> String {
-        render(&self.registry)
     }
 }
 

@@ -122,7 +122,7 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         let (metrics, raft) = (metrics.clone(), raft.clone());
         let render = move || {
             metrics.observe_raft(&raft.metrics().borrow());
-            metrics.render()
+            cairn_common::metrics::render(&metrics.registry)
         };
         // Served until the process exits.
         tokio::spawn(cairn_common::metrics::serve(render, l, std::future::pending()));
