@@ -344,43 +344,79 @@ impl CairnClient {
         self.erasure.shard_unit_bytes as usize * usize::from(self.erasure.data_shards)
     }
 
-    /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), and the
-    /// file's size.
+    /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), read from
+    /// its newest committed layout, and the file's size.
     pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Bytes, u64), ClientError> {
-        let (data, _, size) = self.read_request(inode, offset, length, &mut []).await?;
-        Ok((data.into_bytes(), size))
+        let (data, size, _) = self.read_range_at(inode, offset, length, 0).await?;
+        Ok((data, size))
+    }
+
+    /// [`CairnClient::read_range`] from any layout of at least `min_version` (0: the
+    /// newest), which a logic node may have cached; also returns the version read.
+    pub async fn read_range_at(
+        &self,
+        inode: u64,
+        offset: u64,
+        length: u64,
+        min_version: u64,
+    ) -> Result<(Bytes, u64, u64), ClientError> {
+        let read = self.read_request(inode, offset, length, min_version, &mut []).await?;
+        Ok((read.data.into_bytes(), read.size, read.version))
     }
 
     /// Fills `dest` from offset `offset` of file `inode` (one request, so at most
-    /// `READ_BYTES_MAX` bytes), receiving the bytes straight into it; returns how many it
-    /// holds (fewer only at the end of the file) and the file's size.
-    pub async fn read_range_into(&self, inode: u64, offset: u64, dest: &mut [u8]) -> Result<(usize, u64), ClientError> {
+    /// `READ_BYTES_MAX` bytes) of a layout of at least `min_version`, receiving the bytes
+    /// straight into it; returns how many it holds (fewer only at the end of the file),
+    /// the file's size and the version read.
+    pub async fn read_range_into(
+        &self,
+        inode: u64,
+        offset: u64,
+        min_version: u64,
+        dest: &mut [u8],
+    ) -> Result<(usize, u64, u64), ClientError> {
         let asked = dest.len();
-        match self.read_request(inode, offset, asked as u64, dest).await? {
-            (data, placed, size) if data.is_empty() => Ok((placed, size)),
+        let read = self
+            .read_request(inode, offset, asked as u64, min_version, dest)
+            .await?;
+        if !read.data.is_empty() {
             // Only a reply longer than the request does not fit in `dest`.
-            _ => Err(ClientError::BadReply(format!(
+            return Err(ClientError::BadReply(format!(
                 "a read of {asked} bytes at {offset} got more"
-            ))),
+            )));
         }
+        Ok((read.placed, read.size, read.version))
     }
 
-    /// One read request of up to `length` bytes: the reply's bytes that did not go into
-    /// `dest`, how many did, and the file's size.
+    /// One read request of up to `length` bytes.
     async fn read_request(
         &self,
         inode: u64,
         offset: u64,
         length: u64,
+        min_version: u64,
         dest: &mut [u8],
-    ) -> Result<(FileBytes, usize, u64), ClientError> {
+    ) -> Result<ReadReply, ClientError> {
         let req = FileRequest::Read {
             inode,
             offset,
             length: length.min(READ_BYTES_MAX),
+            min_version,
         };
         match self.exchange_into(req, dest).await? {
-            (FileReply::Data { size, data, .. }, placed) => Ok((data, placed, size)),
+            (
+                FileReply::Data {
+                    size,
+                    layout_version,
+                    data,
+                },
+                placed,
+            ) => Ok(ReadReply {
+                data,
+                placed,
+                size,
+                version: layout_version,
+            }),
             (FileReply::Meta(m), _) => match m.result {
                 Some(meta_reply::Result::Error(e)) => Err(refused(e)),
                 other => Err(bad_reply(other)),
@@ -408,4 +444,16 @@ impl CairnClient {
             }
         }
     }
+}
+
+/// What one read request got.
+struct ReadReply {
+    /// The bytes that did not go into the caller's memory.
+    data: FileBytes,
+    /// How many did.
+    placed: usize,
+    /// The file's size.
+    size: u64,
+    /// The layout version read.
+    version: u64,
 }

@@ -9,6 +9,11 @@
 //! A large read into the caller's memory (a tensor being restored) skips the windows for
 //! what they do not already hold: its bytes are received straight into that memory,
 //! `READ_BYTES_MAX` per request, several requests at once, with no copy in between.
+//!
+//! A reader opened at a layout version sends the newest version it has seen with every
+//! request, so a logic node may answer from its cached layout of that version or a
+//! newer one (close-to-open consistency); one opened without reads the newest layout
+//! every time.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,7 +33,8 @@ struct Window {
     size: u64,
 }
 
-type Fetch = JoinHandle<Result<(Bytes, u64), ClientError>>;
+/// A window's bytes, the file's size and the layout version they were read from.
+type Fetch = JoinHandle<Result<(Bytes, u64, u64), ClientError>>;
 
 /// Windows fetched ahead of a sequential reader.
 const WINDOWS_AHEAD: usize = 3;
@@ -49,6 +55,8 @@ pub struct FileReader {
     /// Windows being fetched ahead, in file order: offset, length asked and task.
     ahead: VecDeque<(u64, u64, Fetch)>,
     window_bytes: u64,
+    /// The newest layout version seen, sent with each read; `None`: read the newest.
+    seen: Option<u64>,
 }
 
 impl Drop for FileReader {
@@ -58,23 +66,42 @@ impl Drop for FileReader {
 }
 
 impl CairnClient {
-    /// A reader of file `inode` with sequential read-ahead.
-    pub fn open_reader(self: &Arc<Self>, inode: u64) -> FileReader {
+    /// A reader of file `inode` with sequential read-ahead. With `opened_at`, the layout
+    /// version its opener read from the metadata group, it reads layouts of at least
+    /// that version (and then of the newest it has read); without, always the newest
+    /// (a mount whose locks and page cache rules rely on that).
+    pub fn open_reader(self: &Arc<Self>, inode: u64, opened_at: Option<u64>) -> FileReader {
         FileReader {
             client: self.clone(),
             inode,
             recent: VecDeque::new(),
             ahead: VecDeque::new(),
             window_bytes: self.stripe_bytes() as u64,
+            seen: opened_at,
         }
     }
 }
 
 impl FileReader {
-    /// Forgets what was read ahead (the file changed).
+    /// Forgets what was read ahead (the file changed); the next read is of the newest
+    /// layout.
     pub fn invalidate(&mut self) {
         self.recent.clear();
         self.abort_ahead();
+        if let Some(seen) = &mut self.seen {
+            *seen = 0;
+        }
+    }
+
+    fn min_version(&self) -> u64 {
+        self.seen.unwrap_or(0)
+    }
+
+    /// A reply was read from layout `version`: later reads ask for at least that one.
+    fn saw(&mut self, version: u64) {
+        if let Some(seen) = &mut self.seen {
+            *seen = (*seen).max(version);
+        }
     }
 
     fn abort_ahead(&mut self) {
@@ -132,23 +159,29 @@ impl FileReader {
     }
 
     /// Fills `buf` from `offset` with requests received straight into it.
-    async fn read_direct(&self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
-        let (client, inode) = (&self.client, self.inode);
+    async fn read_direct(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, ClientError> {
+        let (client, inode, min_version) = (&self.client, self.inode, self.min_version());
         let mut parts = stream::iter(buf.chunks_mut(READ_BYTES_MAX as usize).enumerate())
             .map(|(i, part)| {
                 let at = offset + i as u64 * READ_BYTES_MAX;
                 let want = part.len();
-                async move { Ok::<_, ClientError>((client.read_range_into(inode, at, part).await?.0, want)) }
+                async move {
+                    let (got, _, version) = client.read_range_into(inode, at, min_version, part).await?;
+                    Ok::<_, ClientError>((got, want, version))
+                }
             })
             .buffered(DIRECT_IN_FLIGHT);
-        let mut filled = 0;
-        while let Some((got, want)) = parts.try_next().await? {
+        let (mut filled, mut newest) = (0, 0);
+        while let Some((got, want, version)) = parts.try_next().await? {
             filled += got;
+            newest = newest.max(version);
             if got < want {
                 // The end of the file.
                 break;
             }
         }
+        drop(parts);
+        self.saw(newest);
         Ok(filled)
     }
 
@@ -198,9 +231,10 @@ impl FileReader {
                     .ahead
                     .pop_front()
                     .ok_or_else(|| ClientError::BadReply("read-ahead window vanished".into()))?;
-                let (data, size) = task
+                let (data, size, version) = task
                     .await
                     .map_err(|e| ClientError::BadReply(format!("read-ahead task: {e}")))??;
+                self.saw(version);
                 (Window { offset: at, data, size }, true)
             }
             None => {
@@ -213,7 +247,11 @@ impl FileReader {
                     self.window_bytes = self.client.stripe_bytes() as u64;
                     want.clamp(u64::from(FILE_BLOCK_BYTES), READ_BYTES_MAX)
                 };
-                let (data, size) = self.client.read_range(self.inode, pos, len).await?;
+                let (data, size, version) = self
+                    .client
+                    .read_range_at(self.inode, pos, len, self.min_version())
+                    .await?;
+                self.saw(version);
                 let window = Window {
                     offset: pos,
                     data,
@@ -230,7 +268,8 @@ impl FileReader {
             };
             while self.ahead.len() < WINDOWS_AHEAD && next < window.size {
                 let (client, inode, len) = (self.client.clone(), self.inode, self.window_bytes);
-                let task = tokio::spawn(async move { client.read_range(inode, next, len).await });
+                let min_version = self.min_version();
+                let task = tokio::spawn(async move { client.read_range_at(inode, next, len, min_version).await });
                 self.ahead.push_back((next, len, task));
                 next += len;
             }

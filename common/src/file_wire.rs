@@ -40,6 +40,8 @@ mod pb {
         pub offset: u64,
         #[prost(uint64, tag = "3")]
         pub length: u64,
+        #[prost(uint64, tag = "4")]
+        pub min_version: u64,
     }
     #[derive(Clone, PartialEq, Message)]
     pub struct FileData {
@@ -65,10 +67,15 @@ pub enum FileRequest {
         checksums: Vec<u32>,
     },
     /// Up to `length` bytes of file `inode` from `offset` (capped at READ_BYTES_MAX).
+    /// With `min_version` 0 they are read from the newest committed layout; otherwise
+    /// from any layout of at least that version (the one the reader saw at open or in
+    /// an earlier reply: close-to-open consistency), which a logic node may have cached.
+    /// A logic node of the build before ignores it and reads the newest.
     Read {
         inode: u64,
         offset: u64,
         length: u64,
+        min_version: u64,
     },
     /// The cluster's space, as [`Capacity`].
     Capacity,
@@ -272,11 +279,17 @@ impl FileRequest {
                 };
                 (Kind::WriteStripe, m.encode_to_vec(), data.clone())
             }
-            FileRequest::Read { inode, offset, length } => {
+            FileRequest::Read {
+                inode,
+                offset,
+                length,
+                min_version,
+            } => {
                 let m = pb::ReadFile {
                     inode: *inode,
                     offset: *offset,
                     length: *length,
+                    min_version: *min_version,
                 };
                 (Kind::ReadFile, m.encode_to_vec(), Bytes::new())
             }
@@ -308,6 +321,7 @@ impl FileRequest {
                     inode: m.inode,
                     offset: m.offset,
                     length: m.length.min(READ_BYTES_MAX),
+                    min_version: m.min_version,
                 }
             }
             Kind::Capacity => {
@@ -423,6 +437,7 @@ mod tests {
                 inode: 2,
                 offset: 1,
                 length: 10,
+                min_version: 5,
             },
             FileRequest::Capacity,
         ] {
@@ -490,6 +505,7 @@ mod tests {
             inode: 1,
             offset: 0,
             length: u64::MAX,
+            min_version: 0,
         };
         match FileRequest::from_frame(&r.to_frame(RequestId(2))).unwrap() {
             FileRequest::Read { length, .. } => assert_eq!(length, READ_BYTES_MAX),

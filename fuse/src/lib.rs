@@ -294,7 +294,9 @@ impl CairnFs {
             fh,
             Arc::new(OpenFile {
                 inode,
-                reader: Mutex::new(self.client.open_reader(inode)),
+                // Always the newest layout: taking a lock must show the last holder's
+                // writes to a file this mount already has open.
+                reader: Mutex::new(self.client.open_reader(inode, None)),
                 seen_commits: AtomicU64::new(commits),
                 writes: AtomicBool::new(false),
                 lock_owners: Mutex::new(Vec::new()),

@@ -37,12 +37,14 @@ use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{stripe_part, INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
+use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::dataservers::Dataservers;
+use crate::layouts::LayoutCache;
 use crate::metrics::Metrics;
 
 /// Bytes of a stripe read: their offset in the stripe, and the checksums of their
@@ -89,6 +91,7 @@ pub struct Files {
     unit: usize,
     block_bytes: u32,
     metrics: Metrics,
+    layouts: Arc<LayoutCache>,
 }
 
 impl Files {
@@ -100,6 +103,9 @@ impl Files {
             unit: erasure.shard_unit_bytes as usize,
             block_bytes: erasure.block_bytes,
             metrics: Metrics::new(),
+            layouts: Arc::new(LayoutCache::new(
+                u64::from(erasure.shard_unit_bytes) * u64::from(erasure.data_shards),
+            )),
         }
     }
 
@@ -327,36 +333,91 @@ impl Files {
 
     /// The whole content of file `inode`, with its attributes.
     pub async fn read(&self, inode: u64) -> Result<(Attr, Bytes), FileError> {
-        let (attr, data) = self.read_range(inode, 0, u64::MAX).await?;
+        let (attr, data) = self.read_range(inode, 0, u64::MAX, 0).await?;
         Ok((attr, data.into_bytes()))
     }
 
     /// Up to `length` bytes of file `inode` from `offset` (fewer at the end of the file,
     /// none past it), with its attributes. Only the stripes that overlap are read; bytes
-    /// no stripe covers read as zero.
-    pub async fn read_range(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, FileBytes), FileError> {
+    /// no stripe covers read as zero. With `min_version` 0 the newest committed layout is
+    /// read; otherwise any of at least that version, from the layout cache where it has
+    /// one (see `layouts`).
+    pub async fn read_range(
+        &self,
+        inode: u64,
+        offset: u64,
+        length: u64,
+        min_version: u64,
+    ) -> Result<(Attr, FileBytes), FileError> {
+        let window = (min_version > 0)
+            .then(|| self.layouts.window_of(offset, length))
+            .flatten();
+        let Some(w) = window else {
+            let (attr, mut layout) = self.get_layout(inode, offset, length).await?;
+            let inline = Bytes::from(std::mem::take(&mut layout.inline_data));
+            return self.read_layout(&attr, &layout, inline, offset, length).await;
+        };
+        let cache = &self.metrics.layout_cache;
+        if let Some(hit) = self.layouts.get(inode, w, min_version) {
+            match self
+                .read_layout(&hit.attr, &hit.layout, hit.inline.clone(), offset, length)
+                .await
+            {
+                Ok(read) => {
+                    cache.with_label_values(&["hit"]).inc();
+                    return Ok(read);
+                }
+                Err(e) => {
+                    // Its shards may have been collected after a newer commit.
+                    debug!(inode, "a read from a cached layout failed ({e}): reading it again");
+                    cache.with_label_values(&["failed"]).inc();
+                    self.layouts.forget(inode, w);
+                }
+            }
+        } else {
+            cache.with_label_values(&["miss"]).inc();
+        }
+        let (start, len) = self.layouts.window_range(w);
+        let (attr, layout) = self.get_layout(inode, start, len).await?;
+        let fetched = self.layouts.put(inode, w, attr, layout);
+        self.read_layout(&fetched.attr, &fetched.layout, fetched.inline.clone(), offset, length)
+            .await
+    }
+
+    /// The layout of bytes `offset..offset + length` of file `inode` (its stripes that
+    /// overlap them), from the metadata group, with the file's attributes.
+    async fn get_layout(&self, inode: u64, offset: u64, length: u64) -> Result<(Attr, Layout), FileError> {
         let only = GetLayout {
             inode,
             offset,
             length,
             ..GetLayout::default()
         };
-        let reply = match self.meta.call(Op::GetLayout(only)).await? {
-            meta_reply::Result::Layout(l) => l,
-            other => return Err(FileError::Layout(format!("unexpected reply {other:?}"))),
-        };
-        let attr = reply.attr.unwrap_or_default();
-        let layout = reply.layout.unwrap_or_default();
+        match self.meta.call(Op::GetLayout(only)).await? {
+            meta_reply::Result::Layout(l) => Ok((l.attr.unwrap_or_default(), l.layout.unwrap_or_default())),
+            other => Err(FileError::Layout(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// [`Files::read_range`] from `layout` (whose inline bytes are `inline`).
+    async fn read_layout(
+        &self,
+        attr: &Attr,
+        layout: &Layout,
+        inline: Bytes,
+        offset: u64,
+        length: u64,
+    ) -> Result<(Attr, FileBytes), FileError> {
         let start = offset.min(attr.size);
         let end = offset.saturating_add(length).min(attr.size);
         let len = usize::try_from(end - start).map_err(|_| FileError::Layout("range beyond memory".into()))?;
         let mut out = FileBytesBuilder::default();
-        place_piece(&mut out, start..end, 0, Bytes::from(layout.inline_data), &[]);
+        place_piece(&mut out, start..end, 0, inline, &[]);
         // An older leader sends every stripe, whatever the range.
         let wanted: Vec<(Stripe, Range<u64>)> = layout
             .stripes
-            .into_iter()
-            .filter_map(|s| stripe_part(&s, &(start..end)).map(|part| (s, part)))
+            .iter()
+            .filter_map(|s| stripe_part(s, &(start..end)).map(|part| (s.clone(), part)))
             .collect();
         if !wanted.is_empty() {
             let code = ErasureCode::new(layout.data_shards as usize, layout.parity_shards as usize)?;
@@ -374,7 +435,7 @@ impl Files {
         }
         // Bytes no stripe covers (a hole, or a stripe shorter than the file) read as zero.
         out.push_zeros(len - out.len() as usize);
-        Ok((attr, out.finish()))
+        Ok((*attr, out.finish()))
     }
 
     /// Reads shard `loc` of stripe `id`: the whole shard, checked against the layout's
@@ -414,6 +475,13 @@ impl Files {
                     "corrupt shard on {node}: {e}"
                 );
                 Fetched::Corrupt
+            }
+            // The node answered that it holds no such shard (collected after a newer
+            // commit, or never stored): the shard is missing, the node is fine.
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => {
+                warn!(stripe = stripe.offset, index = loc.index, "shard missing on {node}");
+                self.ds.answered(node);
+                Fetched::Unavailable
             }
             Err(e) => {
                 warn!(

@@ -6,5 +6,6 @@
 
 pub mod dataservers;
 pub mod files;
+pub mod layouts;
 pub mod metrics;
 pub mod server;

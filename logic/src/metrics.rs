@@ -25,6 +25,9 @@ pub struct Metrics {
     pub corrupt_shards: IntCounter,
     /// Corrupt shards rewritten from the decoded stripe.
     pub repaired_shards: IntCounter,
+    /// Reads that could use the layout cache, by result: "hit", "miss", or "failed" (a
+    /// cached layout whose read failed, read again from a fresh one).
+    pub layout_cache: IntCounterVec,
     /// Requests to a dataserver that failed (its connection is dropped and placement
     /// avoids it for a while), by dataserver id.
     pub dataserver_failures: IntCounterVec,
@@ -47,6 +50,12 @@ impl Metrics {
             degraded_stripes: counter(&r, "degraded_stripes_total", "Stripe reads that decoded from parity"),
             corrupt_shards: counter(&r, "corrupt_shards_total", "Shards that failed their checksum on read"),
             repaired_shards: counter(&r, "repaired_shards_total", "Corrupt shards rewritten"),
+            layout_cache: counter_vec(
+                &r,
+                "layout_cache_total",
+                "Reads that could use a cached layout, by result",
+                &["result"],
+            ),
             dataserver_failures: counter_vec(
                 &r,
                 "dataserver_failures_total",

@@ -137,7 +137,12 @@ impl LogicNode {
                     Err(e) => error(ErrorCode::Busy, e.to_string()),
                 }
             }
-            FileRequest::Read { inode, offset, length } => match self.files.read_range(inode, offset, length).await {
+            FileRequest::Read {
+                inode,
+                offset,
+                length,
+                min_version,
+            } => match self.files.read_range(inode, offset, length, min_version).await {
                 Ok((attr, data)) => FileReply::Data {
                     size: attr.size,
                     layout_version: attr.layout_version,

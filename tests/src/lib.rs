@@ -165,6 +165,11 @@ impl Dataserver {
         self.dir.path().join("data")
     }
 
+    /// The file of shard `id` in this dataserver's store, if it holds one.
+    pub fn shard_file(&self, id: cairn_common::ids::ShardId) -> Option<PathBuf> {
+        find(&self.data_dir(), &id.to_string())
+    }
+
     /// Starts the process again (after `kill9`) and waits until it serves.
     pub async fn restart(&mut self) -> anyhow::Result<Duration> {
         let started = Instant::now();
@@ -212,4 +217,19 @@ impl Dataserver {
     pub async fn client(&self) -> anyhow::Result<DataserverClient> {
         Ok(DataserverClient::connect(self.addr).await?)
     }
+}
+
+/// The file named `name` under `dir`, searched recursively.
+fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name().to_string_lossy() == name {
+            return Some(path);
+        }
+    }
+    None
 }

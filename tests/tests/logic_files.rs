@@ -60,7 +60,7 @@ async fn check_ranges(files: &Files, inode: u64, whole: &Bytes, label: &str) -> 
         (len - 10, 100),
         (len + 5, 10),
     ] {
-        let (_, got) = files.read_range(inode, offset, length).await?;
+        let (_, got) = files.read_range(inode, offset, length, 0).await?;
         let from = offset.min(len) as usize;
         let to = offset.saturating_add(length).min(len) as usize;
         let sums = block_checksums(&whole[from..to], FILE_BLOCK_BYTES);
@@ -192,7 +192,7 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
     )
     .await?;
     meta.close_session(session.session).await?;
-    let (_, got) = files.read_range(f.inode, sb + 70_000, 50_000).await?;
+    let (_, got) = files.read_range(f.inode, sb + 70_000, 50_000, 0).await?;
     let mut expect = data[(sb + 70_000) as usize..(sb + 100_000) as usize].to_vec();
     expect.resize(50_000, 0);
     assert_eq!(got.into_bytes(), expect, "a part of a shortened stripe");
@@ -250,14 +250,14 @@ async fn files_round_trip_and_survive_lost_dataservers() -> anyhow::Result<()> {
             _ => {}
         }
     }
-    let (_, got) = files.read_range(f.inode, 1000, 20_000).await?;
+    let (_, got) = files.read_range(f.inode, 1000, 20_000, 0).await?;
     assert_eq!(
         got.into_bytes(),
         data.slice(1000..21_000),
         "a part of a stripe with its shard up"
     );
     assert!(
-        files.read_range(f.inode, 0, sb).await.is_err(),
+        files.read_range(f.inode, 0, sb, 0).await.is_err(),
         "a whole stripe with 5 of its 6 shards gone"
     );
     Ok(())

@@ -84,7 +84,7 @@ async fn reads_go_on_while_a_dataserver_is_killed() -> anyhow::Result<()> {
             let (c, data) = (c.clone(), data.clone());
             tokio::spawn(async move {
                 for _ in 0..4 {
-                    let mut r = c.open_reader(f.inode);
+                    let mut r = c.open_reader(f.inode, None);
                     let mut at = 0;
                     while at < data.len() {
                         let piece = r.read(at as u64, 1 << 20).await?;
@@ -146,6 +146,7 @@ async fn logic_node_refuses_garbage() -> anyhow::Result<()> {
         inode: 987_654,
         offset: 0,
         length: 10,
+        min_version: 0,
     }
     .to_frame(RequestId(3));
     let shard_request = cairn_common::wire::Request::Stat.to_frame(RequestId(4));

@@ -2,7 +2,6 @@
 //! flipped in a stored shard file; the read decodes from the other shards, and the
 //! damaged shard is rewritten on its dataserver, where it verifies again.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
@@ -11,21 +10,6 @@ use cairn_common::proto::metadata::{meta_reply, meta_request::Op, GetLayout};
 use cairn_dataserver::client::DataserverClient;
 use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
 use cairn_tests::metrics::{sample, scrape};
-
-/// The file named `name` under `dir`, searched recursively.
-fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            if let Some(found) = find(&path, name) {
-                return Some(found);
-            }
-        } else if entry.file_name().to_string_lossy() == name {
-            return Some(path);
-        }
-    }
-    None
-}
 
 /// A file of `data` written through the cluster, then one byte flipped on disk in shard
 /// `index` of stripe `stripe`: the file's inode, the shard, its crc in the layout and a
@@ -63,7 +47,7 @@ async fn damaged(
         index,
     );
     let ds = &cluster.dataservers[loc.dataserver as usize - 1];
-    let path = find(&ds.data_dir(), &id.to_string()).context("the shard's file")?;
+    let path = ds.shard_file(id).context("the shard's file")?;
     let mut bytes = std::fs::read(&path)?;
     let at = bytes.len() / 2;
     bytes[at] ^= 0x5a;

@@ -301,7 +301,7 @@ impl Client {
             state: Mutex::new(FileState {
                 pos: 0,
                 size: writer.as_ref().map_or(attr.size, FileWriter::size),
-                reader: read.then(|| client.open_reader(attr.inode)),
+                reader: read.then(|| client.open_reader(attr.inode, Some(attr.layout_version))),
                 writer,
                 inode: attr.inode,
                 closed: false,
