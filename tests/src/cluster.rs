@@ -89,8 +89,18 @@ impl FileCluster {
         dataserver_extra: &str,
         metadata_extra: &str,
     ) -> anyhow::Result<FileCluster> {
-        let dir = tempfile::tempdir()?;
         let meta = MetadataCluster::start(3, metadata_extra).await?;
+        FileCluster::start_on(meta, logic_nodes, erasure, dataserver_extra).await
+    }
+
+    /// Like [`FileCluster::start_with`], on the metadata group `meta`.
+    pub async fn start_on(
+        meta: MetadataCluster,
+        logic_nodes: usize,
+        erasure: ErasureConfig,
+        dataserver_extra: &str,
+    ) -> anyhow::Result<FileCluster> {
+        let dir = tempfile::tempdir()?;
         let mut dataservers = Vec::new();
         let mut members = String::new();
         for n in &meta.nodes {

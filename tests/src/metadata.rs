@@ -15,6 +15,8 @@ use crate::{free_port, Process};
 pub struct MetadataNode {
     pub id: u64,
     pub addr: SocketAddr,
+    /// Its `GET /metrics` endpoint.
+    pub metrics: SocketAddr,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Process,
@@ -69,6 +71,12 @@ pub struct MetadataCluster {
 impl MetadataCluster {
     /// `n` nodes, each in its own hall, with `extra` lines added to each `[metadata]`.
     pub async fn start(n: usize, extra: &str) -> anyhow::Result<MetadataCluster> {
+        MetadataCluster::start_some(n, extra, n).await
+    }
+
+    /// Like [`MetadataCluster::start`], with only the first `running` nodes started (a
+    /// quorum at least); the others can be started later.
+    pub async fn start_some(n: usize, extra: &str, running: usize) -> anyhow::Result<MetadataCluster> {
         let dir = tempfile::tempdir()?;
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()).parse())
@@ -84,22 +92,24 @@ impl MetadataCluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("m{id}.toml"));
+            let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
             std::fs::write(
                 &config,
                 format!(
-                    "[metadata]\nnode_id = {id}\ndata_dir = \"{}\"\n{extra}\n\n{members}",
+                    "[metadata]\nnode_id = {id}\ndata_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n{extra}\n\n{members}",
                     dir.path().join(format!("m{id}")).display()
                 ),
             )?;
             nodes.push(MetadataNode {
                 id,
                 addr: *addr,
+                metrics,
                 config,
                 log: dir.path().join(format!("m{id}.log")),
                 child: Process::default(),
             });
         }
-        for node in &mut nodes {
+        for node in nodes.iter_mut().take(running) {
             node.start()?;
         }
         let cluster = MetadataCluster { dir, nodes };
