@@ -146,12 +146,17 @@ def main() -> None:
         memcpy_s = stalls[-1]
 
     mb = size / 1e6
+    # Which connections the Cairn methods' processes used (common/src/transport.rs).
+    transport = ""
+    if a.method in ("dcp-fs-async", "cairn-async"):
+        transport = f" transport={os.environ.get('CAIRN_TRANSPORT', 'local')}"
     fmt = lambda xs: "/".join(f"{x:.3f}" for x in xs)  # noqa: E731
     print(
         f"ckpt {a.method} state_MB={mb:.0f} stall_s={fmt(stalls)} complete_s={fmt(completes)} "
         f"complete_MBps={mb / completes[-1]:.0f} restore_s={restore:.3f} "
         f"restore_MBps={(mb / restore) if restore else 0:.0f} peak_rss_MiB={rss_mib:.0f} "
-        f"memcpy_here_s={memcpy_s:.3f} last_stall_vs_memcpy_here={stalls[-1] / memcpy_s:.2f}x",
+        f"memcpy_here_s={memcpy_s:.3f} last_stall_vs_memcpy_here={stalls[-1] / memcpy_s:.2f}x"
+        f"{transport}",
         flush=True,
     )
     if a.method in ("torch-save", "dcp-fs"):

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Checkpoint benchmark, in one run (bench/ckpt.py holds the training-loop stand-in):
 #   1. the limits: disk (O_DIRECT and buffered sequential write/read), memcpy, loopback
-#      TCP (../shared/bench/limits.sh) and loopback TCP through a relay (the two hops of
-#      the file path, bench/lib.sh), before and after;
+#      TCP (../shared/bench/limits.sh), loopback TCP through a relay (the two hops of
+#      the file path) and the same two hops over TCP and over Unix sockets, which nodes
+#      of one host use between them (bench/lib.sh), before and after;
 #   2. a bare memcpy of the state into preallocated tensors;
 #   3. (a) torch.save + fsync to local disk, (b) dcp.save with FileSystemWriter to local
 #      disk, (c) dcp.async_save with FileSystemWriter to the Cairn FUSE mount,
 #      (d) dcp.async_save with cairn.torch.CairnStorageWriter (the Python package);
 #      each in its own process: stall and completion per checkpoint, restore (page cache
-#      dropped), peak RSS beside the state size.
+#      dropped), peak RSS beside the state size;
+#   4. (d) again on a cluster whose processes speak TCP alone (CAIRN_TRANSPORT=tcp).
 # Cairn: `cairnctl local up` (release build; 4 halls, 8 dataservers, 2 logic nodes, 4+2).
 # Run as root from the repository root:  bench/ckpt.sh     (env: GIB=2 EVERY=5 CHECKPOINTS=2)
 source "$(dirname "$0")/../scripts/env.sh"
@@ -22,6 +24,7 @@ trap cleanup EXIT
 limits() {
   SECTIONS="disk mem net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|mem memcpy|net)" | tee -a "$RESULTS"
   relay_limit 17590 | tee -a "$RESULTS"
+  socket_limits | tee -a "$RESULTS"
 }
 bench() { "$CAIRN_VENV/bin/python" "$CAIRN_ROOT/bench/ckpt.py" "$@" --gib "$GIB" --every "$EVERY" --checkpoints "$CHECKPOINTS" | tee -a "$RESULTS"; }
 
@@ -41,6 +44,16 @@ bench dcp-fs --dir "$DATA/local"
 bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt"
 bench cairn-async --dir /ckpt
 cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
+
+# (d) again on a cluster whose every process, the benchmark's included, speaks TCP alone
+# (CAIRN_TRANSPORT=tcp): what local sockets between the processes of one host bring.
+log "(d) on a cluster that speaks TCP only"
+cleanup
+rm -rf "$DATA/cluster"
+export CAIRN_TRANSPORT=tcp
+"$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17500 --no-mount
+bench cairn-async --dir /ckpt
+unset CAIRN_TRANSPORT
 cleanup
 # The orphan collector would free the shards only after its grace period: drop the cluster.
 rm -rf "$DATA/cluster" "$DATA/local"

@@ -26,6 +26,7 @@ fstest() { bash "$SHARED/fstest.sh" "$@" | tail -1 | tee -a "$RESULTS"; }
 limits() {
   SECTIONS="disk net" bash "$SHARED/limits.sh" "$DATA/limits" | grep -E "^(disk|net)" | tee -a "$RESULTS"
   relay_limit 17490 | tee -a "$RESULTS"
+  socket_limits | tee -a "$RESULTS"
 }
 
 log "limits (before)"

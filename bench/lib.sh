@@ -46,3 +46,11 @@ relay_limit() {
   wait "$relay_pid" 2>/dev/null || true
   echo "net relay (2 loopback hops through socat, 1 stream) MB/s=$mbps"
 }
+
+# socket_limits: the same two-hop transport measured by cairn-bench's own code over
+# loopback TCP and over Unix sockets (what nodes of one host use between them, see
+# common/src/transport.rs), 8 GiB each. Prints one line per kind.
+socket_limits() {
+  local kind
+  for kind in tcp unix; do "$BIN/cairn-bench" socket-limit --kind "$kind"; done
+}

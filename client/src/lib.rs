@@ -20,11 +20,10 @@ use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
     meta_reply, meta_request::Op, Attr, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
 };
+use cairn_common::transport::{ReadHalf, Stream, WriteHalf};
 use cairn_common::versions::API_VERSION_MIN;
 use cairn_common::wire::ErrorCode;
 use thiserror::Error;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tracing::warn;
 
 mod paths;
@@ -99,7 +98,7 @@ fn refused(e: MetaError) -> ClientError {
     ClientError::refused(Errno::try_from(e.errno).unwrap_or(Errno::Unspecified), e.message)
 }
 
-type Connection = (AlignedFrameReader<OwnedReadHalf>, OwnedWriteHalf);
+type Connection = (AlignedFrameReader<ReadHalf>, WriteHalf);
 
 #[derive(Debug)]
 struct Route {
@@ -194,9 +193,8 @@ impl CairnClient {
         }
         let addr = self.addrs[route.index % self.addrs.len()];
         if route.conn.is_none() {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(CONNECT_TIMEOUT, Stream::connect(addr)).await {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
                     let (rd, wr) = stream.into_split();
                     route.conn = Some((AlignedFrameReader::new(rd, REPLY_BYTES_MAX), wr));
                 }

@@ -2,9 +2,10 @@
 //! frame and its messages, erasure coding, block checksums and hall-aware placement.
 //!
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
-//! so the same code runs in production and in the simulator (DESIGN.md invariant 8), and
-//! the process set-up the daemons share (`logging`, `allocator`, and `metrics` with its
-//! HTTP endpoint).
+//! so the same code runs in production and in the simulator (DESIGN.md invariant 8), the
+//! data-plane connections every node and client opens (`transport`), and the process
+//! set-up the daemons share (`logging`, `allocator`, and `metrics` with its HTTP
+//! endpoint).
 
 pub mod aligned;
 pub mod allocator;
@@ -19,5 +20,6 @@ pub mod metrics;
 pub mod namespace;
 pub mod placement;
 pub mod proto;
+pub mod transport;
 pub mod versions;
 pub mod wire;

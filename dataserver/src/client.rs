@@ -11,11 +11,10 @@ use cairn_common::checksum::{block_checksums, BlockRangeError, ChecksummedBlocks
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::frame::{write_frame, FrameDecoder, FrameError};
 use cairn_common::ids::{RequestId, ShardId};
+use cairn_common::transport::{Stream, WriteHalf};
 use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError};
 use futures::StreamExt;
 use thiserror::Error;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
@@ -72,7 +71,7 @@ type Waiters = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Reply, Clien
 
 #[derive(Debug)]
 pub struct DataserverClient {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<WriteHalf>,
     /// `None` once the connection has failed: later calls fail at once.
     waiters: Waiters,
     next_id: AtomicU64,
@@ -87,10 +86,9 @@ impl Drop for DataserverClient {
 
 impl DataserverClient {
     pub async fn connect(addr: SocketAddr) -> Result<DataserverClient, ClientError> {
-        let stream = TcpStream::connect(addr)
+        let stream = Stream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        stream.set_nodelay(true)?;
         let (rd, wr) = stream.into_split();
         let waiters: Waiters = Arc::new(Mutex::new(Some(HashMap::new())));
         let reader_waiters = waiters.clone();

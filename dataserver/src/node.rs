@@ -10,6 +10,7 @@ use anyhow::Context;
 use cairn_common::config::Config;
 use cairn_common::ids::{HallId, NodeId};
 use cairn_common::metrics;
+use cairn_common::transport::Listener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +29,7 @@ use crate::store::{ShardStore, StoreLimits};
 pub struct Node {
     pub store: ShardStore,
     pub server: Arc<Server>,
-    pub listener: TcpListener,
+    pub listener: Listener,
     pub addr: SocketAddr,
     /// The bound `GET /metrics` endpoint, when configured.
     pub metrics: Option<TcpListener>,
@@ -52,7 +53,7 @@ impl Node {
             capacity_bytes: ds.capacity_bytes,
         };
         let store = ShardStore::open(&ds.data_dir, choice, limits, Metrics::new()).context("open shard store")?;
-        let listener = TcpListener::bind(ds.listen)
+        let listener = Listener::bind(ds.listen)
             .await
             .with_context(|| format!("listen on {}", ds.listen))?;
         let addr = listener.local_addr()?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cairn_common::frame::{write_frames, AlignedFrameReader, Frame};
 use cairn_common::ids::{HallId, NodeId, RequestId};
+use cairn_common::transport::{Listener, Stream};
 use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError, LIST_LIMIT_MAX};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ impl Server {
 
     /// Accepts connections until `shutdown` fires, then waits for open connections to
     /// finish the requests they have started.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(self: Arc<Self>, listener: Listener, shutdown: CancellationToken) {
         let mut conns = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -103,8 +103,7 @@ impl Server {
         while conns.join_next().await.is_some() {}
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, shutdown: CancellationToken) {
-        let _ = stream.set_nodelay(true);
+    async fn connection(self: Arc<Self>, stream: Stream, shutdown: CancellationToken) {
         let (rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::channel::<(Frame, Option<OwnedSemaphorePermit>)>(REPLY_QUEUE);
         let writer = tokio::spawn(async move {

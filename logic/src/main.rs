@@ -56,7 +56,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         files,
         requests_per_connection: logic.requests_per_connection as usize,
     });
-    let listener = tokio::net::TcpListener::bind(logic.listen)
+    let listener = cairn_common::transport::Listener::bind(logic.listen)
         .await
         .with_context(|| format!("listening on {}", logic.listen))?;
     let exporter = metrics::bind(logic.metrics_listen)

@@ -12,10 +12,10 @@ use cairn_common::frame::{write_frames, Frame, FrameDecoder};
 use cairn_common::ids::RequestId;
 use cairn_common::metrics::errno_label;
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
+use cairn_common::transport::{Listener, Stream};
 use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::StreamExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +161,7 @@ impl LogicNode {
 /// rest to another logic node). Returns once every connection is closed or `drain_for`
 /// has passed.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     node: Arc<LogicNode>,
     max_connections: usize,
     drain: CancellationToken,
@@ -204,8 +204,7 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: TcpStream, node: Arc<LogicNode>, drain: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+async fn connection(stream: Stream, node: Arc<LogicNode>, drain: CancellationToken) {
     let (rd, mut wr) = stream.into_split();
     let mut frames = FramedRead::new(rd, FrameDecoder::new(node.payload_bytes_max()));
     let (tx, mut rx) = mpsc::channel::<Frame>(node.requests_per_connection * 2);

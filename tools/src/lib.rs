@@ -14,6 +14,7 @@ pub mod meta_bench;
 pub mod metadata_admin;
 pub mod outage;
 pub mod rolling;
+pub mod socket_limit;
 pub mod workload;
 
 /// Connects to a dataserver, retrying until it answers `stat` or `wait` has passed.

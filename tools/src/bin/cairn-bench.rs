@@ -88,6 +88,14 @@ enum Bench {
         #[arg(long)]
         since_ns: u128,
     },
+    /// The transport limit of the file path on one host: MB/s through two hops
+    /// (sender -> relay -> receiver) of loopback TCP or Unix sockets.
+    SocketLimit {
+        #[arg(long, value_enum)]
+        kind: cairn_tools::socket_limit::SocketKind,
+        #[arg(long, default_value_t = 8 << 30)]
+        total_bytes: u64,
+    },
     /// The metadata limit: synced RocksDB WriteBatches per second in `dir`.
     RocksdbSync {
         #[arg(long)]
@@ -184,6 +192,9 @@ async fn main() -> std::process::ExitCode {
             reads,
         } => cairn_tools::meta_bench::layouts(&addrs, &stripes, commits, reads).await,
         Bench::MetaReady { addrs, since_ns } => cairn_tools::meta_bench::ready(&addrs, since_ns, READY_WAIT).await,
+        Bench::SocketLimit { kind, total_bytes } => cairn_tools::socket_limit::two_hops_mbps(kind, total_bytes)
+            .map(|mbps| println!("socket_limit kind={kind:?} hops=2 MBps={mbps:.0}"))
+            .map_err(anyhow::Error::from),
         Bench::RocksdbSync { dir, count } => cairn_tools::meta_bench::rocksdb_sync(&dir, count),
         Bench::Passthrough {
             source,
