@@ -8,12 +8,14 @@
 //! a process of another user is passed over for TCP. The peers speak the same frames
 //! either way.
 //!
-//! Why: on one host a Unix stream moves about three times the bytes of a loopback TCP
-//! stream for the same CPU (no TCP/IP stack, no softirqs; measured 8.5-9.5 against
-//! 2.4-3.1 GB/s here), and every byte of a file crosses two hops, client to logic node
-//! and logic node to dataserver. Where those share a host (a logic node beside the
-//! training job, a converged deployment, the local cluster) that CPU goes to the data
-//! instead. The same idea as Linux NFS's LOCALIO.
+//! Why: on one host a Unix stream carries bytes for less CPU than loopback TCP (no
+//! TCP/IP stack, no softirqs): on a 2-core machine one stream moved 8.5-9.5 GB/s
+//! against 2.4-3.1, and two hops through a relay (`cairn-bench socket-limit`) 3.9-4.3
+//! against 2.9-3.0, where the copies in and out of the kernel are what is left. Every
+//! byte of a file crosses two hops, client to logic node and logic node to dataserver;
+//! where those share a host (a logic node beside the training job, a converged
+//! deployment, the local cluster) the CPU saved goes to the data. The same idea as
+//! Linux NFS's LOCALIO.
 //!
 //! `CAIRN_TRANSPORT=tcp` in a process's environment turns the shortcut off for what it
 //! listens on and what it connects to.
