@@ -10,8 +10,8 @@
 //!
 //! Why: on one host a Unix stream carries bytes for less CPU than loopback TCP (no
 //! TCP/IP stack, no softirqs): on a 2-core machine one stream moved 8.5-9.5 GB/s
-//! against 2.4-3.1, and two hops through a relay (`cairn-bench socket-limit`) 3.9-4.3
-//! against 2.9-3.0, where the copies in and out of the kernel are what is left. Every
+//! against 2.4-3.1, and two hops through a relay (`cairn-bench socket-limit`) 3.4-4.3
+//! against 2.4-3.0, where the copies in and out of the kernel are what is left. Every
 //! byte of a file crosses two hops, client to logic node and logic node to dataserver;
 //! where those share a host (a logic node beside the training job, a converged
 //! deployment, the local cluster) the CPU saved goes to the data. The same idea as
