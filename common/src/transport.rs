@@ -81,11 +81,6 @@ impl Stream {
         Ok(Stream::Tcp(tcp))
     }
 
-    /// Whether this stream is a local socket rather than TCP.
-    pub fn is_local(&self) -> bool {
-        matches!(self, Stream::Local(_))
-    }
-
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
         match self {
             Stream::Tcp(s) => {
@@ -247,7 +242,7 @@ mod tests {
     /// returns whether the connection was local.
     async fn round_trip(addr: SocketAddr) -> bool {
         let stream = Stream::connect(addr).await.unwrap();
-        let local = stream.is_local();
+        let local = matches!(stream, Stream::Local(_));
         let (mut r, mut w) = stream.into_split();
         let n = w
             .write_vectored(&[IoSlice::new(b"he"), IoSlice::new(b"llo")])

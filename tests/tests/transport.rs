@@ -32,14 +32,23 @@ fn local_sockets(addr: SocketAddr) -> (usize, usize) {
     (listening, connected)
 }
 
+/// The content of the file written with `seed`: several stripes and a short last one.
+fn content(seed: u8) -> bytes::Bytes {
+    pattern((3 << 20) + 4321, seed)
+}
+
+/// Checks that `back` is the content written with `seed`.
+fn check(back: &[u8], seed: u8, label: &str) {
+    let data = content(seed);
+    assert_eq!(back.len(), data.len(), "{label}");
+    assert_eq!(crc32c::crc32c(back), crc32c::crc32c(&data), "{label}");
+}
+
 async fn write_and_check(cluster: &FileCluster, name: &str, seed: u8) -> anyhow::Result<u64> {
     let c = cluster.client();
     let f = c.create(ROOT, name.as_bytes(), 0o644).await?;
-    let data = pattern((3 << 20) + 4321, seed);
-    c.write_file(f.inode, data.clone()).await?;
-    let back = c.read_file(f.inode).await?;
-    assert_eq!(back.len(), data.len());
-    assert_eq!(crc32c::crc32c(&back), crc32c::crc32c(&data), "{name}");
+    c.write_file(f.inode, content(seed)).await?;
+    check(&c.read_file(f.inode).await?, seed, name);
     Ok(f.inode)
 }
 
@@ -67,8 +76,7 @@ async fn nodes_of_one_host_use_local_sockets_and_tcp_still_serves() -> anyhow::R
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let c = local.client();
-    let back = c.read_file(inode).await?;
-    assert_eq!(crc32c::crc32c(&back), crc32c::crc32c(&pattern(back.len(), 1)));
+    check(&c.read_file(inode).await?, 1, "read back over TCP");
     assert_eq!(
         local_sockets(logic).1,
         0,
