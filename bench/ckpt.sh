@@ -9,7 +9,8 @@
 #      disk, (c) dcp.async_save with FileSystemWriter to the Cairn FUSE mount,
 #      (d) dcp.async_save with cairn.torch.CairnStorageWriter (the Python package);
 #      each in its own process: stall and completion per checkpoint, restore (page cache
-#      dropped), peak RSS beside the state size;
+#      dropped), peak RSS beside the state size, and the disk limits measured again
+#      right before and after the checkpoints and the restore (--disk-file);
 #   4. (d) again on a cluster whose processes speak TCP alone (CAIRN_TRANSPORT=tcp).
 # Cairn: `cairnctl local up` (release build; 4 halls, 8 dataservers, 2 logic nodes, 4+2).
 # Run as root from the repository root:  bench/ckpt.sh     (env: GIB=2 EVERY=5 CHECKPOINTS=2)
@@ -39,10 +40,11 @@ export CAIRN_CLUSTER="$DATA/cluster/cluster.toml"
 
 log "checkpoints of a ${GIB} GiB state"
 bench memcpy --dir "$DATA/none"
-bench torch-save --dir "$DATA/local"
-bench dcp-fs --dir "$DATA/local"
-bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt"
-bench cairn-async --dir /ckpt
+ADJACENT=(--disk-file "$DATA/adjacent.dat")
+bench torch-save --dir "$DATA/local" "${ADJACENT[@]}"
+bench dcp-fs --dir "$DATA/local" "${ADJACENT[@]}"
+bench dcp-fs-async --dir "$DATA/cairn-mnt/fuse-ckpt" "${ADJACENT[@]}"
+bench cairn-async --dir /ckpt "${ADJACENT[@]}"
 cluster_peak_rss "$DATA/cluster" | tee -a "$RESULTS"
 
 # (d) again on a cluster whose every process, the benchmark's included, speaks TCP alone
@@ -52,7 +54,7 @@ cleanup
 rm -rf "$DATA/cluster"
 export CAIRN_TRANSPORT=tcp
 "$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17500 --no-mount
-bench cairn-async --dir /ckpt
+bench cairn-async --dir /ckpt "${ADJACENT[@]}"
 unset CAIRN_TRANSPORT
 cleanup
 # The orphan collector would free the shards only after its grace period: drop the cluster.
