@@ -132,6 +132,13 @@ pub struct ShardRead {
     pub blocks: ChecksummedBlocks,
 }
 
+/// How a put starts: the record of the shard already stored under its id, or the staged
+/// file just created for it.
+enum PutStart {
+    Stored(ShardRecord),
+    Created(File),
+}
+
 /// Result of re-reading one shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScrubOutcome {
@@ -371,30 +378,46 @@ impl ShardStore {
             checksums,
             created_ms: now_ms(),
         };
-        let existing = self
-            .blocking(move |s| s.index.get(id).map_err(StoreError::from))
-            .await?;
-        if let Some(old) = existing {
-            let same =
-                (old.len, old.block_bytes, &old.checksums) == (record.len, record.block_bytes, &record.checksums);
-            if !same {
-                return Err(StoreError::AlreadyExists(id));
-            }
-            return self.replace_if_corrupt(id, data, "put").await;
-        }
-        self.check_space(disk_bytes)?;
-        let buf = AlignedBytes::padded(data);
         let staged = self.inner.staging.file(id);
-        let result = self.write_staged(id, &staged, buf, record, disk_bytes).await;
-        if result.is_err() {
+        // One trip to the blocking pool before the write and one after: each trip wakes a
+        // thread, which costs a dataserver as much CPU per shard as its RocksDB work.
+        let path = staged.clone();
+        let file = match self
+            .blocking(move |s| {
+                if let Some(old) = s.index.get(id)? {
+                    return Ok(PutStart::Stored(old));
+                }
+                s.check_space(disk_bytes)?;
+                let file = open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path))?;
+                Ok(PutStart::Created(file))
+            })
+            .await?
+        {
+            PutStart::Created(file) => file,
+            PutStart::Stored(old) => {
+                let same =
+                    (old.len, old.block_bytes, &old.checksums) == (record.len, record.block_bytes, &record.checksums);
+                if !same {
+                    return Err(StoreError::AlreadyExists(id));
+                }
+                return self.replace_if_corrupt(id, data, "put").await;
+            }
+        };
+        if let Err(e) = self.write_durable(&staged, file, AlignedBytes::padded(data)).await {
             // Best effort: what is left in staging/ is reclaimed at the next start anyway.
             let _ = std::fs::remove_file(&staged);
+            return Err(e);
         }
-        result?;
-        // No fsync of the shard's directory is needed: if a crash undoes the rename, the
-        // staged file and its record are both durable, and start-up moves it into place.
-        self.blocking(move |s| std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged)))
-            .await?;
+        // The record, then the move into place. No fsync of the shard's directory is
+        // needed: if a crash undoes the rename, the staged file and its record are both
+        // durable, and start-up moves it into place.
+        self.blocking(move |s| {
+            s.index.commit_put(id, &record, disk_bytes)?;
+            s.shard_count.fetch_add(1, Ordering::Relaxed);
+            s.used_bytes.fetch_add(disk_bytes, Ordering::Relaxed);
+            std::fs::rename(&staged, s.path(id)).map_err(io_err("move into place", &staged))
+        })
+        .await?;
         self.inner.metrics.bytes_written.inc_by(len);
         Ok(true)
     }
@@ -440,29 +463,18 @@ impl ShardStore {
         Ok(true)
     }
 
-    /// Steps 2 and 3 of a put: a durable staged file, then the index record.
-    async fn write_staged(
-        &self,
-        id: ShardId,
-        staged: &Path,
-        buf: AlignedBytes,
-        record: ShardRecord,
-        disk_bytes: u64,
-    ) -> Result<()> {
-        self.stage(staged, buf).await?;
-        self.blocking(move |s| s.index.commit_put(id, &record, disk_bytes).map_err(StoreError::from))
-            .await?;
-        self.inner.shard_count.fetch_add(1, Ordering::Relaxed);
-        self.inner.used_bytes.fetch_add(disk_bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Writes `buf` to the staged file `staged`, durably, its directory entry included.
     async fn stage(&self, staged: &Path, buf: AlignedBytes) -> Result<()> {
         let path = staged.to_owned();
         let file = self
             .blocking(move |s| open_shard_file(&path, true, s.disk.direct).map_err(io_err("create shard", &path)))
             .await?;
+        self.write_durable(staged, file, buf).await
+    }
+
+    /// Writes `buf` to `file`, just created at `staged`, durably, its directory entry
+    /// included.
+    async fn write_durable(&self, staged: &Path, file: File, buf: AlignedBytes) -> Result<()> {
         // The directory entry exists once the file is created, so its fsync can run
         // beside the data's write and fdatasync (often sharing one journal commit).
         let disk = &self.inner.disk.disk;
@@ -498,17 +510,6 @@ impl ShardStore {
             shard: id,
             detail: format!("damaged in transit, nothing stored: {e}"),
         })
-    }
-
-    fn check_space(&self, needed: u64) -> Result<()> {
-        let usage = self.usage()?;
-        if usage.free_bytes < needed {
-            return Err(StoreError::OutOfSpace {
-                needed,
-                free: usage.free_bytes,
-            });
-        }
-        Ok(())
     }
 
     /// Reads `length` bytes (to the end when `None`) at `offset`: the whole blocks that
@@ -650,20 +651,7 @@ impl ShardStore {
     }
 
     pub fn usage(&self) -> Result<Usage> {
-        let shard_count = self.inner.shard_count.load(Ordering::Relaxed);
-        let used_bytes = self.inner.used_bytes.load(Ordering::Relaxed);
-        let vfs = rustix::fs::statvfs(&self.inner.shards_dir)
-            .map_err(|e| io_err("statvfs", &self.inner.shards_dir)(e.into()))?;
-        let fs_total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
-        let fs_free = vfs.f_bavail.saturating_mul(vfs.f_frsize).saturating_sub(RESERVE_BYTES);
-        let capacity_bytes = self.inner.limits.capacity_bytes.unwrap_or(fs_total);
-        let free_bytes = fs_free.min(capacity_bytes.saturating_sub(used_bytes));
-        Ok(Usage {
-            capacity_bytes,
-            free_bytes,
-            used_bytes,
-            shard_count,
-        })
+        self.inner.usage()
     }
 
     /// Re-reads a whole shard and checks every block; a shard deleted meanwhile gives
@@ -736,6 +724,33 @@ fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
 }
 
 impl Inner {
+    fn usage(&self) -> Result<Usage> {
+        let shard_count = self.shard_count.load(Ordering::Relaxed);
+        let used_bytes = self.used_bytes.load(Ordering::Relaxed);
+        let vfs = rustix::fs::statvfs(&self.shards_dir).map_err(|e| io_err("statvfs", &self.shards_dir)(e.into()))?;
+        let fs_total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
+        let fs_free = vfs.f_bavail.saturating_mul(vfs.f_frsize).saturating_sub(RESERVE_BYTES);
+        let capacity_bytes = self.limits.capacity_bytes.unwrap_or(fs_total);
+        let free_bytes = fs_free.min(capacity_bytes.saturating_sub(used_bytes));
+        Ok(Usage {
+            capacity_bytes,
+            free_bytes,
+            used_bytes,
+            shard_count,
+        })
+    }
+
+    fn check_space(&self, needed: u64) -> Result<()> {
+        let usage = self.usage()?;
+        if usage.free_bytes < needed {
+            return Err(StoreError::OutOfSpace {
+                needed,
+                free: usage.free_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn path(&self, id: ShardId) -> PathBuf {
         self.shards_dir.join(format!("{:02x}", subdir(id))).join(id.to_string())
     }
@@ -779,10 +794,14 @@ mod tests {
     const BS: u32 = 4096;
 
     async fn open(dir: &Path) -> ShardStore {
+        open_with_capacity(dir, None).await
+    }
+
+    async fn open_with_capacity(dir: &Path, capacity_bytes: Option<u64>) -> ShardStore {
         let choice = disk::choose(dir, IoMode::Auto, 32).await.unwrap();
         let limits = StoreLimits {
             shard_bytes_max: 1 << 20,
-            capacity_bytes: None,
+            capacity_bytes,
         };
         ShardStore::open(dir, choice, limits, Metrics::new()).unwrap()
     }
@@ -809,6 +828,36 @@ mod tests {
 
     async fn put(store: &ShardStore, id: ShardId, d: &Bytes) -> Result<bool> {
         store.put(id, BS, block_checksums(d, BS), d.clone()).await
+    }
+
+    #[tokio::test]
+    async fn a_put_past_the_capacity_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for two shards of 8 KiB on disk, not three.
+        let store = open_with_capacity(dir.path(), Some(2 * 8192 + 4096)).await;
+        let ids: Vec<ShardId> = (0..3).map(|i| ShardId::new(StripeId(7), i)).collect();
+        for (i, id) in ids[..2].iter().enumerate() {
+            assert!(put(&store, *id, &data(5000, i as u8 + 1)).await.unwrap());
+        }
+        let before = store.usage().unwrap();
+        assert!(matches!(
+            put(&store, ids[2], &data(5000, 9)).await,
+            Err(StoreError::OutOfSpace { needed: 8192, .. })
+        ));
+        let after = store.usage().unwrap();
+        assert_eq!(
+            (after.shard_count, after.used_bytes),
+            (before.shard_count, before.used_bytes)
+        );
+        assert!(matches!(
+            get(&store, ids[2], 0, None).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(!store.shard_path(ids[2]).exists());
+        assert_eq!(std::fs::read_dir(&store.inner.staging.path).unwrap().count(), 0);
+        // A retried put of a stored shard is answered from its record, even when full.
+        assert!(!put(&store, ids[0], &data(5000, 1)).await.unwrap());
+        assert_eq!(get(&store, ids[1], 0, None).await.unwrap().1, data(5000, 2));
     }
 
     #[tokio::test]
