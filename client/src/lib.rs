@@ -1,7 +1,10 @@
 //! Cairn's Rust client. It speaks the file protocol to a list of logic nodes; when the one
 //! in use fails or times out it moves to the next and sends the same request again
 //! (namespace mutations keep their idempotency key, so a retry applies once; a stripe is
-//! simply stored again and the unreferenced copy becomes an orphan). A file's content is
+//! simply stored again and the unreferenced copy becomes an orphan). Stripes are cut by
+//! the erasure code the logic nodes announce with every namespace reply, and by the one
+//! the client was given until it has seen one, so a client whose configuration differs
+//! from the cluster's (or predates a change of it) still writes stripes the nodes take. A file's content is
 //! visible only after the commit of its layout, which `write_file` and
 //! [`FileWriter::commit`] return after. Requests travel over several connections at once,
 //! spread over the logic nodes.
@@ -18,7 +21,7 @@ use cairn_common::frame::{write_frame, AlignedFrameReader};
 use cairn_common::ids::RequestId;
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
-    meta_reply, meta_request::Op, Attr, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir,
+    meta_reply, meta_request::Op, Attr, Errno, GetAttr, Lookup, MetaError, MetaRequest, Mkdir, StripeCode,
 };
 use cairn_common::transport::{ReadHalf, Stream, WriteHalf};
 use cairn_common::versions::API_VERSION_MIN;
@@ -89,6 +92,11 @@ impl ClientError {
     }
 }
 
+/// The most file bytes one stripe of `erasure` holds.
+pub(crate) fn stripe_bytes(erasure: &ErasureConfig) -> usize {
+    erasure.shard_unit_bytes as usize * usize::from(erasure.data_shards)
+}
+
 /// An answer of a kind the request does not get.
 pub(crate) fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
     ClientError::BadReply(format!("{r:?}"))
@@ -117,7 +125,8 @@ pub struct CairnClient {
     client_id: [u8; 16],
     next_request: AtomicU64,
     deadline: Duration,
-    erasure: ErasureConfig,
+    /// The code stripes are cut by: the one given, until a logic node announces its own.
+    erasure: std::sync::RwLock<ErasureConfig>,
     /// Writers open a session before they commit: the metadata group refused a commit
     /// without one (its entries are older than `SESSIONLESS_COMMIT_FORMAT`).
     sessions_needed: Learnt,
@@ -146,13 +155,15 @@ impl Learnt {
 /// What one attempt produced: an answer (with the count of bytes it placed in the
 /// caller's buffer), or a reason to try again.
 enum Attempt {
-    Done(Result<(FileReply, usize), ClientError>),
+    /// Boxed: a reply is hundreds of bytes, a retry a few dozen.
+    Done(Box<Result<(FileReply, usize), ClientError>>),
     Retry(String),
 }
 
 impl CairnClient {
-    /// A client of the logic nodes at `addrs`, for a cluster coded with `erasure`; a
-    /// request gives up after `deadline` without an answer.
+    /// A client of the logic nodes at `addrs`, for a cluster coded with `erasure` (until
+    /// a logic node announces its code); a request gives up after `deadline` without an
+    /// answer.
     pub fn new(addrs: Vec<SocketAddr>, erasure: ErasureConfig, deadline: Duration) -> Arc<CairnClient> {
         Arc::new(CairnClient {
             routes: (0..CONNECTIONS)
@@ -169,7 +180,7 @@ impl CairnClient {
             client_id: rand::random(),
             next_request: AtomicU64::new(1),
             deadline,
-            erasure,
+            erasure: std::sync::RwLock::new(erasure),
             sessions_needed: Learnt::default(),
             whole_commits_needed: Learnt::default(),
         })
@@ -189,7 +200,7 @@ impl CairnClient {
     async fn attempt(&self, req: &FileRequest, dest: &mut [u8]) -> Attempt {
         let mut route = self.route().await;
         if self.addrs.is_empty() {
-            return Attempt::Done(Err(ClientError::BadRequest("no logic node addresses".into())));
+            return Attempt::Done(Box::new(Err(ClientError::BadRequest("no logic node addresses".into()))));
         }
         let addr = self.addrs[route.index % self.addrs.len()];
         if route.conn.is_none() {
@@ -227,16 +238,16 @@ impl CairnClient {
             Ok(FileReply::Error {
                 code: ErrorCode::BadRequest,
                 message,
-            }) => Attempt::Done(Err(ClientError::BadRequest(message))),
+            }) => Attempt::Done(Box::new(Err(ClientError::BadRequest(message)))),
             // The logic node could not finish it (dataservers or metadata busy): again.
             Ok(FileReply::Error { message, .. }) => Attempt::Retry(message),
             Ok(FileReply::Meta(m)) => match &m.result {
                 Some(meta_reply::Result::Error(e)) if e.errno == Errno::Unavailable as i32 => {
                     Attempt::Retry(e.message.clone())
                 }
-                _ => Attempt::Done(Ok((FileReply::Meta(m), 0))),
+                _ => Attempt::Done(Box::new(Ok((FileReply::Meta(m), 0)))),
             },
-            Ok(reply) => Attempt::Done(Ok((reply, placed))),
+            Ok(reply) => Attempt::Done(Box::new(Ok((reply, placed)))),
             Err(e) => self.fail_over(&mut route, format!("bad reply from {addr}: {e}")),
         }
     }
@@ -260,7 +271,7 @@ impl CairnClient {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.attempt(&req, dest).await {
-                Attempt::Done(r) => return r,
+                Attempt::Done(r) => return *r,
                 Attempt::Retry(last) => {
                     if start.elapsed() >= self.deadline {
                         return Err(ClientError::Unavailable {
@@ -295,11 +306,16 @@ impl CairnClient {
             op: Some(op),
         };
         match self.exchange(FileRequest::Meta(req)).await? {
-            FileReply::Meta(m) => match m.result {
-                Some(meta_reply::Result::Error(e)) => Err(refused(e)),
-                Some(r) => Ok((r, m.changed_dirs)),
-                None => Err(ClientError::BadReply("empty namespace reply".into())),
-            },
+            FileReply::Meta(m) => {
+                if let Some(code) = &m.stripe_code {
+                    self.learn_code(code);
+                }
+                match m.result {
+                    Some(meta_reply::Result::Error(e)) => Err(refused(e)),
+                    Some(r) => Ok((r, m.changed_dirs)),
+                    None => Err(ClientError::BadReply("empty namespace reply".into())),
+                }
+            }
             other => Err(bad_reply(other)),
         }
     }
@@ -338,8 +354,26 @@ impl CairnClient {
         .await
     }
 
+    /// The erasure code stripes are cut by now.
+    pub fn erasure(&self) -> ErasureConfig {
+        self.erasure.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes the code a logic node announced, if this build can use it.
+    fn learn_code(&self, announced: &StripeCode) {
+        match ErasureConfig::from_stripe_code(announced) {
+            Ok(code) => {
+                // Every namespace reply announces it: write only when it changed.
+                if code != self.erasure() {
+                    *self.erasure.write().unwrap_or_else(|p| p.into_inner()) = code;
+                }
+            }
+            Err(e) => warn!("a logic node announced an erasure code this client cannot use ({e}): keeping its own"),
+        }
+    }
+
     pub(crate) fn stripe_bytes(&self) -> usize {
-        self.erasure.shard_unit_bytes as usize * usize::from(self.erasure.data_shards)
+        stripe_bytes(&self.erasure())
     }
 
     /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), read from

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use cairn_common::config::ErasureConfig;
 use cairn_common::file_wire::{FileReply, FileRequest};
 use cairn_common::namespace::{overlay_stripes, FILE_BYTES_MAX, INLINE_BYTES_MAX};
 use cairn_common::proto::metadata::{
@@ -36,7 +37,7 @@ use cairn_common::proto::metadata::{
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
+use crate::{bad_reply, stripe_bytes, CairnClient, ClientError, SESSION_TTL_MS};
 
 /// Partly written slots kept in memory; past this the lowest is sent as it is (its
 /// unwritten tail reads as zeros, and a later write there reloads it).
@@ -52,6 +53,9 @@ const SPARE_BUFFERS_MAX: usize = 2;
 pub struct FileWriter {
     client: Arc<CairnClient>,
     inode: u64,
+    /// The code this writer cuts its slots by: the client's when the writer started, so
+    /// that its slots stay the same size for its whole life.
+    erasure: ErasureConfig,
     /// The write session, once one is needed.
     session: Option<u64>,
     renewed: Instant,
@@ -172,6 +176,7 @@ impl CairnClient {
 impl FileWriter {
     fn start(client: Arc<CairnClient>, attr: Attr, layout: Layout) -> FileWriter {
         let mut w = FileWriter {
+            erasure: client.erasure(),
             client,
             inode: attr.inode,
             session: None,
@@ -205,7 +210,7 @@ impl FileWriter {
     }
 
     fn slot_bytes(&self) -> u64 {
-        self.client.stripe_bytes() as u64
+        stripe_bytes(&self.erasure) as u64
     }
 
     fn check_failed(&self) -> Result<(), ClientError> {
@@ -228,7 +233,7 @@ impl FileWriter {
     /// code's size, so a layout of this client's code (or of none: no stripes) is cut in
     /// this writer's slots.
     fn rebase(&mut self, attr: Attr, layout: Layout) {
-        let erasure = &self.client.erasure;
+        let erasure = &self.erasure;
         let ours = (
             u32::from(erasure.data_shards),
             u32::from(erasure.parity_shards),
@@ -566,7 +571,7 @@ impl FileWriter {
             self.send(slot, buf.freeze()).await?;
         }
         self.drain().await?;
-        let erasure = &self.client.erasure;
+        let erasure = &self.erasure;
         let layout = Layout {
             version: 0,
             data_shards: erasure.data_shards.into(),

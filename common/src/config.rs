@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::erasure::ErasureCode;
 use crate::ids::{HallId, NodeId};
 use crate::placement::{placeable_shards, Candidate};
+use crate::proto::metadata::StripeCode;
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -490,6 +491,29 @@ impl ErasureConfig {
         ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
             .unwrap_or_else(|_| unreachable!("erasure config validated on load"))
     }
+
+    /// This code as a logic node announces it to its clients.
+    pub fn stripe_code(&self) -> StripeCode {
+        StripeCode {
+            data_shards: self.data_shards.into(),
+            parity_shards: self.parity_shards.into(),
+            shard_unit_bytes: self.shard_unit_bytes,
+            block_bytes: self.block_bytes,
+        }
+    }
+
+    /// The code a logic node announced, if it is one this build can use.
+    pub fn from_stripe_code(c: &StripeCode) -> Result<ErasureConfig, ConfigError> {
+        let shards = |name: &'static str, n: u32| u8::try_from(n).map_err(|_| invalid(name, format!("{n} shards")));
+        let erasure = ErasureConfig {
+            data_shards: shards("erasure.data_shards", c.data_shards)?,
+            parity_shards: shards("erasure.parity_shards", c.parity_shards)?,
+            shard_unit_bytes: c.shard_unit_bytes,
+            block_bytes: c.block_bytes,
+        };
+        erasure.validate()?;
+        Ok(erasure)
+    }
 }
 
 impl DataserverConfig {
@@ -599,6 +623,26 @@ mod tests {
         let ds = c.dataserver().unwrap();
         assert_eq!(ds.io, IoMode::Auto);
         assert_eq!(ds.max_connections, 256);
+    }
+
+    #[test]
+    fn an_announced_code_is_taken_only_when_usable() {
+        let ours = ErasureConfig::default();
+        assert_eq!(ErasureConfig::from_stripe_code(&ours.stripe_code()).unwrap(), ours);
+        let announced = |f: fn(&mut StripeCode)| {
+            let mut c = ours.stripe_code();
+            f(&mut c);
+            ErasureConfig::from_stripe_code(&c)
+        };
+        for (bad, field) in [
+            (announced(|c| c.data_shards = 300), "erasure.data_shards"),
+            (announced(|c| c.parity_shards = 0), "erasure.parity_shards"),
+            (announced(|c| c.shard_unit_bytes = 100_000), "erasure.shard_unit_bytes"),
+            (announced(|c| c.block_bytes = 0), "erasure.block_bytes"),
+        ] {
+            let err = bad.unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
     }
 
     #[test]

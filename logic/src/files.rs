@@ -36,7 +36,9 @@ use cairn_common::file_wire::{Capacity, FileBytes, FileBytesBuilder, FILE_BLOCK_
 use cairn_common::ids::{NodeId, ShardId, StripeId};
 use cairn_common::namespace::{stripe_part, INLINE_BYTES_MAX, STRIPE_ID_BYTES};
 use cairn_common::placement::{place, PlacementError};
-use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe};
+use cairn_common::proto::metadata::{
+    meta_reply, meta_request::Op, Attr, GetLayout, Layout, ShardLocation, Stripe, StripeCode,
+};
 use cairn_common::wire::ErrorCode;
 use cairn_metadata::client::{MetaClientError, MetadataClient};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -90,6 +92,8 @@ pub struct Files {
     code: ErasureCode,
     unit: usize,
     block_bytes: u32,
+    /// The code as clients are told it, with every namespace reply.
+    stripe_code: StripeCode,
     metrics: Metrics,
     layouts: Arc<LayoutCache>,
 }
@@ -102,6 +106,7 @@ impl Files {
             code: erasure.code(),
             unit: erasure.shard_unit_bytes as usize,
             block_bytes: erasure.block_bytes,
+            stripe_code: erasure.stripe_code(),
             metrics: Metrics::new(),
             layouts: Arc::new(LayoutCache::new(
                 u64::from(erasure.shard_unit_bytes) * u64::from(erasure.data_shards),
@@ -156,6 +161,11 @@ impl Files {
         self.ds
             .capacity(self.code.data_shards(), self.code.parity_shards())
             .await
+    }
+
+    /// This node's code, which clients cut their stripes by.
+    pub fn stripe_code(&self) -> &StripeCode {
+        &self.stripe_code
     }
 
     /// The most file bytes one stripe holds.

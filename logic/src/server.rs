@@ -48,7 +48,7 @@ fn meta_error(errno: Errno, message: String) -> FileReply {
             leader_id: 0,
             leader_addr: String::new(),
         })),
-        changed_dirs: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -114,7 +114,10 @@ impl LogicNode {
                 ..
             }) => meta_error(Errno::Eperm, "an admin operation, not taken from clients".into()),
             FileRequest::Meta(m) => match self.meta.send(m).await {
-                Ok(reply) => FileReply::Meta(reply),
+                Ok(mut reply) => {
+                    reply.stripe_code = Some(*self.files.stripe_code());
+                    FileReply::Meta(reply)
+                }
                 Err(e) => from_meta(e),
             },
             FileRequest::WriteStripe {

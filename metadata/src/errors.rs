@@ -29,7 +29,7 @@ pub fn meta_error(errno: Errno, message: impl Into<String>) -> MetaError {
 pub fn reply(result: meta_reply::Result) -> MetaReply {
     MetaReply {
         result: Some(result),
-        changed_dirs: Vec::new(),
+        ..Default::default()
     }
 }
 
