@@ -374,9 +374,10 @@ impl Config {
             .ok_or_else(|| invalid("dataserver", "section is required to run a dataserver"))
     }
 
-    /// The largest frame payload a node must accept: one shard unit plus its message.
+    /// The largest frame payload a node must accept: the largest shard it takes
+    /// ([`ErasureConfig::shard_bytes_taken`]) plus its message.
     pub fn payload_bytes_max(&self) -> u32 {
-        self.erasure.shard_unit_bytes.saturating_add(FRAME_META_BYTES_MAX)
+        self.erasure.shard_bytes_taken().saturating_add(FRAME_META_BYTES_MAX)
     }
 
     fn validate_topology(&self) -> Result<(), ConfigError> {
@@ -490,6 +491,22 @@ impl ErasureConfig {
         // validate() has checked the pair is supported.
         ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
             .unwrap_or_else(|_| unreachable!("erasure config validated on load"))
+    }
+
+    /// The largest shard a dataserver stores, and (times k) the largest stripe a logic
+    /// node takes: twice the shard unit where that is still a valid unit, else the unit.
+    /// A rolling upgrade restarts logic nodes before dataservers, and clients follow the
+    /// code the logic nodes announce, so a build that raises the unit must find every
+    /// node still on the build before it taking shards and stripes of the new size.
+    pub fn shard_bytes_taken(&self) -> u32 {
+        let doubled = ErasureConfig {
+            shard_unit_bytes: self.shard_unit_bytes.saturating_mul(2),
+            ..self.clone()
+        };
+        match doubled.validate() {
+            Ok(()) => doubled.shard_unit_bytes,
+            Err(_) => self.shard_unit_bytes,
+        }
     }
 
     /// This code as a logic node announces it to its clients.
@@ -623,6 +640,26 @@ mod tests {
         let ds = c.dataserver().unwrap();
         assert_eq!(ds.io, IoMode::Auto);
         assert_eq!(ds.max_connections, 256);
+    }
+
+    #[test]
+    fn nodes_take_shards_of_twice_their_unit_where_that_is_a_valid_unit() {
+        let ours = ErasureConfig::default();
+        assert_eq!(ours.shard_bytes_taken(), 2 * ours.shard_unit_bytes);
+        let largest = ErasureConfig {
+            shard_unit_bytes: SHARD_UNIT_BYTES_MAX,
+            ..ours.clone()
+        };
+        largest.validate().unwrap();
+        assert_eq!(largest.shard_bytes_taken(), SHARD_UNIT_BYTES_MAX);
+        // Twice the unit would need more block checksums than a frame's message holds.
+        let crowded = ErasureConfig {
+            block_bytes: IO_ALIGN_BYTES,
+            shard_unit_bytes: IO_ALIGN_BYTES * (FRAME_META_BYTES_MAX / 8),
+            ..ours
+        };
+        crowded.validate().unwrap();
+        assert_eq!(crowded.shard_bytes_taken(), crowded.shard_unit_bytes);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl Node {
             .await
             .context("choose disk I/O engine")?;
         let limits = StoreLimits {
-            shard_bytes_max: u64::from(config.erasure.shard_unit_bytes),
+            shard_bytes_max: u64::from(config.erasure.shard_bytes_taken()),
             capacity_bytes: ds.capacity_bytes,
         };
         let store = ShardStore::open(&ds.data_dir, choice, limits, Metrics::new()).context("open shard store")?;

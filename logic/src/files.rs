@@ -91,6 +91,9 @@ pub struct Files {
     ds: Dataservers,
     code: ErasureCode,
     unit: usize,
+    /// The largest shard this node cuts from a client's stripe (see
+    /// `ErasureConfig::shard_bytes_taken`).
+    unit_taken: usize,
     block_bytes: u32,
     /// The code as clients are told it, with every namespace reply.
     stripe_code: StripeCode,
@@ -105,6 +108,7 @@ impl Files {
             ds,
             code: erasure.code(),
             unit: erasure.shard_unit_bytes as usize,
+            unit_taken: erasure.shard_bytes_taken() as usize,
             block_bytes: erasure.block_bytes,
             stripe_code: erasure.stripe_code(),
             metrics: Metrics::new(),
@@ -168,9 +172,14 @@ impl Files {
         &self.stripe_code
     }
 
-    /// The most file bytes one stripe holds.
+    /// The most file bytes one stripe of this node's code holds.
     pub fn stripe_bytes(&self) -> usize {
         self.unit * self.code.data_shards()
+    }
+
+    /// The most file bytes of one stripe this node takes from a client.
+    pub fn stripe_bytes_taken(&self) -> usize {
+        self.unit_taken * self.code.data_shards()
     }
 
     /// A layout of `stripes` (written by [`Files::write_stripe`]) in this store's code.
@@ -211,7 +220,7 @@ impl Files {
         chunk_checksums: Option<&[u32]>,
     ) -> Result<Stripe, FileError> {
         let id = StripeId(rand::random());
-        let shards = self.code.encode(&chunk, self.unit)?;
+        let shards = self.code.encode(&chunk, self.unit_taken)?;
         let checksums = self.shard_checksums(&shards, chunk.len(), chunk_checksums);
         let m = self.code.parity_shards();
         let mut nodes = place(&self.ds.candidates(), id, shards.len(), m)?;

@@ -62,9 +62,10 @@ fn from_meta(e: MetaClientError) -> FileReply {
 }
 
 impl LogicNode {
-    /// The largest frame payload a client may send: one stripe and its message.
+    /// The largest frame payload a client may send: the largest stripe this node takes
+    /// and its message.
     pub fn payload_bytes_max(&self) -> u32 {
-        u32::try_from(self.files.stripe_bytes())
+        u32::try_from(self.files.stripe_bytes_taken())
             .unwrap_or(u32::MAX)
             .saturating_add(FRAME_META_BYTES_MAX)
     }
@@ -125,12 +126,12 @@ impl LogicNode {
                 data,
                 checksums,
             } => {
-                if data.is_empty() || data.len() > self.files.stripe_bytes() {
+                if data.is_empty() || data.len() > self.files.stripe_bytes_taken() {
                     return error(
                         ErrorCode::BadRequest,
                         format!(
                             "a stripe holds 1 to {} bytes, got {}",
-                            self.files.stripe_bytes(),
+                            self.files.stripe_bytes_taken(),
                             data.len()
                         ),
                     );
