@@ -4,10 +4,10 @@
 //! simply stored again and the unreferenced copy becomes an orphan). Stripes are cut by
 //! the erasure code the logic nodes announce with every namespace reply, and by the one
 //! the client was given until it has seen one, so a client whose configuration differs
-//! from the cluster's (or predates a change of it) still writes stripes the nodes take. A file's content is
-//! visible only after the commit of its layout, which `write_file` and
-//! [`FileWriter::commit`] return after. Requests travel over several connections at once,
-//! spread over the logic nodes.
+//! from the cluster's (or predates a change of it) still writes stripes the nodes take.
+//! A file's content is visible only after the commit of its layout, which `write_file`
+//! and [`FileWriter::commit`] return after. Requests travel over several connections at
+//! once, spread over the logic nodes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
