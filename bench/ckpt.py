@@ -254,7 +254,7 @@ def main() -> None:
     # Which connections the Cairn methods' processes used (common/src/transport.rs).
     transport = ""
     cpu = ""
-    if a.method in ("dcp-fs-async", "cairn-async"):
+    if cairn_path:
         transport = f" transport={os.environ.get('CAIRN_TRANSPORT', 'local')}"
         cpu = (
             f" cpu_s_per_GB_checkpoint={cpu_per_gb(cpu_marks[0], cpu_marks[1], size)}"

@@ -92,11 +92,6 @@ impl ClientError {
     }
 }
 
-/// The most file bytes one stripe of `erasure` holds.
-pub(crate) fn stripe_bytes(erasure: &ErasureConfig) -> usize {
-    erasure.shard_unit_bytes as usize * usize::from(erasure.data_shards)
-}
-
 /// An answer of a kind the request does not get.
 pub(crate) fn bad_reply(r: impl std::fmt::Debug) -> ClientError {
     ClientError::BadReply(format!("{r:?}"))
@@ -373,7 +368,7 @@ impl CairnClient {
     }
 
     pub(crate) fn stripe_bytes(&self) -> usize {
-        stripe_bytes(&self.erasure())
+        self.erasure().stripe_bytes()
     }
 
     /// Up to `length` bytes of file `inode` from `offset` (fewer at its end), read from

@@ -37,7 +37,7 @@ use cairn_common::proto::metadata::{
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use crate::{bad_reply, stripe_bytes, CairnClient, ClientError, SESSION_TTL_MS};
+use crate::{bad_reply, CairnClient, ClientError, SESSION_TTL_MS};
 
 /// Partly written slots kept in memory; past this the lowest is sent as it is (its
 /// unwritten tail reads as zeros, and a later write there reloads it).
@@ -210,7 +210,7 @@ impl FileWriter {
     }
 
     fn slot_bytes(&self) -> u64 {
-        stripe_bytes(&self.erasure) as u64
+        self.erasure.stripe_bytes() as u64
     }
 
     fn check_failed(&self) -> Result<(), ClientError> {

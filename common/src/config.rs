@@ -493,6 +493,11 @@ impl ErasureConfig {
             .unwrap_or_else(|_| unreachable!("erasure config validated on load"))
     }
 
+    /// The most file bytes one stripe of this code holds: k shard units.
+    pub fn stripe_bytes(&self) -> usize {
+        self.shard_unit_bytes as usize * usize::from(self.data_shards)
+    }
+
     /// The largest shard a dataserver stores, and (times k) the largest stripe a logic
     /// node takes: twice the shard unit where that is still a valid unit, else the unit.
     /// A rolling upgrade restarts logic nodes before dataservers, and clients follow the

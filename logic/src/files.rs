@@ -112,9 +112,7 @@ impl Files {
             block_bytes: erasure.block_bytes,
             stripe_code: erasure.stripe_code(),
             metrics: Metrics::new(),
-            layouts: Arc::new(LayoutCache::new(
-                u64::from(erasure.shard_unit_bytes) * u64::from(erasure.data_shards),
-            )),
+            layouts: Arc::new(LayoutCache::new(erasure.stripe_bytes() as u64)),
         }
     }
 

@@ -58,7 +58,7 @@ async fn writers_fall_back_to_whole_layouts_until_the_group_is_raised() -> anyho
     let meta = MetadataCluster::start_some(3, "", 2).await?;
     let mut cluster = FileCluster::start_on(meta, 1, small_stripes(), "").await?;
     let e = &cluster.erasure;
-    let stripe = e.shard_unit_bytes as usize * usize::from(e.data_shards);
+    let stripe = e.stripe_bytes();
     let format = cluster.meta.nodes[0].status().await?.entry_format;
     ensure!(
         format == u32::from(ENTRY_FORMAT_MIN),

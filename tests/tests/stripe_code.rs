@@ -15,7 +15,7 @@ use cairn_tests::cluster::{pattern, small_stripes, FileCluster};
 async fn a_client_cuts_stripes_by_the_code_the_logic_nodes_announce() -> anyhow::Result<()> {
     let cluster = FileCluster::start(1, small_stripes()).await?;
     let cluster_code = small_stripes();
-    let stripe = cluster_code.shard_unit_bytes as usize * usize::from(cluster_code.data_shards);
+    let stripe = cluster_code.stripe_bytes();
     // The compiled default cuts stripes 16 times longer than these logic nodes take.
     let given = ErasureConfig::default();
     assert!(given.shard_unit_bytes > cluster_code.shard_unit_bytes);

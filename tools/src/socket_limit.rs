@@ -40,8 +40,9 @@ fn pair(kind: SocketKind) -> io::Result<(Box<dyn ReadWrite>, Box<dyn ReadWrite>)
 trait ReadWrite: Read + Write + Send {}
 impl<T: Read + Write + Send> ReadWrite for T {}
 
-/// Copies everything `from` yields into `to`, in reads of up to [`CHUNK`].
-fn relay(mut from: Box<dyn ReadWrite>, mut to: Box<dyn ReadWrite>) -> io::Result<u64> {
+/// Copies everything `from` yields into `to`, in reads of up to [`CHUNK`] (std's
+/// `io::copy` reads 8 KiB at a time, which would measure system calls, not the path).
+fn relay(from: &mut dyn Read, to: &mut dyn Write) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut moved = 0;
     loop {
@@ -59,7 +60,10 @@ fn relay(mut from: Box<dyn ReadWrite>, mut to: Box<dyn ReadWrite>) -> io::Result
 pub fn two_hops_mbps(kind: SocketKind, total_bytes: u64) -> io::Result<f64> {
     let (mut send, relay_in) = pair(kind)?;
     let (relay_out, mut receive) = pair(kind)?;
-    let relay = std::thread::spawn(move || relay(relay_in, relay_out));
+    let relayer = std::thread::spawn(move || {
+        let (mut from, mut to) = (relay_in, relay_out);
+        relay(&mut from, &mut to)
+    });
     let sender = std::thread::spawn(move || -> io::Result<()> {
         let buf = vec![0x5au8; CHUNK];
         let mut left = total_bytes;
@@ -71,20 +75,13 @@ pub fn two_hops_mbps(kind: SocketKind, total_bytes: u64) -> io::Result<f64> {
         Ok(())
     });
     let started = Instant::now();
-    let mut buf = vec![0u8; CHUNK];
-    let mut got = 0u64;
-    while got < total_bytes {
-        let n = receive.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        got += n as u64;
-    }
+    // Until the sender's end closes and the relay passes that on.
+    let got = relay(&mut receive, &mut io::sink())?;
     let secs = started.elapsed().as_secs_f64();
     let joined =
         |r: std::thread::Result<io::Result<()>>| r.unwrap_or_else(|_| Err(io::Error::other("thread panicked")));
     joined(sender.join())?;
-    joined(relay.join().map(|r| r.map(drop)))?;
+    joined(relayer.join().map(|r| r.map(drop)))?;
     if got != total_bytes {
         return Err(io::Error::other(format!("received {got} of {total_bytes} bytes")));
     }
