@@ -2,9 +2,11 @@
 //! temporary directory, and stop them (SIGKILL) when the handle is dropped, even when a
 //! test fails.
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -56,11 +58,22 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
 /// connection's local end meanwhile.
 const TEST_PORTS: std::ops::Range<u16> = 10_000..32_000;
 
-/// `n` consecutive TCP ports on 127.0.0.1, free now, outside the ephemeral range.
+/// Ports this test process has handed out. A cluster takes all its ports before it
+/// starts any node, so a port handed out but not yet bound still looks free: without this
+/// list one node's metrics port could be another's listen port.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// `n` consecutive TCP ports on 127.0.0.1, free now, outside the ephemeral range, and
+/// never handed out before by this process.
 pub fn free_ports(n: u16) -> u16 {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..500 {
         let base = TEST_PORTS.start + rand::random::<u16>() % (TEST_PORTS.end - TEST_PORTS.start - n);
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        let ports = base..base + n;
+        if handed_out.range(ports.clone()).next().is_none()
+            && ports.clone().all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            handed_out.extend(ports);
             return base;
         }
     }
