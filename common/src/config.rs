@@ -100,7 +100,7 @@ impl Default for ErasureConfig {
         ErasureConfig {
             data_shards: 4,
             parity_shards: 2,
-            shard_unit_bytes: MIB as u32,
+            shard_unit_bytes: 2 * MIB as u32,
             block_bytes: (64 * KIB) as u32,
         }
     }
@@ -631,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_4_plus_2_with_1_mib_units() {
+    fn defaults_are_4_plus_2_with_2_mib_units() {
         let c = Config::parse(DS).unwrap();
         assert_eq!(c.erasure, ErasureConfig::default());
         assert_eq!(
@@ -640,7 +640,7 @@ mod tests {
                 c.erasure.parity_shards,
                 c.erasure.shard_unit_bytes
             ),
-            (4, 2, 1 << 20)
+            (4, 2, 2 << 20)
         );
         let ds = c.dataserver().unwrap();
         assert_eq!(ds.io, IoMode::Auto);

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use cairn_common::proto::metadata::{Attr, Layout};
 use lru::LruCache;
 
-/// Stripes of one cached window: 256 MiB of file under the default 4+2 of 1 MiB units.
+/// Stripes of one cached window: 512 MiB of file under the default 4+2 of 2 MiB units.
 const WINDOW_STRIPES: u64 = 64;
 /// Windows kept (each at most `WINDOW_STRIPES` stripe records, about 20 KB).
 const WINDOWS_MAX: usize = 1024;

@@ -166,10 +166,10 @@ impl Client {
 impl Client {
     /// A client of the logic nodes at `addrs` ("host:port"). Stripes are cut by the
     /// erasure code the logic nodes announce with their first answer; the code given
-    /// (the default is Cairn's: 4+2, 1 MiB shard units) serves until then, and against
+    /// (the default is Cairn's: 4+2, 2 MiB shard units) serves until then, and against
     /// logic nodes that predate the announcement.
     #[new]
-    #[pyo3(signature = (addrs, timeout = 60.0, data_shards = 4, parity_shards = 2, shard_unit_bytes = 1 << 20))]
+    #[pyo3(signature = (addrs, timeout = 60.0, data_shards = 4, parity_shards = 2, shard_unit_bytes = 2 << 20))]
     fn new(
         addrs: Vec<String>,
         timeout: f64,

@@ -39,7 +39,7 @@ class Client:
         timeout: float = 60.0,
         data_shards: int = 4,
         parity_shards: int = 2,
-        shard_unit_bytes: int = 1048576,
+        shard_unit_bytes: int = 2097152,
     ) -> None: ...
     @staticmethod
     def from_config(path: str | PathLike[str], timeout: float = 60.0) -> Client: ...
