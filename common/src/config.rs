@@ -458,7 +458,7 @@ impl ErasureConfig {
         ErasureCode::new(self.data_shards.into(), self.parity_shards.into())
             .map_err(|e| invalid("erasure", e.to_string()))?;
         in_range("erasure.block_bytes", self.block_bytes, IO_ALIGN_BYTES, BLOCK_BYTES_MAX)?;
-        if self.block_bytes % IO_ALIGN_BYTES != 0 {
+        if !self.block_bytes.is_multiple_of(IO_ALIGN_BYTES) {
             return Err(invalid(
                 "erasure.block_bytes",
                 format!("must be a multiple of {IO_ALIGN_BYTES}"),
@@ -470,7 +470,7 @@ impl ErasureConfig {
             self.block_bytes,
             SHARD_UNIT_BYTES_MAX,
         )?;
-        if self.shard_unit_bytes % self.block_bytes != 0 {
+        if !self.shard_unit_bytes.is_multiple_of(self.block_bytes) {
             return Err(invalid(
                 "erasure.shard_unit_bytes",
                 format!("must be a multiple of erasure.block_bytes ({})", self.block_bytes),

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use prost::Message;
 
-use crate::checksum::{block_count, verify_blocks};
+use crate::checksum::{block_count, crc32c, crc32c_append, verify_blocks};
 use crate::frame::{Frame, Kind};
 use crate::ids::RequestId;
 use crate::proto::metadata::{MetaReply, MetaRequest, Stripe};
@@ -188,7 +188,7 @@ impl FileBytesBuilder {
             // The last block is open: this piece's blocks are offset against the reply's.
             known = &[];
             let take = to_fill.min(rest.len());
-            let crc = crc32c::crc32c_append(self.open.unwrap_or(0), &rest[..take]);
+            let crc = crc32c_append(self.open.unwrap_or(0), &rest[..take]);
             rest = &rest[take..];
             self.open = Some(crc);
             if take == to_fill {
@@ -199,7 +199,7 @@ impl FileBytesBuilder {
         let reused = known.len().min(rest.len() / block);
         self.checksums.extend_from_slice(&known[..reused]);
         for chunk in rest[reused * block..].chunks(block) {
-            let crc = crc32c::crc32c(chunk);
+            let crc = crc32c(chunk);
             if chunk.len() == block {
                 self.checksums.push(crc);
             } else {

@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio_util::codec::Decoder;
 
 use crate::aligned::aligned_vec;
+use crate::checksum::{crc32c, crc32c_append};
 use crate::ids::RequestId;
 
 pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
@@ -180,9 +181,9 @@ impl Frame {
         head.put_u16_le(self.kind as u16);
         head.put_u64_le(self.request_id.0);
         head.put_u32_le(payload_len);
-        let mut crc = crc32c::crc32c(&head[..CRC_HEADER_BYTES]);
-        crc = crc32c::crc32c_append(crc, &meta_len.to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &self.meta);
+        let mut crc = crc32c(&head[..CRC_HEADER_BYTES]);
+        crc = crc32c_append(crc, &meta_len.to_le_bytes());
+        crc = crc32c_append(crc, &self.meta);
         head.put_u32_le(crc);
         head.put_u32_le(meta_len);
         head.put_slice(&self.meta);
@@ -259,7 +260,7 @@ impl Header {
     /// Checks the crc32c over the header's first bytes and the payload up to the end of
     /// its message part (its length included).
     fn check_crc(&self, header: &[u8], meta_with_len: &[u8]) -> Result<(), FrameError> {
-        let actual = crc32c::crc32c_append(crc32c::crc32c(&header[..CRC_HEADER_BYTES]), meta_with_len);
+        let actual = crc32c_append(crc32c(&header[..CRC_HEADER_BYTES]), meta_with_len);
         if actual != self.crc {
             return Err(FrameError::BadChecksum {
                 expected: self.crc,

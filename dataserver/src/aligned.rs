@@ -64,7 +64,7 @@ impl UnfilledBuf {
 
 /// Whether `data` starts on the direct-I/O unit and is a whole number of units long.
 pub fn is_aligned(data: &[u8]) -> bool {
-    data.as_ptr() as usize % ALIGN == 0 && data.len() % ALIGN == 0
+    (data.as_ptr() as usize).is_multiple_of(ALIGN) && data.len().is_multiple_of(ALIGN)
 }
 
 /// Bytes that start on the direct-I/O unit and are a whole number of units long.

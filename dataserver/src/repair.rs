@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use cairn_common::checksum::crc32c;
 use cairn_common::erasure::ErasureCode;
 use cairn_common::ids::{ShardId, StripeId};
 use cairn_common::proto::metadata::{Layout, Stripe};
@@ -94,7 +95,7 @@ pub async fn rebuild_shard(
         .into_iter()
         .nth(usize::from(index))
         .ok_or("the shard index is outside the code")?;
-    if crc32c::crc32c(&rebuilt) != want {
+    if crc32c(&rebuilt) != want {
         return Err("the rebuilt shard does not match its layout checksum".into());
     }
     Ok(rebuilt)

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use cairn_common::checksum::{block_count, verify_blocks, ChecksummedBlocks};
+use cairn_common::checksum::{block_count, crc32c, verify_blocks, ChecksummedBlocks};
 use cairn_common::config::{BLOCK_BYTES_MAX, IO_ALIGN_BYTES};
 use cairn_common::ids::ShardId;
 use cairn_common::wire::ErrorCode;
@@ -494,7 +494,7 @@ impl ShardStore {
                 self.inner.limits.shard_bytes_max
             )));
         }
-        if block_bytes < IO_ALIGN_BYTES || block_bytes % IO_ALIGN_BYTES != 0 || block_bytes > BLOCK_BYTES_MAX {
+        if block_bytes < IO_ALIGN_BYTES || !block_bytes.is_multiple_of(IO_ALIGN_BYTES) || block_bytes > BLOCK_BYTES_MAX {
             return Err(StoreError::BadRequest(format!(
                 "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {BLOCK_BYTES_MAX}"
             )));
@@ -720,7 +720,7 @@ impl ShardStore {
 }
 
 fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
-    record.checksums.get(block as usize) == Some(&crc32c::crc32c(bytes))
+    record.checksums.get(block as usize) == Some(&crc32c(bytes))
 }
 
 impl Inner {

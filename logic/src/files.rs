@@ -285,7 +285,7 @@ impl Files {
         let block = self.block_bytes as usize;
         let shard_len = shards.first().map_or(0, Bytes::len);
         let blocks_per_shard = shard_len / block.max(1);
-        let reusable = chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len % block == 0);
+        let reusable = chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len.is_multiple_of(block));
         shards
             .iter()
             .enumerate()
@@ -699,7 +699,7 @@ fn place_piece(out: &mut FileBytesBuilder, range: std::ops::Range<u64>, at: u64,
     let skip = from - at;
     let block = u64::from(FILE_BLOCK_BYTES);
     let known = match known.get((skip / block) as usize..) {
-        Some(rest) if skip % block == 0 => rest,
+        Some(rest) if skip.is_multiple_of(block) => rest,
         _ => &[],
     };
     out.push_zeros((from - range.start - out.len()) as usize);

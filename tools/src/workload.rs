@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use cairn_client::CairnClient;
+use cairn_common::checksum::crc32c;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
@@ -147,18 +148,18 @@ impl Shared {
             inode: attr.inode,
             path: format!("{}/{name}", self.config.dir),
             len,
-            crc: crc32c::crc32c(&data),
+            crc: crc32c(&data),
         })
     }
 
     async fn check(&self, f: &Acked) -> anyhow::Result<()> {
         let data = self.client.read_file(f.inode).await?;
-        if data.len() as u64 != f.len || crc32c::crc32c(&data) != f.crc {
+        if data.len() as u64 != f.len || crc32c(&data) != f.crc {
             bail!(
                 "{}: read {} bytes (crc {:08x}), acknowledged {} bytes (crc {:08x})",
                 f.path,
                 data.len(),
-                crc32c::crc32c(&data),
+                crc32c(&data),
                 f.len,
                 f.crc
             );
