@@ -494,7 +494,8 @@ impl ShardStore {
                 self.inner.limits.shard_bytes_max
             )));
         }
-        if block_bytes < IO_ALIGN_BYTES || !block_bytes.is_multiple_of(IO_ALIGN_BYTES) || block_bytes > BLOCK_BYTES_MAX {
+        if block_bytes < IO_ALIGN_BYTES || !block_bytes.is_multiple_of(IO_ALIGN_BYTES) || block_bytes > BLOCK_BYTES_MAX
+        {
             return Err(StoreError::BadRequest(format!(
                 "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {BLOCK_BYTES_MAX}"
             )));

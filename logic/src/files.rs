@@ -285,7 +285,8 @@ impl Files {
         let block = self.block_bytes as usize;
         let shard_len = shards.first().map_or(0, Bytes::len);
         let blocks_per_shard = shard_len / block.max(1);
-        let reusable = chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len.is_multiple_of(block));
+        let reusable =
+            chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len.is_multiple_of(block));
         shards
             .iter()
             .enumerate()
