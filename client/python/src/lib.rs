@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cairn_client::{CairnClient, ClientError, FileReader, FileWriter};
 use cairn_common::config::{Config, ErasureConfig};
 use cairn_common::proto::metadata::{Attr, Errno, FileKind};
@@ -361,6 +362,20 @@ impl RawFile {
     }
 }
 
+/// A Python buffer as the memory of `Bytes`: it stays exported (alive, unmoved) until
+/// the last `Bytes` of it is dropped.
+struct Exported(PyBuffer<u8>);
+
+impl AsRef<[u8]> for Exported {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the exporter keeps the buffer's memory alive and unmoved while it is
+        // exported, and it is a contiguous run of `len_bytes()` bytes (`write` checks).
+        // It is only read; Python code that writes it from another thread meanwhile
+        // races, as it would with `os.write`.
+        unsafe { std::slice::from_raw_parts(self.0.buf_ptr().cast::<u8>(), self.0.len_bytes()) }
+    }
+}
+
 /// The writer of an open state (present whenever the file was opened for writing).
 fn writer(st: &mut FileState) -> PyResult<&mut FileWriter> {
     st.writer.as_mut().ok_or_else(|| not_open_for("writing"))
@@ -417,24 +432,35 @@ impl RawFile {
     }
 
     /// Writes all of `data` (any contiguous buffer) at the current position (at the end
-    /// in append mode); returns its length.
+    /// in append mode); returns its length. Whole stripes of `data` are sent from its
+    /// memory, and the call then waits until they are stored, so that `data` may change
+    /// once it returns, as after any `write`.
     fn write(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<usize> {
         if !data.is_c_contiguous() {
             return Err(PyValueError::new_err("write needs a contiguous buffer"));
         }
-        // SAFETY: as in `readinto`; the bytes are only read, and copied into the
-        // writer's stripe buffers before this call returns.
-        let src = unsafe { std::slice::from_raw_parts(data.buf_ptr().cast::<u8>(), data.len_bytes()) };
+        let len = data.len_bytes();
+        let shared = Bytes::from_owner(Exported(data));
         let append = self.append;
-        self.with_state(py, |st, rt| {
+        let written = self.with_state(py, |st, rt| {
             let here = st.pos;
             let w = writer(st)?;
             let pos = if append { w.size() } else { here };
-            rt.block_on(w.write(pos, src)).map_err(py_err)?;
+            rt.block_on(async {
+                if w.write_shared(pos, &shared).await? {
+                    w.wait_sent().await?;
+                }
+                Ok(())
+            })
+            .map_err(py_err)?;
             st.size = w.size();
-            st.pos = pos + src.len() as u64;
-            Ok(src.len())
-        })
+            st.pos = pos + len as u64;
+            Ok(len)
+        });
+        // Here, attached, is where the buffer is released: unless a failed stripe's
+        // request still holds it, this is the last reference.
+        drop(shared);
+        written
     }
 
     /// Moves the position: `whence` 0 from the start, 1 from here, 2 from the end.

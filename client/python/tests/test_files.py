@@ -35,6 +35,35 @@ def test_sizes_round_trip(client: cairn.Client, workdir: str, size: int) -> None
         assert crc(f.read()) == crc(data)
 
 
+def test_a_written_buffer_may_change_once_write_returns(client: cairn.Client, workdir: str) -> None:
+    """Whole stripes go out straight from the caller's buffer, and write returns once
+    they are stored: what the caller does to the buffer afterwards changes nothing."""
+    arr = np.random.default_rng(7).integers(0, 256, 40 << 20, dtype=np.uint8)
+    want = arr.tobytes()
+    path = f"{workdir}/shared"
+    with client.open(path, "wb", buffering=0) as f:
+        f.write(b"abc")  # the buffer's stripes start 3 bytes into it
+        f.write(arr)
+        arr[:] = 0
+        f.write(arr[:5])
+    assert crc(client.read_bytes(path)) == crc(b"abc" + want + bytes(5))
+
+    # Stripes already stored, written again whole from another buffer.
+    other = np.random.default_rng(8).integers(0, 256, 20 << 20, dtype=np.uint8)
+    with client.open(path, "r+b", buffering=0) as f:
+        f.seek(3 + (4 << 20))
+        f.write(other)
+    edited = b"abc" + want[: 4 << 20] + other.tobytes() + want[(24 << 20) :] + bytes(5)
+    assert crc(client.read_bytes(path)) == crc(edited)
+
+    # The buffer is no longer exported once write returns: a bytearray may grow.
+    grows = bytearray(want[: 17 << 20])
+    with client.open(path, "wb", buffering=0) as f:
+        f.write(grows)
+        grows.extend(b"more")
+    assert crc(client.read_bytes(path)) == crc(want[: 17 << 20])
+
+
 def test_buffers_without_copies(client: cairn.Client, workdir: str) -> None:
     arr = np.arange(3_000_000, dtype=np.float32)
     client.write_bytes(f"{workdir}/arr", arr)
