@@ -2,8 +2,9 @@
 //! tokio runtime and offers a blocking API; every call that waits on the cluster releases
 //! the GIL first, so Python threads (a checkpoint's upload, a data loader's workers) run
 //! their I/O in parallel. Writes take any contiguous buffer (bytes, memoryview, numpy
-//! arrays, CPU tensors) without a Python-level copy; `readinto` fills the caller's
-//! buffer (a tensor's memory, say) straight from the read-ahead windows.
+//! arrays, CPU tensors) without a Python-level copy, and send its whole stripes from its
+//! own memory; `readinto` fills the caller's buffer (a tensor's memory, say) straight
+//! from the read-ahead windows.
 //!
 //! The Python half (`python/cairn`) builds the `io` file objects, path conveniences and
 //! the PyTorch checkpoint storage on top.
