@@ -174,8 +174,9 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
     """Writes DCP checkpoints into a Cairn cluster; see the module's description.
 
     ``path`` may be given here or as ``checkpoint_id``; ``client`` defaults to
-    ``cairn.default_client()``. ``thread_count`` files are written per rank, in parallel.
-    With ``overwrite``, a checkpoint already at the path is replaced (the old one is moved
+    ``cairn.default_client()``. ``thread_count`` files are written per rank, in parallel
+    (8 by default: a file's write waits until the stripes it sent from the staged tensors
+    are stored, so more files keep more stripes moving). With ``overwrite``, a checkpoint already at the path is replaced (the old one is moved
     aside first, so the path is briefly absent, never partial); without it, saving over
     one raises ``FileExistsError``.
     """
@@ -187,7 +188,7 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
         path: str | os.PathLike[str] | None = None,
         *,
         client: Client | None = None,
-        thread_count: int = 4,
+        thread_count: int = 8,
         overwrite: bool = False,
         staging_budget_bytes: int | None = None,
         stage_timeout: float = 3600.0,
