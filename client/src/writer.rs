@@ -349,26 +349,22 @@ impl FileWriter {
             let slot_start = slot * s;
             let (from, to) = ((pos - slot_start) as usize, (end - slot_start).min(s) as usize);
             let src = (pos - offset) as usize;
-            let whole_slot = from == 0 && to as u64 == s && !self.dirty.contains_key(&slot);
-            if let Some(shared) = shared.filter(|_| whole_slot) {
-                if self.written.contains_key(&slot) || self.in_flight_slots.contains(&slot) {
-                    self.commit().await?;
-                }
-                pos = slot_start + s;
-                self.size = self.size.max(pos);
-                self.send(slot, shared.slice(src..src + to)).await?;
-                sent_shared = true;
-                continue;
+            let dirty = self.dirty.remove(&slot);
+            if dirty.is_none() && (self.written.contains_key(&slot) || self.in_flight_slots.contains(&slot)) {
+                // Its bytes went out as a stripe: publish it, then rewrite from it.
+                self.commit().await?;
             }
-            let mut buf = match self.dirty.remove(&slot) {
-                Some(b) => b,
-                None => {
-                    if self.written.contains_key(&slot) || self.in_flight_slots.contains(&slot) {
-                        // Its bytes went out as a stripe: publish it, then rewrite from it.
-                        self.commit().await?;
-                    }
-                    self.load_slot(slot, from, to).await?
+            let whole_slot = from == 0 && to as u64 == s;
+            let mut buf = match (dirty, shared.filter(|_| whole_slot)) {
+                (None, Some(shared)) => {
+                    pos = slot_start + s;
+                    self.size = self.size.max(pos);
+                    self.send(slot, shared.slice(src..src + to)).await?;
+                    sent_shared = true;
+                    continue;
                 }
+                (Some(b), _) => b,
+                (None, None) => self.load_slot(slot, from, to).await?,
             };
             put_at(&mut buf, from, &data[src..src + (to - from)]);
             pos = slot_start + to as u64;
