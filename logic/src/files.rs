@@ -89,14 +89,12 @@ enum Fetched {
 pub struct Files {
     meta: Arc<MetadataClient>,
     ds: Dataservers,
+    /// This node's code: what it writes, and announces to clients.
+    erasure: ErasureConfig,
     code: ErasureCode,
-    unit: usize,
-    /// The largest shard this node cuts from a client's stripe (see
-    /// `ErasureConfig::shard_bytes_taken`).
+    /// The largest shard this node cuts from a client's stripe
+    /// (`ErasureConfig::shard_bytes_taken`, kept: it validates a code to find out).
     unit_taken: usize,
-    block_bytes: u32,
-    /// The code as clients are told it, with every namespace reply.
-    stripe_code: StripeCode,
     metrics: Metrics,
     layouts: Arc<LayoutCache>,
 }
@@ -106,11 +104,9 @@ impl Files {
         Files {
             meta,
             ds,
+            erasure: erasure.clone(),
             code: erasure.code(),
-            unit: erasure.shard_unit_bytes as usize,
             unit_taken: erasure.shard_bytes_taken() as usize,
-            block_bytes: erasure.block_bytes,
-            stripe_code: erasure.stripe_code(),
             metrics: Metrics::new(),
             layouts: Arc::new(LayoutCache::new(erasure.stripe_bytes() as u64)),
         }
@@ -166,13 +162,13 @@ impl Files {
     }
 
     /// This node's code, which clients cut their stripes by.
-    pub fn stripe_code(&self) -> &StripeCode {
-        &self.stripe_code
+    pub fn stripe_code(&self) -> StripeCode {
+        self.erasure.stripe_code()
     }
 
     /// The most file bytes one stripe of this node's code holds.
     pub fn stripe_bytes(&self) -> usize {
-        self.unit * self.code.data_shards()
+        self.erasure.stripe_bytes()
     }
 
     /// The most file bytes of one stripe this node takes from a client.
@@ -186,7 +182,7 @@ impl Files {
             version: 0,
             data_shards: self.code.data_shards() as u32,
             parity_shards: self.code.parity_shards() as u32,
-            shard_unit_bytes: self.unit as u32,
+            shard_unit_bytes: self.erasure.shard_unit_bytes,
             stripes,
             inline_data: Vec::new(),
         }
@@ -272,7 +268,7 @@ impl Files {
                 .map(|(i, ((s, n), c))| ShardLocation {
                     index: i as u32,
                     dataserver: n.0,
-                    crc32c: crc_of_blocks(c, self.block_bytes, s.len() as u64),
+                    crc32c: crc_of_blocks(c, self.erasure.block_bytes, s.len() as u64),
                 })
                 .collect(),
         })
@@ -282,11 +278,11 @@ impl Files {
     /// cut at block boundaries the client's checksums share, takes those; the others
     /// (parity, a padded tail) are computed.
     fn shard_checksums(&self, shards: &[Bytes], chunk_len: usize, chunk_checksums: Option<&[u32]>) -> Vec<Vec<u32>> {
-        let block = self.block_bytes as usize;
+        let block = self.erasure.block_bytes as usize;
         let shard_len = shards.first().map_or(0, Bytes::len);
         let blocks_per_shard = shard_len / block.max(1);
         let reusable =
-            chunk_checksums.filter(|_| self.block_bytes == FILE_BLOCK_BYTES && shard_len.is_multiple_of(block));
+            chunk_checksums.filter(|_| self.erasure.block_bytes == FILE_BLOCK_BYTES && shard_len.is_multiple_of(block));
         shards
             .iter()
             .enumerate()
@@ -294,7 +290,7 @@ impl Files {
                 let whole_slice = i < self.code.data_shards() && (i + 1) * shard_len <= chunk_len;
                 match reusable.and_then(|c| c.get(i * blocks_per_shard..(i + 1) * blocks_per_shard)) {
                     Some(c) if whole_slice => c.to_vec(),
-                    _ => block_checksums(s, self.block_bytes),
+                    _ => block_checksums(s, self.erasure.block_bytes),
                 }
             })
             .collect()
@@ -332,7 +328,7 @@ impl Files {
         let shard = ShardId::new(id, index as u8);
         let result = match self.ds.client(node).await {
             Ok(c) => c
-                .put_checksummed(shard, self.block_bytes, checksums, data)
+                .put_checksummed(shard, self.erasure.block_bytes, checksums, data)
                 .await
                 .map(|_| ()),
             Err(e) => Err(e),
@@ -527,8 +523,8 @@ impl Files {
             let Some(bytes) = shards.get(loc.index as usize) else {
                 continue;
             };
-            let checksums = block_checksums(bytes, self.block_bytes);
-            if crc_of_blocks(&checksums, self.block_bytes, bytes.len() as u64) != loc.crc32c {
+            let checksums = block_checksums(bytes, self.erasure.block_bytes);
+            if crc_of_blocks(&checksums, self.erasure.block_bytes, bytes.len() as u64) != loc.crc32c {
                 warn!(stripe = %id.0, index = loc.index, "a rebuilt shard does not match its layout: not written");
                 continue;
             }

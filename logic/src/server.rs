@@ -116,7 +116,7 @@ impl LogicNode {
             }) => meta_error(Errno::Eperm, "an admin operation, not taken from clients".into()),
             FileRequest::Meta(m) => match self.meta.send(m).await {
                 Ok(mut reply) => {
-                    reply.stripe_code = Some(*self.files.stripe_code());
+                    reply.stripe_code = Some(self.files.stripe_code());
                     FileReply::Meta(reply)
                 }
                 Err(e) => from_meta(e),
