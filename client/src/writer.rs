@@ -328,6 +328,13 @@ impl FileWriter {
         self.drain().await
     }
 
+    /// Whether stripes sent are still being stored (so may hold memory given to
+    /// [`FileWriter::write_shared`]). A commit, or [`FileWriter::wait_sent`], that
+    /// succeeds leaves none.
+    pub fn is_sending(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// [`FileWriter::write`] of `data`, which is `shared` where given.
     async fn write_from(&mut self, offset: u64, data: &[u8], shared: Option<&Bytes>) -> Result<bool, ClientError> {
         self.check_failed()?;

@@ -309,6 +309,7 @@ impl Client {
                 writer,
                 inode: attr.inode,
                 closed: false,
+                retained: Vec::new(),
             }),
         })
     }
@@ -323,6 +324,20 @@ struct FileState {
     reader: Option<FileReader>,
     writer: Option<FileWriter>,
     closed: bool,
+    /// Buffers given to `write_retained` whose stripes may still be being stored.
+    retained: Vec<Bytes>,
+}
+
+impl FileState {
+    /// The retained buffers that no stripe in flight can read any more: every stripe is
+    /// stored, or the writer is gone. They are released (which takes the GIL) by the
+    /// caller once it holds no lock.
+    fn take_released(&mut self) -> Vec<Bytes> {
+        if self.writer.as_ref().is_some_and(FileWriter::is_sending) {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.retained)
+    }
 }
 
 /// An open file: a raw (unbuffered) binary stream. Its writes are durable and visible to
@@ -353,12 +368,45 @@ impl RawFile {
         py: Python<'_>,
         f: impl FnOnce(&mut FileState, &Runtime) -> PyResult<T> + Send,
     ) -> PyResult<T> {
-        py.detach(|| {
+        let (result, released) = py.detach(|| {
             let mut st = lock(&self.state);
             if st.closed {
-                return Err(closed_file());
+                return (Err(closed_file()), Vec::new());
             }
-            f(&mut st, &self.shared.runtime)
+            let result = f(&mut st, &self.shared.runtime);
+            (result, st.take_released())
+        });
+        // Attached and unlocked: releasing a buffer takes the GIL, and a thread holding
+        // the GIL may be waiting for this file's lock (`tell`).
+        drop(released);
+        result
+    }
+
+    /// `write`, or `write_retained` when `retain`.
+    fn write_shared(&self, py: Python<'_>, data: PyBuffer<u8>, retain: bool) -> PyResult<usize> {
+        if !data.is_c_contiguous() {
+            return Err(PyValueError::new_err("write needs a contiguous buffer"));
+        }
+        let len = data.len_bytes();
+        let shared = Bytes::from_owner(Exported(data));
+        let append = self.append;
+        self.with_state(py, |st, rt| {
+            // Released by `with_state` once no stripe in flight reads it: attached, and
+            // (unless a failed stripe's request still holds it) as its last reference.
+            st.retained.push(shared.clone());
+            let here = st.pos;
+            let w = writer(st)?;
+            let pos = if append { w.size() } else { here };
+            rt.block_on(async {
+                if w.write_shared(pos, &shared).await? && !retain {
+                    w.wait_sent().await?;
+                }
+                Ok(())
+            })
+            .map_err(py_err)?;
+            st.size = w.size();
+            st.pos = pos + len as u64;
+            Ok(len)
         })
     }
 }
@@ -437,31 +485,14 @@ impl RawFile {
     /// memory, and the call then waits until they are stored, so that `data` may change
     /// once it returns, as after any `write`.
     fn write(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<usize> {
-        if !data.is_c_contiguous() {
-            return Err(PyValueError::new_err("write needs a contiguous buffer"));
-        }
-        let len = data.len_bytes();
-        let shared = Bytes::from_owner(Exported(data));
-        let append = self.append;
-        let written = self.with_state(py, |st, rt| {
-            let here = st.pos;
-            let w = writer(st)?;
-            let pos = if append { w.size() } else { here };
-            rt.block_on(async {
-                if w.write_shared(pos, &shared).await? {
-                    w.wait_sent().await?;
-                }
-                Ok(())
-            })
-            .map_err(py_err)?;
-            st.size = w.size();
-            st.pos = pos + len as u64;
-            Ok(len)
-        });
-        // Here, attached, is where the buffer is released: unless a failed stripe's
-        // request still holds it, this is the last reference.
-        drop(shared);
-        written
+        self.write_shared(py, data, false)
+    }
+
+    /// Like `write`, but returns once the stripes of `data` are sent, not stored: `data`
+    /// must stay unchanged until the file is flushed or closed. The next write then
+    /// overlaps the storing of this one's stripes.
+    fn write_retained(&self, py: Python<'_>, data: PyBuffer<u8>) -> PyResult<usize> {
+        self.write_shared(py, data, true)
     }
 
     /// Moves the position: `whence` 0 from the start, 1 from here, 2 from the end.
@@ -518,22 +549,26 @@ impl RawFile {
     /// Commits and closes; closing twice is fine. If the commit fails the error is raised
     /// and none of this handle's uncommitted writes is visible.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| {
+        let (writer, retained) = py.detach(|| {
             let mut st = lock(&self.state);
-            if st.closed {
-                return Ok(());
-            }
             st.closed = true;
             st.reader = None;
-            let Some(mut w) = st.writer.take() else {
-                return Ok(());
-            };
+            (st.writer.take(), std::mem::take(&mut st.retained))
+        });
+        let Some(mut w) = writer else {
+            return Ok(());
+        };
+        // Without the file's lock: the writer is this call's alone now, and the stripes
+        // it drops may release the last references to retained buffers (taking the GIL).
+        let closed = py.detach(|| {
             self.shared.runtime.block_on(async {
                 let committed = w.commit().await;
                 w.close().await;
                 committed.map(drop).map_err(py_err)
             })
-        })
+        });
+        drop(retained);
+        closed
     }
 }
 

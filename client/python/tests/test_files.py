@@ -64,6 +64,24 @@ def test_a_written_buffer_may_change_once_write_returns(client: cairn.Client, wo
     assert crc(client.read_bytes(path)) == crc(want[: 17 << 20])
 
 
+def test_retained_writes_hold_their_buffers_until_the_file_commits(client: cairn.Client, workdir: str) -> None:
+    """write_retained may return before its stripes are stored: the file keeps the
+    buffers exported at most until flush or close commits, and the content is every
+    buffer, in order."""
+    rng = np.random.default_rng(9)
+    parts = [bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes()) for n in (3, 24 << 20, 17 << 20, 5)]
+    path = f"{workdir}/retained"
+    with client.open(path, "wb", buffering=0) as f:
+        for p in parts:
+            assert f.write_retained(p) == len(p)
+        f.flush()
+        parts[1].extend(b"x")  # committed: released
+        assert f.write_retained(parts[2]) == len(parts[2])
+    parts[2].extend(b"y")  # closed: released
+    want = b"".join(bytes(p) for p in (parts[0], parts[1][:-1], parts[2][:-1], parts[3], parts[2][:-1]))
+    assert crc(client.read_bytes(path)) == crc(want)
+
+
 def test_buffers_without_copies(client: cairn.Client, workdir: str) -> None:
     arr = np.arange(3_000_000, dtype=np.float32)
     client.write_bytes(f"{workdir}/arr", arr)

@@ -144,6 +144,13 @@ class CairnFile(io.RawIOBase):
     def write(self, b: Any) -> int:
         return self._raw.write(_bytes_view(b))
 
+    def write_retained(self, b: Any) -> int:
+        """Writes ``b`` as ``write`` does, but returns once its stripes are sent, not
+        stored, so the next write overlaps their storing. ``b`` must stay unchanged until
+        this file is flushed or closed (for buffers kept anyway, such as staged
+        checkpoint tensors); the file holds it until then."""
+        return self._raw.write_retained(_bytes_view(b))
+
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         return self._raw.seek(offset, whence)
 

@@ -300,7 +300,8 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
                     if t.device.type != "cpu":
                         t = t.to("cpu")
                     view = _byte_view(t.contiguous())
-                length = f.write(view)
+                # The staged state stays unchanged until every file is closed.
+                length = f.write_retained(view)
                 results.append(
                     WriteResult(item.index, length, _Written(_Stored(name, offset, length), rank_plan.staging))
                 )
