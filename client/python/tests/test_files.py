@@ -82,6 +82,34 @@ def test_retained_writes_hold_their_buffers_until_the_file_commits(client: cairn
     assert crc(client.read_bytes(path)) == crc(want)
 
 
+def test_retained_writes_beside_another_thread_on_the_same_file(client: cairn.Client, workdir: str) -> None:
+    """Releasing a retained buffer takes the GIL: it must never happen under the file's
+    lock, which another thread holding the GIL may be waiting for (tell, closed)."""
+    parts = [np.random.default_rng(i).integers(0, 256, 9 << 20, dtype=np.uint8) for i in range(6)]
+    path = f"{workdir}/retained-threads"
+    done = threading.Event()
+    seen: list[int] = []
+
+    def watch(f: io.RawIOBase) -> None:
+        while not done.is_set():
+            seen.append(f.tell())
+            assert not f.closed
+
+    with client.open(path, "wb", buffering=0) as f:
+        watcher = threading.Thread(target=watch, args=(f,))
+        watcher.start()
+        try:
+            for p in parts:
+                f.write_retained(p)
+            f.flush()
+        finally:
+            done.set()
+            watcher.join(timeout=60)
+        assert not watcher.is_alive()
+    assert seen and seen[-1] <= sum(p.nbytes for p in parts)
+    assert crc(client.read_bytes(path)) == crc(b"".join(p.tobytes() for p in parts))
+
+
 def test_buffers_without_copies(client: cairn.Client, workdir: str) -> None:
     arr = np.arange(3_000_000, dtype=np.float32)
     client.write_bytes(f"{workdir}/arr", arr)
