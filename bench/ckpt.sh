@@ -65,7 +65,7 @@ export CAIRN_CLUSTER="$DATA/cluster-tcp/cluster.toml"
 bench cairn-async --dir /ckpt "${ADJACENT[@]}"
 unset CAIRN_TRANSPORT
 cleanup
-# The orphan collector would free the shards only after its grace period: drop the cluster.
+# The orphan collector would free the shards only after its grace period: drop the clusters.
 rm -rf "$DATA/cluster" "$DATA/cluster-tcp" "$DATA/local"
 
 log "limits (after)"

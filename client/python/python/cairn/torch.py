@@ -175,10 +175,10 @@ class CairnStorageWriter(_CairnStorage, StorageWriter, AsyncStager):
 
     ``path`` may be given here or as ``checkpoint_id``; ``client`` defaults to
     ``cairn.default_client()``. ``thread_count`` files are written per rank, in parallel
-    (8 by default: a file's write waits until the stripes it sent from the staged tensors
-    are stored, so more files keep more stripes moving). With ``overwrite``, a checkpoint already at the path is replaced (the old one is moved
-    aside first, so the path is briefly absent, never partial); without it, saving over
-    one raises ``FileExistsError``.
+    (8 by default: each file has at most 4 stripes in flight, so more files keep more
+    stripes moving). With ``overwrite``, a checkpoint already at the path is replaced
+    (the old one is moved aside first, so the path is briefly absent, never partial);
+    without it, saving over one raises ``FileExistsError``.
     """
 
     _synchronize_after_execute = False
