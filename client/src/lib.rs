@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use cairn_common::config::ErasureConfig;
 use cairn_common::file_wire::{Capacity, FileBytes, FileReply, FileRequest, READ_BYTES_MAX};
-use cairn_common::frame::{write_frame, AlignedFrameReader};
+use cairn_common::frame::{write_request_lent, AlignedFrameReader};
 use cairn_common::ids::RequestId;
 use cairn_common::namespace::is_mutation;
 use cairn_common::proto::metadata::{
@@ -216,7 +216,8 @@ impl CairnClient {
         let Some((mut frames, mut wr)) = route.conn.take() else {
             return Attempt::Retry("not connected".into());
         };
-        if let Err(e) = write_frame(&mut wr, &req.to_frame(id)).await {
+        // Lent, not copied: the caller holds `req` until a logic node has answered it.
+        if let Err(e) = write_request_lent(&mut wr, &req.to_frame(id)).await {
             return self.fail_over(&mut route, format!("send to {addr}: {e}"));
         }
         let (frame, placed) = match tokio::time::timeout(REQUEST_TIMEOUT, frames.next_into(dest)).await {

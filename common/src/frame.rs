@@ -24,6 +24,8 @@ use tokio_util::codec::Decoder;
 use crate::aligned::aligned_vec;
 use crate::checksum::{crc32c, crc32c_append};
 use crate::ids::RequestId;
+use crate::lend::LEND_MIN_BYTES;
+use crate::transport::WriteHalf;
 
 pub const MAGIC: u32 = 0x5249_4143; // "CAIR" as little-endian bytes
 /// The newest protocol version this build reads. The `protocol-next` feature builds the
@@ -203,6 +205,33 @@ impl Frame {
 /// Writes frames with vectored writes: each frame's small head and its data go out in
 /// the same system call, and the data is never copied into a staging buffer.
 pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) -> io::Result<()> {
+    write_parts(w, frame_parts(frames)?).await
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
+    write_frames(w, std::slice::from_ref(frame)).await
+}
+
+/// Writes a request whose sender keeps `frame`'s data unchanged until the reply comes:
+/// on a local socket its large data pieces are lent to the kernel instead of copied
+/// (`crate::lend`); elsewhere it is [`write_frame`].
+pub async fn write_request_lent(w: &mut WriteHalf, frame: &Frame) -> io::Result<()> {
+    let mut copied = Vec::new();
+    for part in frame_parts(std::slice::from_ref(frame))? {
+        if part.len() < LEND_MIN_BYTES || matches!(w, WriteHalf::Tcp(_)) {
+            copied.push(part);
+            continue;
+        }
+        write_parts(w, std::mem::take(&mut copied)).await?;
+        if !w.lend(&part).await? {
+            copied.push(part);
+        }
+    }
+    write_parts(w, copied).await
+}
+
+/// Each frame's head, then its data pieces, in order.
+fn frame_parts(frames: &[Frame]) -> io::Result<Vec<Bytes>> {
     let mut parts: Vec<Bytes> = Vec::with_capacity(frames.len() * 2);
     for frame in frames {
         parts.push(frame.encode_head()?);
@@ -212,6 +241,10 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) ->
             }
         }
     }
+    Ok(parts)
+}
+
+async fn write_parts<W: AsyncWrite + Unpin>(w: &mut W, mut parts: Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < parts.len() {
         let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
@@ -228,10 +261,6 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) ->
         }
     }
     w.flush().await
-}
-
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
-    write_frames(w, std::slice::from_ref(frame)).await
 }
 
 /// Parsed, validated header of the frame being received.
@@ -659,6 +688,58 @@ mod tests {
                 read_all(bytes[..cut].to_vec()).await,
                 Err(FrameError::Truncated(_))
             ));
+        }
+    }
+
+    /// A request lent over a local socket and over TCP arrives as the same bytes its
+    /// encoding has: pieces past the pipe's size, pieces too small to lend between
+    /// them, and an unaligned start, in order.
+    #[tokio::test]
+    async fn a_lent_request_arrives_as_its_encoding() {
+        use crate::transport::{Listener, Stream};
+        let data: Bytes = (0..5_000_000u32)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let frame = Frame::new(
+            Kind::PutShard,
+            RequestId(9),
+            Bytes::from_static(b"meta"),
+            data.slice(3..2_500_003),
+        )
+        .with_data_tail(vec![data.slice(10..1000), data.slice(100..4_900_000)]);
+        // Kept until the peer has read them all, as lending asks.
+        let second = sample(70_000);
+        let expected = [frame.encode_to_vec().unwrap(), second.encode_to_vec().unwrap()].concat();
+        for tcp in [false, true] {
+            let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stream = if tcp {
+                let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                Stream::Tcp(s)
+            } else {
+                Stream::connect(addr).await.unwrap()
+            };
+            assert_eq!(matches!(stream, Stream::Local(_)), !tcp);
+            let (_rd, mut wr) = stream.into_split();
+            let (peer, _) = listener.accept().await.unwrap();
+            let reader = tokio::spawn(async move {
+                let (mut rd, _wr) = peer.into_split();
+                let mut got = Vec::new();
+                rd.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            write_request_lent(&mut wr, &frame).await.unwrap();
+            write_request_lent(&mut wr, &second).await.unwrap();
+            drop(wr);
+            let got = reader.await.unwrap();
+            let first_diff = got.iter().zip(&expected).position(|(a, b)| a != b);
+            assert!(
+                got == expected,
+                "tcp: {tcp}, {} bytes of {}, first difference at {first_diff:?}",
+                got.len(),
+                expected.len()
+            );
         }
     }
 }

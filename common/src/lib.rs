@@ -3,9 +3,9 @@
 //!
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
 //! so the same code runs in production and in the simulator (DESIGN.md invariant 8), the
-//! data-plane connections every node and client opens (`transport`), and the process
-//! set-up the daemons share (`logging`, `allocator`, and `metrics` with its HTTP
-//! endpoint).
+//! data-plane connections every node and client opens (`transport`, and `lend`, which
+//! hands a request's pages to a local socket), and the process set-up the daemons share
+//! (`logging`, `allocator`, and `metrics` with its HTTP endpoint).
 
 pub mod aligned;
 pub mod allocator;
@@ -15,6 +15,7 @@ pub mod erasure;
 pub mod file_wire;
 pub mod frame;
 pub mod ids;
+pub mod lend;
 pub mod logging;
 pub mod metrics;
 pub mod namespace;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use cairn_common::checksum::{block_checksums, BlockRangeError, ChecksummedBlocks};
 use cairn_common::config::FRAME_META_BYTES_MAX;
-use cairn_common::frame::{write_frame, FrameDecoder, FrameError};
+use cairn_common::frame::{write_request_lent, FrameDecoder, FrameError};
 use cairn_common::ids::{RequestId, ShardId};
 use cairn_common::transport::{Stream, WriteHalf};
 use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError};
@@ -147,7 +147,9 @@ impl DataserverClient {
             None => return Err(ClientError::Closed),
         };
         let frame = request.to_frame(RequestId(id));
-        let sent = write_frame(&mut *self.writer.lock().await, &frame).await;
+        // Lent, not copied: `request` holds the data until its reply. A shard's bytes
+        // changed before the server read them would fail its block checksums there.
+        let sent = write_request_lent(&mut *self.writer.lock().await, &frame).await;
         if let Err(e) = sent {
             // The server may have refused the stream and closed it while we were still
             // writing; its error frame says why, which beats "broken pipe".
