@@ -46,8 +46,11 @@ pub(crate) const SESSION_TTL_MS: u32 = 120_000;
 /// How long a client keeps to what it learnt of the metadata group's entry format (see
 /// [`Learnt`]) before it tries the newer way again.
 const LEARNT_FOR: Duration = Duration::from_secs(60);
-/// Connections to the logic nodes, and so requests in flight at once.
-const CONNECTIONS: usize = 8;
+/// Connections to the logic nodes, and so requests in flight at once (each opened at its
+/// first use). A stripe write waits for k+m shards to be synced on their dataservers, so
+/// throughput is what is in flight over that wait: with 2 GiB checkpoints on 2 cores,
+/// 16 instead of 8 took completion from 896 to 996 MB/s and left restores as they were.
+const CONNECTIONS: usize = 16;
 /// Replies carry at most this much file data plus their message.
 const REPLY_BYTES_MAX: u32 = (READ_BYTES_MAX as u32) + (1 << 20);
 
