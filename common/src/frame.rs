@@ -208,22 +208,28 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, frames: &[Frame]) ->
     write_parts(w, frame_parts(frames)?).await
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> io::Result<()> {
-    write_frames(w, std::slice::from_ref(frame)).await
-}
-
 /// Writes a request whose sender keeps `frame`'s data unchanged until the reply comes:
 /// on a local socket its large data pieces are lent to the kernel instead of copied
-/// (`crate::lend`); elsewhere it is [`write_frame`].
+/// (`crate::lend`); elsewhere it is [`write_frames`].
 pub async fn write_request_lent(w: &mut WriteHalf, frame: &Frame) -> io::Result<()> {
+    write_lent(w, std::slice::from_ref(frame), false).await
+}
+
+/// Writes replies like [`write_frames`], except that on a local socket their large
+/// data pieces are lent to the kernel and kept by `w` until the peer has read them.
+pub async fn write_replies_lent(w: &mut WriteHalf, frames: &[Frame]) -> io::Result<()> {
+    write_lent(w, frames, true).await
+}
+
+async fn write_lent(w: &mut WriteHalf, frames: &[Frame], keep: bool) -> io::Result<()> {
     let mut copied = Vec::new();
-    for part in frame_parts(std::slice::from_ref(frame))? {
+    for part in frame_parts(frames)? {
         if part.len() < LEND_MIN_BYTES || matches!(w, WriteHalf::Tcp(_)) {
             copied.push(part);
             continue;
         }
         write_parts(w, std::mem::take(&mut copied)).await?;
-        if !w.lend(&part).await? {
+        if !w.lend(&part, keep).await? {
             copied.push(part);
         }
     }
@@ -741,5 +747,43 @@ mod tests {
                 expected.len()
             );
         }
+    }
+
+    /// Lent replies whose sender drops them once written, then drops its writer, still
+    /// arrive whole: the writer, then a task, keeps them until the peer has read them,
+    /// while the freed memory around them is reused.
+    #[tokio::test]
+    async fn lent_replies_are_kept_until_the_peer_has_read_them() {
+        use crate::transport::{Listener, Stream};
+        // Under glibc's mmap threshold, so freed buffers are reused at once.
+        let piece = |fill: u8| Bytes::from(vec![fill; 100_000]);
+        let churn = || (0..64).map(|_| vec![0xEEu8; 100_000]).collect::<Vec<_>>();
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let stream = Stream::connect(listener.local_addr().unwrap()).await.unwrap();
+        assert!(matches!(stream, Stream::Local(_)));
+        let (_rd, mut wr) = stream.into_split();
+        let (peer, _) = listener.accept().await.unwrap();
+        let (mut rd, _peer_wr) = peer.into_split();
+        let frames = |first: u8| {
+            vec![
+                Frame::new(Kind::ShardData, RequestId(1), Bytes::new(), piece(first)),
+                Frame::new(Kind::ShardData, RequestId(2), Bytes::new(), piece(first + 1)),
+            ]
+        };
+        let expected: Vec<u8> = [frames(1), frames(3)]
+            .iter()
+            .flatten()
+            .flat_map(|f| f.encode_to_vec().unwrap())
+            .collect();
+        write_replies_lent(&mut wr, &frames(1)).await.unwrap();
+        let reused = churn();
+        let mut got = vec![0u8; expected.len() / 4];
+        rd.read_exact(&mut got).await.unwrap();
+        write_replies_lent(&mut wr, &frames(3)).await.unwrap();
+        drop(wr);
+        let reused_again = churn();
+        rd.read_to_end(&mut got).await.unwrap();
+        assert!(got == expected, "a kept reply changed before its peer read it");
+        drop((reused, reused_again));
     }
 }

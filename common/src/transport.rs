@@ -27,9 +27,10 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::lend::LendingPipe;
+use crate::lend::LocalWriter;
 use tokio::net::{tcp, unix, TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{debug, warn};
 
@@ -100,7 +101,7 @@ impl Stream {
             }
             Stream::Local(s) => {
                 let (r, w) = s.into_split();
-                (ReadHalf::Local(r), WriteHalf::Local(w, Lending::Untried))
+                (ReadHalf::Local(r), WriteHalf::Local(LocalWriter::new(w)))
             }
         }
     }
@@ -216,46 +217,18 @@ pub enum ReadHalf {
 #[derive(Debug)]
 pub enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
-    Local(unix::OwnedWriteHalf, Lending),
-}
-
-/// Whether a local connection lends its large pieces to the kernel (`crate::lend`).
-#[derive(Debug)]
-pub enum Lending {
-    /// Not asked yet: the pipe is made at the first large piece.
-    Untried,
-    Pipe(LendingPipe),
-    /// The kernel refused (no pipe, or no `vmsplice`): this connection copies.
-    Refused,
+    Local(LocalWriter),
 }
 
 impl WriteHalf {
-    /// Sends `data` by lending its pages to the kernel when this is a local socket that
+    /// Sends `piece` by lending its pages to the kernel when this is a local socket that
     /// can; returns `Ok(false)`, having sent nothing, when the caller must write it.
-    /// The peer reads `data` after this returns, so the caller keeps it unchanged until
-    /// the peer's reply (`crate::lend` says why that is the whole contract).
-    pub async fn lend(&mut self, data: &[u8]) -> io::Result<bool> {
-        let WriteHalf::Local(half, lending) = self else {
-            return Ok(false);
-        };
-        if let Lending::Untried = lending {
-            *lending = match LendingPipe::new() {
-                Ok(pipe) => Lending::Pipe(pipe),
-                Err(e) => {
-                    debug!(error = %e, "no pipe to lend pages through; copying");
-                    Lending::Refused
-                }
-            };
+    /// `keep`: see [`LocalWriter::lend`].
+    pub async fn lend(&mut self, piece: &Bytes, keep: bool) -> io::Result<bool> {
+        match self {
+            WriteHalf::Local(w) => w.lend(piece, keep).await,
+            WriteHalf::Tcp(_) => Ok(false),
         }
-        let Lending::Pipe(pipe) = lending else {
-            return Ok(false);
-        };
-        let lent = pipe.send(half.as_ref(), data).await?;
-        if !lent {
-            debug!("the kernel refused to lend pages to a local socket; copying");
-            *lending = Lending::Refused;
-        }
-        Ok(lent)
     }
 }
 
@@ -272,7 +245,7 @@ impl AsyncWrite for WriteHalf {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Local(w, _) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Local(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -283,28 +256,28 @@ impl AsyncWrite for WriteHalf {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
-            WriteHalf::Local(w, _) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Local(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             WriteHalf::Tcp(w) => w.is_write_vectored(),
-            WriteHalf::Local(w, _) => w.is_write_vectored(),
+            WriteHalf::Local(w) => w.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
-            WriteHalf::Local(w, _) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Local(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Local(w, _) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Local(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

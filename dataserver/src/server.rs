@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_common::frame::{write_frames, AlignedFrameReader, Frame};
+use cairn_common::frame::{write_replies_lent, AlignedFrameReader, Frame};
 use cairn_common::ids::{HallId, NodeId, RequestId};
 use cairn_common::transport::{Listener, Stream};
 use cairn_common::wire::{ErrorCode, Reply, Request, StatReport, WireError, LIST_LIMIT_MAX};
@@ -117,7 +117,7 @@ impl Server {
                     batch.push(frame);
                     permits.push(permit);
                 }
-                match tokio::time::timeout(WRITE_TIMEOUT, write_frames(&mut wr, &batch)).await {
+                match tokio::time::timeout(WRITE_TIMEOUT, write_replies_lent(&mut wr, &batch)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         debug!(error = %e, "client went away");

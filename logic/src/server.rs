@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cairn_common::config::FRAME_META_BYTES_MAX;
 use cairn_common::file_wire::{FileReply, FileRequest};
-use cairn_common::frame::{write_frames, Frame, FrameDecoder};
+use cairn_common::frame::{write_replies_lent, Frame, FrameDecoder};
 use cairn_common::ids::RequestId;
 use cairn_common::metrics::errno_label;
 use cairn_common::proto::metadata::{meta_reply, meta_request::Op, Errno, MetaError, MetaReply, MetaRequest};
@@ -221,7 +221,7 @@ async fn connection(stream: Stream, node: Arc<LogicNode>, drain: CancellationTok
                     Err(_) => break,
                 }
             }
-            if write_frames(&mut wr, &batch).await.is_err() {
+            if write_replies_lent(&mut wr, &batch).await.is_err() {
                 return;
             }
         }
