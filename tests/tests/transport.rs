@@ -1,9 +1,10 @@
 //! Nodes of one host reach each other through local sockets, and TCP still serves. One
 //! test, in order, because the transport is chosen by the environment of each process:
 //! a cluster on 127.0.0.1 carries a file client -> logic node -> dataservers over local
-//! sockets; a client told to use TCP reads it back from the same nodes (a process of
-//! the previous build, or on another host, speaks TCP to them); a cluster whose every
-//! process is told to use TCP binds no local socket and serves the same bytes.
+//! sockets; a client that asks one thing at a time keeps to one connection; a client
+//! told to use TCP reads it back from the same nodes (a process of the previous build,
+//! or on another host, speaks TCP to them); a cluster whose every process is told to use
+//! TCP binds no local socket and serves the same bytes.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,6 +31,18 @@ fn local_sockets(addr: SocketAddr) -> (usize, usize) {
         }
     }
     (listening, connected)
+}
+
+/// Waits until the connections of the clients dropped so far have closed.
+async fn wait_for_no_local_connections(logic: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while local_sockets(logic).1 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a dropped client's local connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The content of the file written with `seed`: several stripes and a short last one.
@@ -65,16 +78,22 @@ async fn nodes_of_one_host_use_local_sockets_and_tcp_still_serves() -> anyhow::R
         "the logic node reaches the dataservers through local sockets"
     );
 
+    // A client asking one thing at a time keeps to one connection.
+    wait_for_no_local_connections(logic).await;
+    let c = local.client();
+    for _ in 0..40 {
+        c.getattr(ROOT).await?;
+    }
+    assert_eq!(
+        local_sockets(logic).1,
+        1,
+        "one request at a time opened more than one connection"
+    );
+    drop(c);
+
     // A client that speaks TCP alone, beside the logic node's local clients.
     std::env::set_var(TRANSPORT_ENV, "tcp");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while local_sockets(logic).1 > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first client's local connections stay open"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_no_local_connections(logic).await;
     let c = local.client();
     check(&c.read_file(inode).await?, 1, "read back over TCP");
     assert_eq!(
