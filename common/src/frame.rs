@@ -224,7 +224,7 @@ pub async fn write_replies_lent(w: &mut WriteHalf, frames: &[Frame]) -> io::Resu
 async fn write_lent(w: &mut WriteHalf, frames: &[Frame], keep: bool) -> io::Result<()> {
     let mut copied = Vec::new();
     for part in frame_parts(frames)? {
-        if part.len() < LEND_MIN_BYTES || matches!(w, WriteHalf::Tcp(_)) {
+        if part.len() < LEND_MIN_BYTES || !w.lends() {
             copied.push(part);
             continue;
         }

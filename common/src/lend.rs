@@ -57,7 +57,6 @@ pub struct LocalWriter {
     written: u64,
     /// Lent reply pieces, each with the stream position where it ends.
     kept: VecDeque<(Bytes, u64)>,
-    kept_bytes: usize,
 }
 
 /// Whether a connection lends its large pieces.
@@ -77,8 +76,17 @@ impl LocalWriter {
             pipe: Lending::Untried,
             written: 0,
             kept: VecDeque::new(),
-            kept_bytes: 0,
         }
+    }
+
+    /// Whether this connection lends large pieces (the kernel has not refused).
+    pub fn lends(&self) -> bool {
+        !matches!(self.pipe, Lending::Refused)
+    }
+
+    /// Bytes of lent replies kept for the peer to read.
+    fn kept_bytes(&self) -> usize {
+        self.kept.iter().map(|(piece, _)| piece.len()).sum()
     }
 
     /// Sends `piece` by lending its pages; returns `Ok(false)`, having sent nothing,
@@ -90,7 +98,7 @@ impl LocalWriter {
     pub async fn lend(&mut self, piece: &Bytes, keep: bool) -> io::Result<bool> {
         if keep {
             self.release_read();
-            if self.kept_bytes + piece.len() > KEPT_BYTES_MAX {
+            if self.kept_bytes() + piece.len() > KEPT_BYTES_MAX {
                 return Ok(false);
             }
         }
@@ -114,7 +122,6 @@ impl LocalWriter {
         self.written += piece.len() as u64;
         if keep {
             self.kept.push_back((piece.clone(), self.written));
-            self.kept_bytes += piece.len();
         }
         Ok(true)
     }
@@ -131,11 +138,10 @@ impl LocalWriter {
         let Ok(unread) = unread_bytes(self.half.as_ref()) else {
             return;
         };
-        while let Some((piece, end)) = self.kept.front() {
+        while let Some((_, end)) = self.kept.front() {
             if self.written - end < unread {
                 break;
             }
-            self.kept_bytes -= piece.len();
             self.kept.pop_front();
         }
     }
@@ -250,7 +256,6 @@ impl LendingPipe {
             return Err(io::Error::other("a cancelled write left this stream inside a frame"));
         }
         let mut rest = data;
-        let mut first = true;
         while !rest.is_empty() || self.queued > 0 {
             if self.queued == 0 {
                 match self.vmsplice(rest) {
@@ -258,11 +263,10 @@ impl LendingPipe {
                         self.queued = n;
                         rest = &rest[n..];
                     }
-                    // EINVAL/ENOSYS/EPERM (old kernel, seccomp): nothing was lent.
-                    Err(e) if first && e.kind() != io::ErrorKind::WouldBlock => return Ok(false),
+                    // EINVAL/ENOSYS/EPERM (old kernel, seccomp) before anything was lent.
+                    Err(e) if rest.len() == data.len() && e.kind() != io::ErrorKind::WouldBlock => return Ok(false),
                     Err(e) => return Err(e),
                 }
-                first = false;
             }
             let moved = loop {
                 socket.writable().await?;
@@ -351,16 +355,16 @@ mod tests {
         assert!(writer.lend(&piece, true).await.unwrap());
         assert!(writer.lend(&piece.slice(..LEND_MIN_BYTES), true).await.unwrap());
         writer.release_read();
-        assert_eq!(writer.kept_bytes, 100_000 + LEND_MIN_BYTES);
+        assert_eq!(writer.kept_bytes(), 100_000 + LEND_MIN_BYTES);
         let mut got = vec![0u8; 100_000];
         far.read_exact(&mut got[..99_999]).await.unwrap();
         writer.release_read();
         assert_eq!(writer.kept.len(), 2, "the first piece is not read whole yet");
         far.read_exact(&mut got[..1 + LEND_MIN_BYTES]).await.unwrap();
         writer.release_read();
-        assert_eq!((writer.kept_bytes, writer.kept.len()), (0, 0));
+        assert_eq!((writer.kept_bytes(), writer.kept.len()), (0, 0));
         // A request's piece is the caller's to keep.
         assert!(writer.lend(&piece, false).await.unwrap());
-        assert_eq!(writer.kept_bytes, 0);
+        assert_eq!(writer.kept_bytes(), 0);
     }
 }

@@ -4,8 +4,8 @@
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
 //! so the same code runs in production and in the simulator (DESIGN.md invariant 8), the
 //! data-plane connections every node and client opens (`transport`, and `lend`, which
-//! hands a request's pages to a local socket), and the process set-up the daemons share
-//! (`logging`, `allocator`, and `metrics` with its HTTP endpoint).
+//! hands the pages of requests and replies to a local socket), and the process set-up
+//! the daemons share (`logging`, `allocator`, and `metrics` with its HTTP endpoint).
 
 pub mod aligned;
 pub mod allocator;

@@ -29,10 +29,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use crate::lend::LocalWriter;
 use tokio::net::{tcp, unix, TcpListener, TcpStream, UnixListener, UnixStream};
 use tracing::{debug, warn};
+
+use crate::lend::LocalWriter;
 
 /// The environment variable that picks the transport; `tcp` turns local sockets off.
 pub const TRANSPORT_ENV: &str = "CAIRN_TRANSPORT";
@@ -221,6 +221,14 @@ pub enum WriteHalf {
 }
 
 impl WriteHalf {
+    /// Whether large pieces may be lent here: a local socket whose kernel has not refused.
+    pub fn lends(&self) -> bool {
+        match self {
+            WriteHalf::Local(w) => w.lends(),
+            WriteHalf::Tcp(_) => false,
+        }
+    }
+
     /// Sends `piece` by lending its pages to the kernel when this is a local socket that
     /// can; returns `Ok(false)`, having sent nothing, when the caller must write it.
     /// `keep`: see [`LocalWriter::lend`].
