@@ -97,6 +97,19 @@ impl Snapshots {
     /// Turn a finished checkpoint in `staging` into the current snapshot.
     pub fn publish(&self, staging: &Path, meta: &Meta) -> Result<()> {
         let _g = self.guard();
+        self.publish_locked(staging, meta)
+    }
+
+    /// [`Snapshots::publish`], then the snapshot packed for sending, opened at its start.
+    /// Both under one hold of the lock: a snapshot published in between would remove
+    /// this one's directory before it is packed.
+    pub fn publish_packed(&self, staging: &Path, meta: &Meta) -> Result<fs::File> {
+        let _g = self.guard();
+        self.publish_locked(staging, meta)?;
+        self.packed_locked(&meta.snapshot_id)
+    }
+
+    fn publish_locked(&self, staging: &Path, meta: &Meta) -> Result<()> {
         let bytes = postcard::to_stdvec(meta).map_err(|e| snap_err(ErrorVerb::Write, &e))?;
         let meta_path = staging.join(META);
         fs::write(&meta_path, bytes).map_err(|e| io_err(ErrorVerb::Write, "snapshot meta", e))?;
@@ -119,27 +132,30 @@ impl Snapshots {
             .map_err(|e| io_err(ErrorVerb::Delete, "old snapshots", e))
     }
 
-    pub fn current_meta(&self) -> Result<Option<Meta>> {
+    /// The current snapshot, if any, with its packed form opened at its start. Read and
+    /// packed under the lock, so a newer snapshot cannot remove it in between; once
+    /// opened, the packed file stays readable even after a newer one replaces it.
+    pub fn current_packed(&self) -> Result<Option<(Meta, fs::File)>> {
+        let _g = self.guard();
         let Some(id) = self.current_id() else {
             return Ok(None);
         };
         let bytes =
             fs::read(self.root.join(&id).join(META)).map_err(|e| io_err(ErrorVerb::Read, "snapshot meta", e))?;
-        postcard::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|e| snap_err(ErrorVerb::Read, &e))
+        let meta: Meta = postcard::from_bytes(&bytes).map_err(|e| snap_err(ErrorVerb::Read, &e))?;
+        let file = self.packed_locked(&id)?;
+        Ok(Some((meta, file)))
     }
 
-    /// The current snapshot packed for sending, opened at its start. Packing happens when a
-    /// snapshot is built (off the state machine's task), so this only opens a file.
-    pub fn open_packed(&self, meta: &Meta) -> Result<fs::File> {
-        let _g = self.guard();
-        let tar_path = self.root.join(format!("{}.tar", meta.snapshot_id));
+    /// Snapshot `id` packed for sending (packed now unless it was received packed or
+    /// already sent), opened at its start. The caller holds the lock.
+    fn packed_locked(&self, id: &str) -> Result<fs::File> {
+        let tar_path = self.root.join(format!("{id}.tar"));
         if !tar_path.exists() {
-            let tmp = self.root.join(format!("{}.tar.tmp", meta.snapshot_id));
+            let tmp = self.root.join(format!("{id}.tar.tmp"));
             let pack = || -> std::io::Result<()> {
                 let mut builder = tar::Builder::new(fs::File::create(&tmp)?);
-                builder.append_dir_all(CHECKPOINT, self.root.join(&meta.snapshot_id).join(CHECKPOINT))?;
+                builder.append_dir_all(CHECKPOINT, self.root.join(id).join(CHECKPOINT))?;
                 builder.into_inner()?.sync_all()?;
                 fs::rename(&tmp, &tar_path)
             };
@@ -212,5 +228,77 @@ impl Snapshots {
                 .map_err(|e| io_err(ErrorVerb::Write, "keeping the received snapshot", e))?;
         }
         self.publish(&staging, meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// A finished checkpoint for snapshot `id`: a `db/` directory holding one file that
+    /// names the snapshot, standing in for RocksDB's files.
+    fn checkpoint(snapshots: &Snapshots, id: &str) -> (PathBuf, Meta) {
+        let staging = snapshots.staging_dir(id);
+        fs::create_dir_all(staging.join(CHECKPOINT)).unwrap();
+        fs::write(staging.join(CHECKPOINT).join("state"), id).unwrap();
+        let meta = Meta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: id.to_owned(),
+        };
+        (staging, meta)
+    }
+
+    /// The id a packed snapshot holds, read back from its tar.
+    fn packed_id(file: fs::File) -> String {
+        let mut archive = tar::Archive::new(file);
+        let mut entry = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("state"))
+            .expect("the packed snapshot holds the checkpoint");
+        let mut id = String::new();
+        entry.read_to_string(&mut id).unwrap();
+        id
+    }
+
+    #[test]
+    fn the_current_snapshot_is_served_whole_while_newer_ones_replace_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = Snapshots::open(dir.path().join("snapshots")).unwrap();
+        assert!(snapshots.current_packed().unwrap().is_none());
+        let (staging, meta) = checkpoint(&snapshots, "s0");
+        assert_eq!(packed_id(snapshots.publish_packed(&staging, &meta).unwrap()), "s0");
+
+        // A sender of the current snapshot (a leader feeding a lagging follower) beside a
+        // builder publishing newer ones: every send is a whole snapshot, packed as named.
+        let builder = {
+            let snapshots = snapshots.clone();
+            std::thread::spawn(move || {
+                for i in 1..200 {
+                    let (staging, meta) = checkpoint(&snapshots, &format!("s{i}"));
+                    snapshots.publish(&staging, &meta).unwrap();
+                }
+            })
+        };
+        let mut sent = 0;
+        while !builder.is_finished() {
+            let (meta, file) = snapshots.current_packed().unwrap().expect("a current snapshot");
+            assert_eq!(packed_id(file), meta.snapshot_id);
+            sent += 1;
+        }
+        builder.join().unwrap();
+        assert!(sent > 0);
+
+        // A snapshot opened before a newer one is published stays readable after.
+        let (old_meta, old_file) = snapshots.current_packed().unwrap().unwrap();
+        let (staging, meta) = checkpoint(&snapshots, "newest");
+        snapshots.publish(&staging, &meta).unwrap();
+        assert!(!dir.path().join("snapshots").join(&old_meta.snapshot_id).exists());
+        assert_eq!(packed_id(old_file), old_meta.snapshot_id);
+        assert_eq!(snapshots.current_packed().unwrap().unwrap().0.snapshot_id, "newest");
     }
 }

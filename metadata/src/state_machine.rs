@@ -96,10 +96,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (dir, meta) = self.checkpoint.clone().map_err(|e| msg_error(ErrorVerb::Read, e))?;
         let snapshots = self.snapshots.clone();
         let published = meta.clone();
-        tokio::task::spawn_blocking(move || snapshots.publish(&dir, &published))
+        let file = tokio::task::spawn_blocking(move || snapshots.publish_packed(&dir, &published))
             .await
             .map_err(|e| msg_error(ErrorVerb::Write, e.to_string()))??;
-        let file = self.snapshots.open_packed(&meta)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -203,10 +202,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        let Some(meta) = self.snapshots.current_meta()? else {
+        // Packing reads the whole checkpoint: off the state machine's task.
+        let snapshots = self.snapshots.clone();
+        let current = tokio::task::spawn_blocking(move || snapshots.current_packed())
+            .await
+            .map_err(|e| msg_error(ErrorVerb::Read, e.to_string()))??;
+        let Some((meta, file)) = current else {
             return Ok(None);
         };
-        let file = self.snapshots.open_packed(&meta)?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
