@@ -109,6 +109,17 @@ def cluster_pids() -> dict[str, list[int]]:
     return pids
 
 
+def bare_copy(src: dict[str, torch.Tensor], dst: dict[str, torch.Tensor]) -> float:
+    """The faster of two timed copies of every tensor of `src` into `dst`, in seconds."""
+    copies = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for k, v in src.items():
+            dst[k].copy_(v)
+        copies.append(time.perf_counter() - t0)
+    return min(copies)
+
+
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     """User and system CPU seconds so far: this process's ("client") and each role's."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -217,16 +228,8 @@ def main() -> None:
     # another, in one process), so this is the like-for-like figure for the stall.
     staged_copy = ""
     if writer is not None and a.method == "cairn-async":
-        staging = writer._staged
-        copies = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for k, v in sd.items():
-                staging[k].copy_(v)
-            copies.append(time.perf_counter() - t0)
-        staged_copy = (
-            f" copy_into_staging_s={min(copies):.3f} last_stall_vs_copy_into_staging={stalls[-1] / min(copies):.2f}x"
-        )
+        copy_s = bare_copy(sd, writer._staged)
+        staged_copy = f" copy_into_staging_s={copy_s:.3f} last_stall_vs_copy_into_staging={stalls[-1] / copy_s:.2f}x"
     if a.disk_file:
         limits.append(disk_limits(a.disk_file, size))
 
@@ -258,13 +261,7 @@ def main() -> None:
         assert all(torch.equal(target[k], sd[k]) for k in sd), "restored state differs"
         # The bare copy of the same bytes in this process, minutes after the run's memcpy
         # method: the machine's speed drifts, so each stall is also set beside this.
-        copies = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for k, v in sd.items():
-                target[k].copy_(v)
-            copies.append(time.perf_counter() - t0)
-        memcpy_s = min(copies)
+        memcpy_s = bare_copy(sd, target)
     else:
         memcpy_s = stalls[-1]
 
