@@ -227,7 +227,7 @@ def main() -> None:
     # destination got (here the same copy took 0.08 s into one allocation and 0.13 s into
     # another, in one process), so this is the like-for-like figure for the stall.
     staged_copy = ""
-    if writer is not None and a.method == "cairn-async":
+    if a.method == "cairn-async":
         copy_s = bare_copy(sd, writer._staged)
         staged_copy = f" copy_into_staging_s={copy_s:.3f} last_stall_vs_copy_into_staging={stalls[-1] / copy_s:.2f}x"
     if a.disk_file:

@@ -50,8 +50,10 @@ const LEARNT_FOR: Duration = Duration::from_secs(60);
 /// first use). A stripe write waits for k+m shards to be synced on their dataservers, so
 /// throughput is what is in flight over that wait. 2 GiB checkpoints on 2 cores, A/B on
 /// fresh clusters: 16 instead of 8 took completion from 896 to 996 MB/s, and 32 instead
-/// of 16 from 854 to 979 MB/s and restores from 1902 to 2203 MB/s. A logic node bounds
-/// what it holds by its own connection and request limits, whatever a client opens.
+/// of 16 from 854 to 979 MB/s and restores from 1902 to 2203 MB/s; 64 (with 8 stripes
+/// in flight per file) gained no completion beyond the spread and took each logic node's
+/// peak RSS from about 340 to 550 MiB. A logic node bounds what it holds by its own
+/// connection and request limits, whatever a client opens.
 const CONNECTIONS: usize = 32;
 /// Replies carry at most this much file data plus their message.
 const REPLY_BYTES_MAX: u32 = (READ_BYTES_MAX as u32) + (1 << 20);

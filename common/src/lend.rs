@@ -323,7 +323,6 @@ impl LendingPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
     /// A send cancelled while the peer is not reading leaves pages in the pipe: the
