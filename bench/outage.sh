@@ -6,7 +6,12 @@
 # end; the outage is staged after BEFORE seconds, lasts DOWN seconds, and the workload
 # runs AFTER seconds more once the cluster is whole.
 #   hall-loss    SIGKILL every process of the hall holding the metadata leader
-#   power-loss   SIGKILL every process; start them all again
+#   power-loss   SIGKILL every process; start them all again (a crash: the kernel keeps
+#                what they wrote)
+#   site-power-cut  a real power cut of every hall (cluster on power-cut disks,
+#                `cairnctl local up --power-cut-harness`): processes frozen, every
+#                unsynced write and directory change dropped, processes killed; all
+#                started again
 #   logic-crash  SIGKILL one logic node; start it again
 #   rolling-restart  cairnctl rolling-restart: every node stopped (SIGTERM) and started in
 #                turn, each once the cluster is healthy (DOWN unused)
@@ -21,7 +26,7 @@
 source "$(dirname "$0")/../scripts/env.sh"
 source "$(dirname "$0")/lib.sh"
 BEFORE="${BEFORE:-10}" DOWN="${DOWN:-20}" AFTER="${AFTER:-10}"
-SCENARIOS="${SCENARIOS:-hall-loss power-loss logic-crash rolling-restart dataserver-loss}"
+SCENARIOS="${SCENARIOS:-hall-loss power-loss site-power-cut logic-crash rolling-restart dataserver-loss}"
 bench_begin outage
 cleanup() { "$BIN/cairnctl" local down --dir "$DATA/cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
@@ -48,7 +53,9 @@ for scenario in $SCENARIOS; do
   log "$scenario"
   cleanup
   rm -rf "$DATA/cluster"
-  "$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17600 --no-mount >/dev/null
+  harness=()
+  [ "$scenario" = site-power-cut ] && harness=(--power-cut-harness)
+  "$BIN/cairnctl" local up --dir "$DATA/cluster" --base-port 17600 --no-mount "${harness[@]}" >/dev/null
   down="$DOWN"
   [ "$scenario" = hall-loss ] || down=5
   "$BIN/cairn-bench" outage --scenario "$scenario" --dir "$DATA/cluster" \

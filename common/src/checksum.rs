@@ -24,7 +24,7 @@ pub struct ChecksummedBlocks {
     pub bytes: bytes::Bytes,
 }
 
-/// Why the bytes of a read reply cannot be returned.
+/// Why the bytes of a read reply (or of a shard on disk) cannot be returned.
 #[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
 pub enum BlockRangeError {
     #[error(transparent)]
@@ -37,9 +37,55 @@ pub enum BlockRangeError {
         first_block: u32,
         held: u64,
     },
+    /// A malformed reply or record: bytes or checksums in blocks of no bytes at all.
+    #[error("block_bytes is 0: bytes and checksums come in blocks of at least one byte")]
+    ZeroBlockBytes,
+    /// A malformed reply or record: its blocks would need indices past `u32::MAX`.
+    #[error(
+        "{blocks} blocks from first_block {first_block} run past the last block index {}",
+        u32::MAX
+    )]
+    PastLastBlock { first_block: u32, blocks: u64 },
+}
+
+/// `n` as a u64 (lossless wherever usize is at most 64 bits, as on every target Cairn
+/// builds for; saturating otherwise rather than truncating).
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+/// `block_bytes` as the length of a slice chunk, refusing 0 (`chunks(0)` panics).
+fn chunk_len(block_bytes: u32) -> Result<usize, BlockRangeError> {
+    usize::try_from(block_bytes)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or(BlockRangeError::ZeroBlockBytes)
+}
+
+/// Index of the block `i` places after `first_block`, or `PastLastBlock`.
+fn block_index(first_block: u32, i: usize) -> Result<u32, BlockRangeError> {
+    u32::try_from(i)
+        .ok()
+        .and_then(|i| first_block.checked_add(i))
+        .ok_or(BlockRangeError::PastLastBlock {
+            first_block,
+            blocks: count(i).saturating_add(1),
+        })
 }
 
 impl ChecksummedBlocks {
+    /// Checks what the arithmetic on these blocks relies on, whatever their origin (a
+    /// reply off the wire, a record off the disk): bytes or checksums come in blocks of
+    /// at least one byte, and every block they cover has a 32-bit index.
+    pub fn check_shape(&self) -> Result<(), BlockRangeError> {
+        if self.bytes.is_empty() && self.checksums.is_empty() {
+            return Ok(());
+        }
+        let chunk = chunk_len(self.block_bytes)?;
+        let blocks = self.bytes.len().div_ceil(chunk).max(self.checksums.len());
+        block_index(self.first_block, blocks - 1).map(drop)
+    }
+
     /// Verifies every block, then returns `length` bytes starting at shard offset `offset`
     /// (which must lie within the blocks held).
     pub fn verified_range(&self, offset: u64, length: u64) -> Result<bytes::Bytes, BlockRangeError> {
@@ -47,8 +93,9 @@ impl ChecksummedBlocks {
             return Ok(bytes::Bytes::new());
         }
         verify_blocks(&self.bytes, self.block_bytes, self.first_block, &self.checksums)?;
+        // Both factors are u32: the product fits a u64.
         let start = u64::from(self.first_block) * u64::from(self.block_bytes);
-        let held = self.bytes.len() as u64;
+        let held = count(self.bytes.len());
         let not_held = BlockRangeError::NotHeld {
             offset,
             length,
@@ -57,7 +104,12 @@ impl ChecksummedBlocks {
         };
         let lo = offset.checked_sub(start).ok_or(not_held)?;
         let hi = lo.checked_add(length).filter(|&h| h <= held).ok_or(not_held)?;
-        Ok(self.bytes.slice(lo as usize..hi as usize))
+        // Both are at most `held`, a slice's length, so they fit a usize.
+        let (lo, hi) = (usize::try_from(lo), usize::try_from(hi));
+        let (Ok(lo), Ok(hi)) = (lo, hi) else {
+            return Err(not_held);
+        };
+        Ok(self.bytes.slice(lo..hi))
     }
 }
 
@@ -65,7 +117,7 @@ impl ChecksummedBlocks {
     /// The crc32c of all the bytes held, from the blocks' checksums (see
     /// [`crc_of_blocks`]); it describes the bytes only once they are verified.
     pub fn crc32c(&self) -> u32 {
-        crc_of_blocks(&self.checksums, self.block_bytes, self.bytes.len() as u64)
+        crc_of_blocks(&self.checksums, self.block_bytes, count(self.bytes.len()))
     }
 }
 
@@ -137,7 +189,7 @@ pub fn crc_of_blocks(checksums: &[u32], block_bytes: u32, len: u64) -> u32 {
         return 0;
     };
     let full = shift_of(u64::from(block_bytes));
-    let last_len = len.saturating_sub(u64::from(block_bytes) * (checksums.len() as u64 - 1));
+    let last_len = len.saturating_sub(u64::from(block_bytes).saturating_mul(count(rest.len())));
     let mut crc = first;
     for (i, &c) in rest.iter().enumerate() {
         let shift = if i + 1 == rest.len() { shift_of(last_len) } else { full };
@@ -146,40 +198,55 @@ pub fn crc_of_blocks(checksums: &[u32], block_bytes: u32, len: u64) -> u32 {
     crc
 }
 
-/// Number of blocks of `block_bytes` needed to cover `len` bytes.
-pub fn block_count(len: u64, block_bytes: u32) -> u64 {
-    len.div_ceil(u64::from(block_bytes))
+/// Number of blocks of `block_bytes` needed to cover `len` bytes; a block size of 0
+/// (from a hostile peer or a damaged record) is `ZeroBlockBytes`, not a division by zero.
+pub fn block_count(len: u64, block_bytes: u32) -> Result<u64, BlockRangeError> {
+    match std::num::NonZeroU64::new(u64::from(block_bytes)) {
+        Some(b) => Ok(len.div_ceil(b.get())),
+        None => Err(BlockRangeError::ZeroBlockBytes),
+    }
 }
 
 /// The crc32c of each `block_bytes` block of `data` (the last block may be short).
+/// `block_bytes` is this node's own (a validated configuration, a protocol constant); a
+/// size of 0, never valid and refused by every receiver, gives one checksum over all of
+/// `data` rather than a panic.
 pub fn block_checksums(data: &[u8], block_bytes: u32) -> Vec<u32> {
-    data.chunks(block_bytes as usize).map(crc32c).collect()
+    let chunk = chunk_len(block_bytes).unwrap_or(data.len().max(1));
+    data.chunks(chunk).map(crc32c).collect()
 }
 
 /// Checks `data`, which starts at block `first_block` of its shard, against `expected`
 /// (the checksums of those blocks, in order). `data` must cover whole blocks, except
-/// that the last one may be short (the end of the shard).
-pub fn verify_blocks(data: &[u8], block_bytes: u32, first_block: u32, expected: &[u32]) -> Result<(), CorruptBlock> {
-    let mut block = first_block;
-    let mut chunks = data.chunks(block_bytes as usize);
-    for &want in expected {
+/// that the last one may be short (the end of the shard). A block size of 0 or blocks
+/// whose indices would pass `u32::MAX` are typed errors, as a damaged block is.
+pub fn verify_blocks(data: &[u8], block_bytes: u32, first_block: u32, expected: &[u32]) -> Result<(), BlockRangeError> {
+    if data.is_empty() && expected.is_empty() {
+        return Ok(());
+    }
+    let chunk = chunk_len(block_bytes)?;
+    let blocks = data.len().div_ceil(chunk).max(expected.len());
+    block_index(first_block, blocks - 1)?;
+    let mut chunks = data.chunks(chunk);
+    for (i, &want) in expected.iter().enumerate() {
         let actual = chunks.next().map_or(0, crc32c);
         if actual != want {
             return Err(CorruptBlock {
-                block,
+                block: block_index(first_block, i)?,
                 expected: want,
                 actual,
-            });
+            }
+            .into());
         }
-        block += 1;
     }
     match chunks.next() {
         // More bytes than checksums: the extra block has no checksum to match.
         Some(extra) => Err(CorruptBlock {
-            block,
+            block: block_index(first_block, expected.len())?,
             expected: 0,
             actual: crc32c(extra),
-        }),
+        }
+        .into()),
         None => Ok(()),
     }
 }
@@ -197,8 +264,10 @@ mod tests {
         for pos in [0, 4095, 4096, 9999] {
             let mut bad = data.clone();
             bad[pos] ^= 0x40;
-            let err = verify_blocks(&bad, 4096, 0, &sums).unwrap_err();
-            assert_eq!(err.block, (pos / 4096) as u32);
+            match verify_blocks(&bad, 4096, 0, &sums) {
+                Err(BlockRangeError::Corrupt(err)) => assert_eq!(err.block, (pos / 4096) as u32),
+                other => panic!("flipped byte {pos}: {other:?}"),
+            }
         }
     }
 
@@ -289,9 +358,123 @@ mod tests {
 
     #[test]
     fn counts_blocks() {
-        assert_eq!(block_count(0, 4096), 0);
-        assert_eq!(block_count(1, 4096), 1);
-        assert_eq!(block_count(4096, 4096), 1);
-        assert_eq!(block_count(4097, 4096), 2);
+        assert_eq!(block_count(0, 4096), Ok(0));
+        assert_eq!(block_count(1, 4096), Ok(1));
+        assert_eq!(block_count(4096, 4096), Ok(1));
+        assert_eq!(block_count(4097, 4096), Ok(2));
+        assert_eq!(block_count(u64::MAX, 1), Ok(u64::MAX));
+    }
+
+    /// Invariant 7: a block size of 0 from a reply or a record is a typed error wherever
+    /// it is used (it was a division by zero in `block_count` and a `chunks(0)` panic in
+    /// `verify_blocks`).
+    #[test]
+    fn zero_block_bytes_is_a_typed_error_not_a_panic() {
+        let data = bytes::Bytes::from_static(b"some shard bytes");
+        let sums = block_checksums(&data, 4096);
+        assert_eq!(block_count(10, 0), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(block_count(0, 0), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(verify_blocks(&data, 0, 0, &sums), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(verify_blocks(&data, 0, 0, &[]), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(verify_blocks(&[], 0, 0, &sums), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(verify_blocks(&[], 0, 7, &[]), Ok(()), "nothing to cut into blocks");
+        let blocks = ChecksummedBlocks {
+            block_bytes: 0,
+            first_block: 3,
+            checksums: sums.clone(),
+            bytes: data.clone(),
+        };
+        assert_eq!(blocks.check_shape(), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(blocks.verified_range(0, 4), Err(BlockRangeError::ZeroBlockBytes));
+        assert_eq!(
+            blocks.verified_range(u64::MAX, u64::MAX),
+            Err(BlockRangeError::ZeroBlockBytes)
+        );
+        let _ = blocks.crc32c(); // meaningless, but no panic
+                                 // This node's own zero size (never valid; receivers refuse it): one checksum.
+        assert_eq!(block_checksums(&data, 0), vec![crc32c(&data)]);
+        assert!(block_checksums(&[], 0).is_empty());
+        let message = BlockRangeError::ZeroBlockBytes.to_string();
+        assert!(message.contains("block_bytes"), "{message}");
+    }
+
+    /// Invariant 7: blocks at the top of the 32-bit index range verify, and blocks past
+    /// it are a typed error (the index was `block += 1`, an overflow panic in debug
+    /// builds and a wrong index in release ones).
+    #[test]
+    fn block_indices_near_u32_max_are_checked() {
+        let data = vec![5u8; 4096 * 2 + 10];
+        let sums = block_checksums(&data, 4096);
+        let one = &data[..4096];
+        let two = &data[..8192];
+        assert_eq!(verify_blocks(one, 4096, u32::MAX, &sums[..1]), Ok(()));
+        assert_eq!(verify_blocks(two, 4096, u32::MAX - 1, &sums[..2]), Ok(()));
+        let past = |first_block, blocks| Err(BlockRangeError::PastLastBlock { first_block, blocks });
+        assert_eq!(verify_blocks(two, 4096, u32::MAX, &sums[..2]), past(u32::MAX, 2));
+        assert_eq!(verify_blocks(&data, 4096, u32::MAX - 1, &sums), past(u32::MAX - 1, 3));
+        // More bytes than checksums, or more checksums than bytes, past the last index.
+        assert_eq!(verify_blocks(two, 4096, u32::MAX, &sums[..1]), past(u32::MAX, 2));
+        assert_eq!(verify_blocks(one, 4096, u32::MAX, &sums[..2]), past(u32::MAX, 2));
+        // A damaged block at the last index names it.
+        let mut bad = one.to_vec();
+        bad[9] ^= 1;
+        match verify_blocks(&bad, 4096, u32::MAX, &sums[..1]) {
+            Err(BlockRangeError::Corrupt(c)) => assert_eq!(c.block, u32::MAX),
+            other => panic!("{other:?}"),
+        }
+        for (first_block, n, ok) in [(u32::MAX, 1, true), (u32::MAX - 1, 2, true), (u32::MAX, 2, false)] {
+            let bytes = bytes::Bytes::copy_from_slice(&data[..4096 * n]);
+            let blocks = ChecksummedBlocks {
+                block_bytes: 4096,
+                first_block,
+                checksums: sums[..n].to_vec(),
+                bytes: bytes.clone(),
+            };
+            let start = u64::from(first_block) * 4096;
+            assert_eq!(blocks.check_shape().is_ok(), ok, "{first_block} + {n}");
+            match blocks.verified_range(start, 4096) {
+                Ok(got) => assert!(ok && got == bytes.slice(..4096)),
+                Err(e) => assert!(!ok && matches!(e, BlockRangeError::PastLastBlock { .. }), "{e}"),
+            }
+            // Ranges whose end passes u64::MAX are not held, not an overflow.
+            assert!(blocks.verified_range(u64::MAX, 2).is_err());
+            assert!(blocks.verified_range(start + 1, u64::MAX).is_err());
+        }
+        let message = BlockRangeError::PastLastBlock {
+            first_block: u32::MAX,
+            blocks: 2,
+        }
+        .to_string();
+        assert!(message.contains("first_block"), "{message}");
+    }
+
+    proptest::proptest! {
+        /// Any blocks, as a hostile reply or a damaged record may hold them, are checked,
+        /// sliced and summed without a panic.
+        #[test]
+        fn any_blocks_verify_or_fail_typed(
+            block_bytes in proptest::prop_oneof![proptest::strategy::Just(0u32), 1u32..70, proptest::prelude::any::<u32>()],
+            first_block in proptest::prop_oneof![
+                proptest::strategy::Just(u32::MAX),
+                proptest::strategy::Just(u32::MAX - 1),
+                proptest::prelude::any::<u32>(),
+            ],
+            checksums in proptest::collection::vec(proptest::prelude::any::<u32>(), 0..8),
+            len in 0usize..300,
+            offset in proptest::prelude::any::<u64>(),
+            length in proptest::prelude::any::<u64>(),
+        ) {
+            let bytes = bytes::Bytes::from(vec![1u8; len]);
+            let blocks = ChecksummedBlocks { block_bytes, first_block, checksums, bytes };
+            let shape = blocks.check_shape();
+            let verified = verify_blocks(&blocks.bytes, block_bytes, first_block, &blocks.checksums);
+            if shape.is_err() {
+                proptest::prop_assert_eq!(verified, shape);
+            }
+            let _ = blocks.verified_range(offset, length);
+            let _ = blocks.verified_range(offset, length % 400);
+            let _ = blocks.crc32c();
+            let _ = block_count(offset, block_bytes);
+        }
     }
 }

@@ -236,7 +236,7 @@ fn decode<M: Message + Default>(frame: &Frame) -> Result<M, WireError> {
 }
 
 fn checksummed(kind: Kind, data: &[u8], checksums: &[u32]) -> Result<(), WireError> {
-    let blocks = block_count(data.len() as u64, FILE_BLOCK_BYTES);
+    let blocks = block_count(data.len() as u64, FILE_BLOCK_BYTES).map_err(|e| malformed(kind, e.to_string()))?;
     if checksums.len() as u64 != blocks {
         return Err(malformed(
             kind,
@@ -510,6 +510,165 @@ mod tests {
         match FileRequest::from_frame(&r.to_frame(RequestId(2))).unwrap() {
             FileRequest::Read { length, .. } => assert_eq!(length, READ_BYTES_MAX),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a client does with a decoded reply's bytes.
+    fn use_reply(reply: FileReply) {
+        if let FileReply::Data { data, .. } = reply {
+            let _ = (data.len(), data.is_empty(), data.checksums().len());
+            let _ = data.into_bytes();
+        }
+    }
+
+    /// A valid reply of each kind, from arbitrary field values.
+    fn any_reply() -> impl proptest::strategy::Strategy<Value = FileReply> {
+        use crate::proto::metadata::{meta_reply, Attr, Layout, LayoutReply, MetaError, ShardLocation, StripeCode};
+        use proptest::prelude::*;
+        let stripe =
+            (any::<u64>(), any::<u64>(), 0usize..4, any::<u32>()).prop_map(|(offset, length, n, crc)| Stripe {
+                stripe_id: vec![7; 16],
+                offset,
+                length,
+                shards: (0..n)
+                    .map(|i| ShardLocation {
+                        index: i as u32,
+                        dataserver: crc.rotate_left(i as u32),
+                        crc32c: crc,
+                    })
+                    .collect(),
+            });
+        let meta = (0usize..4, any::<u64>(), stripe.clone(), any::<bool>()).prop_map(|(which, n, stripe, code)| {
+            let result = match which {
+                0 => meta_reply::Result::Error(MetaError {
+                    errno: (n % 40) as i32,
+                    message: "no".into(),
+                    ..Default::default()
+                }),
+                1 => meta_reply::Result::Attr(Attr {
+                    inode: n,
+                    size: n,
+                    ..Default::default()
+                }),
+                2 => meta_reply::Result::LinkTarget(n.to_le_bytes().to_vec()),
+                _ => meta_reply::Result::Layout(LayoutReply {
+                    attr: None,
+                    layout: Some(Layout {
+                        version: n,
+                        data_shards: 4,
+                        parity_shards: 2,
+                        shard_unit_bytes: 1 << 20,
+                        stripes: vec![stripe],
+                        inline_data: Vec::new(),
+                    }),
+                }),
+            };
+            FileReply::Meta(MetaReply {
+                result: Some(result),
+                changed_dirs: Vec::new(),
+                stripe_code: code.then_some(StripeCode {
+                    data_shards: 4,
+                    parity_shards: 2,
+                    shard_unit_bytes: 1 << 20,
+                    ..Default::default()
+                }),
+            })
+        });
+        prop_oneof![
+            meta,
+            stripe.prop_map(FileReply::Stripe),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..140_000)
+            )
+                .prop_map(|(size, layout_version, bytes)| FileReply::Data {
+                    size,
+                    layout_version,
+                    data: FileBytes::new(bytes.into()),
+                }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(|(c, f, d, r)| FileReply::Capacity(
+                Capacity {
+                    capacity_bytes: c,
+                    free_bytes: f,
+                    dataservers: d,
+                    reachable: r,
+                }
+            )),
+            (
+                proptest::sample::select(vec![
+                    ErrorCode::BadRequest,
+                    ErrorCode::Corrupt,
+                    ErrorCode::NotFound,
+                    ErrorCode::Busy,
+                    ErrorCode::Unknown,
+                ]),
+                ".{0,20}"
+            )
+                .prop_map(|(code, message)| FileReply::Error { code, message }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Invariant 7 for what a client receives: any kind, message part, data part and
+        /// placed bytes decode to a reply or a typed error, never a panic.
+        #[test]
+        fn arbitrary_reply_frames_never_panic(
+            kind in 0u16..200,
+            meta in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            placed in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            if let Some(kind) = Kind::from_u16(kind) {
+                let frame = Frame::new(kind, RequestId(1), meta.into(), data.into());
+                if let Ok(reply) = FileReply::from_frame(&frame) {
+                    use_reply(reply);
+                }
+                if let Ok(reply) = FileReply::from_frame_placed(&frame, &placed) {
+                    use_reply(reply);
+                }
+                let _ = FileRequest::from_frame(&frame);
+            }
+        }
+
+        /// A valid reply of any kind with its message part mutated (re-framed with a valid
+        /// frame checksum, as a buggy or hostile logic node would send it) decodes to a
+        /// reply or a typed error of its kind, and what decodes can be used.
+        #[test]
+        fn mutated_replies_decode_typed_and_never_panic(
+            reply in any_reply(),
+            mutations in proptest::collection::vec(crate::wire::tests::any_mutation(), 0..4),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            data_change in 0u8..3,
+        ) {
+            let valid = reply.to_frame(RequestId(3));
+            let meta = mutations.iter().fold(valid.meta.to_vec(), crate::wire::tests::mutate);
+            let mut data = valid.data.to_vec();
+            match data_change {
+                1 if !data.is_empty() => {
+                    let i = at.index(data.len());
+                    data[i] ^= 0x10;
+                }
+                2 => data.truncate(at.index(data.len() + 1)),
+                _ => {}
+            }
+            let frame = Frame::new(valid.kind, valid.request_id, meta.into(), data.clone().into());
+            let mut wire = bytes::BytesMut::from(&frame.encode_to_vec().unwrap()[..]);
+            let received = crate::frame::FrameDecoder::new(1 << 20).decode(&mut wire).unwrap().unwrap();
+            match FileReply::from_frame(&received) {
+                Ok(got) => use_reply(got),
+                Err(WireError::Malformed { kind, .. }) => proptest::prop_assert_eq!(kind, valid.kind),
+                Err(e) => proptest::prop_assert!(false, "{e:?}"),
+            }
+            // The same bytes placed in the reader's own buffer instead.
+            let mut bare = received.clone();
+            bare.data = Bytes::new();
+            if let Ok(got) = FileReply::from_frame_placed(&bare, &data) {
+                use_reply(got);
+            }
+            if mutations.is_empty() && data == valid.data {
+                proptest::prop_assert_eq!(FileReply::from_frame(&received), Ok(reply));
+            }
         }
     }
 }

@@ -4,13 +4,15 @@
 //! Everything here is pure (no disk, no sockets) except the frame codec's async writer,
 //! so the same code runs in production and in the simulator (DESIGN.md invariant 8), the
 //! data-plane connections every node and client opens (`transport`, and `lend`, which
-//! hands the pages of requests and replies to a local socket), and the process set-up
-//! the daemons share (`logging`, `allocator`, and `metrics` with its HTTP endpoint).
+//! hands the pages of requests and replies to a local socket), the process set-up the
+//! daemons share (`logging`, `allocator`, and `metrics` with its HTTP endpoint), and
+//! `durable_dir`, how they create directories that survive a power cut.
 
 pub mod aligned;
 pub mod allocator;
 pub mod checksum;
 pub mod config;
+pub mod durable_dir;
 pub mod erasure;
 pub mod file_wire;
 pub mod frame;

@@ -447,16 +447,20 @@ impl Reply {
             },
             Kind::ShardData => {
                 let m: pb::Data = p.meta()?;
+                let blocks = ChecksummedBlocks {
+                    block_bytes: m.block_bytes,
+                    first_block: m.first_block,
+                    checksums: m.checksums,
+                    bytes: frame.data.clone(),
+                };
+                // A block size of 0 or block indices past u32::MAX: no arithmetic on
+                // these blocks would be sound (invariant 7).
+                blocks.check_shape().map_err(|e| p.bad(e.to_string()))?;
                 Reply::Data {
                     shard_len: m.shard_len,
                     offset: m.offset,
                     length: m.length,
-                    blocks: ChecksummedBlocks {
-                        block_bytes: m.block_bytes,
-                        first_block: m.first_block,
-                        checksums: m.checksums,
-                        bytes: frame.data.clone(),
-                    },
+                    blocks,
                 }
             }
             Kind::DeleteShardDone => Reply::DeleteDone {
@@ -485,7 +489,7 @@ impl Reply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ids::StripeId;
     use proptest::prelude::*;
@@ -574,13 +578,273 @@ mod tests {
         assert!(matches!(Request::from_frame(&get), Err(WireError::Malformed { .. })));
     }
 
+    /// What a client or logic node does with a decoded reply: for shard data, verify and
+    /// slice the range and sum the blocks. None of it may panic, whatever the reply held.
+    fn use_reply(reply: &Reply) {
+        if let Reply::Data {
+            shard_len,
+            offset,
+            length,
+            blocks,
+        } = reply
+        {
+            // The range the reply claims, the range a reader asked for (its own length,
+            // whatever the reply says), the whole shard, and every byte held.
+            let _ = blocks.verified_range(*offset, *length);
+            let _ = blocks.verified_range(*offset, 1);
+            let _ = blocks.verified_range(0, *shard_len);
+            let start = u64::from(blocks.first_block) * u64::from(blocks.block_bytes);
+            let _ = blocks.verified_range(start, blocks.bytes.len() as u64);
+            let _ = blocks.crc32c();
+        }
+    }
+
+    /// A valid reply of each kind, from arbitrary field values.
+    fn any_reply() -> impl Strategy<Value = Reply> {
+        let data = (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop_oneof![Just(4096u32), Just(0), Just(1), any::<u32>()],
+            prop_oneof![Just(0u32), Just(u32::MAX), Just(u32::MAX - 1), any::<u32>()],
+            proptest::collection::vec(any::<u8>(), 0..9000),
+        )
+            .prop_map(|(shard_len, offset, length, block_bytes, first_block, bytes)| {
+                let checksums = crate::checksum::block_checksums(&bytes, block_bytes);
+                Reply::Data {
+                    shard_len,
+                    offset,
+                    length,
+                    blocks: ChecksummedBlocks {
+                        block_bytes,
+                        first_block,
+                        checksums,
+                        bytes: bytes.into(),
+                    },
+                }
+            });
+        prop_oneof![
+            any::<bool>().prop_map(|created| Reply::PutDone { created }),
+            data,
+            any::<bool>().prop_map(|existed| Reply::DeleteDone { existed }),
+            (
+                proptest::collection::vec((any::<u8>(), any::<u64>()), 0..5),
+                any::<bool>()
+            )
+                .prop_map(|(shards, more)| Reply::List {
+                    shards: shards.into_iter().map(|(i, len)| (shard(i), len)).collect(),
+                    more,
+                }),
+            (any::<u32>(), ".{0,8}", any::<u64>()).prop_map(|(node_id, hall, free_bytes)| Reply::Stat(StatReport {
+                node_id,
+                hall,
+                free_bytes,
+                ..Default::default()
+            })),
+            (0i32..10, ".{0,20}").prop_map(|(code, message)| Reply::error(ErrorCode::from_i32(code), message)),
+        ]
+    }
+
+    /// One way a hostile or broken peer may change a valid message part.
+    #[derive(Clone, Debug)]
+    pub(crate) enum Mutation {
+        FlipBit(prop::sample::Index, u8),
+        SetByte(prop::sample::Index, u8),
+        Truncate(prop::sample::Index),
+        Insert(prop::sample::Index, Vec<u8>),
+        /// A field appended with any varint value: protobuf keeps the last value of a
+        /// scalar field, so this overrides a field of the message with any value.
+        AppendVarint(u32, u64),
+        /// A length-delimited field appended (any bytes under any tag).
+        AppendBytes(u32, Vec<u8>),
+        /// A nested message appended under `.0`, holding any bytes under tag `.1`: a
+        /// list entry or a metadata reply's part whose own fields are hostile.
+        AppendNested(u32, u32, Vec<u8>),
+    }
+
+    pub(crate) fn any_mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            (any::<prop::sample::Index>(), 0u8..8).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
+            (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::SetByte(i, b)),
+            any::<prop::sample::Index>().prop_map(Mutation::Truncate),
+            (
+                any::<prop::sample::Index>(),
+                proptest::collection::vec(any::<u8>(), 1..8)
+            )
+                .prop_map(|(i, b)| Mutation::Insert(i, b)),
+            (
+                1u32..12,
+                prop_oneof![
+                    Just(0u64),
+                    Just(u64::from(u32::MAX)),
+                    Just(u64::from(u32::MAX - 1)),
+                    Just(u64::MAX),
+                    any::<u64>()
+                ]
+            )
+                .prop_map(|(tag, v)| Mutation::AppendVarint(tag, v)),
+            (1u32..12, proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(tag, b)| Mutation::AppendBytes(tag, b)),
+            (1u32..12, 1u32..6, proptest::collection::vec(any::<u8>(), 0..40))
+                .prop_map(|(tag, inner, b)| Mutation::AppendNested(tag, inner, b)),
+        ]
+    }
+
+    pub(crate) fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        match m {
+            Mutation::FlipBit(i, b) if !bytes.is_empty() => {
+                let at = i.index(bytes.len());
+                bytes[at] ^= 1 << b;
+            }
+            Mutation::SetByte(i, b) if !bytes.is_empty() => {
+                let at = i.index(bytes.len());
+                bytes[at] = *b;
+            }
+            Mutation::Truncate(i) => bytes.truncate(i.index(bytes.len() + 1)),
+            Mutation::Insert(i, b) => {
+                let at = i.index(bytes.len() + 1);
+                bytes.splice(at..at, b.iter().copied());
+            }
+            Mutation::AppendVarint(tag, v) => {
+                encode_key(*tag, WireType::Varint, &mut bytes);
+                encode_varint(*v, &mut bytes);
+            }
+            Mutation::AppendBytes(tag, b) => {
+                encode_key(*tag, WireType::LengthDelimited, &mut bytes);
+                encode_varint(b.len() as u64, &mut bytes);
+                bytes.extend_from_slice(b);
+            }
+            Mutation::AppendNested(tag, inner, b) => {
+                let nested = mutate(Vec::new(), &Mutation::AppendBytes(*inner, b.clone()));
+                bytes = mutate(bytes, &Mutation::AppendBytes(*tag, nested));
+            }
+            _ => {}
+        }
+        bytes
+    }
+
+    /// A shard-data reply with `block_bytes` and `first_block` as a peer sent them.
+    fn data_reply(block_bytes: u32, first_block: u32, checksums: Vec<u32>, bytes: &'static [u8]) -> Frame {
+        let m = pb::Data {
+            shard_len: 1 << 40,
+            offset: u64::from(first_block) * u64::from(block_bytes),
+            length: bytes.len() as u64,
+            block_bytes,
+            first_block,
+            checksums,
+        };
+        Frame::new(
+            Kind::ShardData,
+            RequestId(1),
+            m.encode_to_vec().into(),
+            Bytes::from_static(bytes),
+        )
+    }
+
+    fn malformed_reason(frame: &Frame) -> String {
+        match Reply::from_frame(frame) {
+            Err(WireError::Malformed { reason, .. }) => reason,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    /// Invariant 7: a shard-data reply whose blocks are of 0 bytes is malformed, on
+    /// decoding, with a message naming the field; blocks of no bytes and no checksums
+    /// (an empty read) are harmless and pass.
+    #[test]
+    fn a_data_reply_with_zero_block_bytes_is_malformed() {
+        let sums = crate::checksum::block_checksums(b"abc", 4096);
+        for (checksums, bytes) in [(sums.clone(), &b"abc"[..]), (vec![], &b"abc"[..]), (sums, &b""[..])] {
+            let reason = malformed_reason(&data_reply(0, 0, checksums, bytes));
+            assert!(reason.contains("block_bytes is 0"), "{reason}");
+        }
+        assert!(Reply::from_frame(&data_reply(0, 0, vec![], b"")).is_ok());
+    }
+
+    /// Invariant 7: a shard-data reply whose blocks run past block index u32::MAX is
+    /// malformed on decoding; blocks that end exactly at u32::MAX decode, and verify.
+    #[test]
+    fn a_data_reply_past_the_last_block_index_is_malformed() {
+        let one = vec![0u8; 4096];
+        let sums = crate::checksum::block_checksums(&one, 4096);
+        for first_block in [u32::MAX, u32::MAX - 1] {
+            match Reply::from_frame(&data_reply(4096, first_block, sums.clone(), &[0u8; 4096])) {
+                Ok(Reply::Data {
+                    offset, length, blocks, ..
+                }) => {
+                    assert_eq!(blocks.verified_range(offset, length).map(|b| b.len()), Ok(4096));
+                }
+                other => panic!("first_block {first_block}: {other:?}"),
+            }
+        }
+        let reason = malformed_reason(&data_reply(4096, u32::MAX, vec![sums[0]; 2], &[0u8; 4096]));
+        assert!(reason.contains("first_block 4294967295"), "{reason}");
+        // Bytes for two blocks from u32::MAX, checksums for one.
+        let reason = malformed_reason(&data_reply(4096, u32::MAX, sums.clone(), &[0u8; 4097]));
+        assert!(reason.contains("past the last block index"), "{reason}");
+        // Two blocks from u32::MAX - 1 end at u32::MAX; three do not.
+        let two = vec![sums[0]; 2];
+        assert!(Reply::from_frame(&data_reply(4096, u32::MAX - 1, two, &[0u8; 8192])).is_ok());
+        let reason = malformed_reason(&data_reply(4096, u32::MAX - 1, vec![sums[0]; 3], &[0u8; 8192]));
+        assert!(reason.contains("3 blocks"), "{reason}");
+    }
+
     proptest! {
         #[test]
-        fn arbitrary_message_parts_never_panic(kind in 0u16..200, meta in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn arbitrary_message_parts_never_panic(
+            kind in 0u16..200,
+            meta in proptest::collection::vec(any::<u8>(), 0..64),
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
             if let Some(kind) = Kind::from_u16(kind) {
-                let frame = Frame::new(kind, RequestId(1), meta.into(), Bytes::new());
+                let frame = Frame::new(kind, RequestId(1), meta.into(), data.into());
                 let _ = Request::from_frame(&frame);
-                let _ = Reply::from_frame(&frame);
+                if let Ok(reply) = Reply::from_frame(&frame) {
+                    use_reply(&reply);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        /// Replies as a client or logic node receives them (invariant 7 holds both ways):
+        /// a valid reply of any kind with its message part mutated, re-framed with a
+        /// valid frame checksum (a peer's own bug or a hostile peer, not line noise),
+        /// decodes to a reply or a typed error, and using what decodes never panics.
+        #[test]
+        fn mutated_replies_decode_typed_and_never_panic(
+            reply in any_reply(),
+            mutations in proptest::collection::vec(any_mutation(), 0..4),
+            data in prop_oneof![Just(None), proptest::collection::vec(any::<u8>(), 0..9000).prop_map(Some)],
+        ) {
+            let valid = reply.to_frame(RequestId(3));
+            let meta = mutations.iter().fold(valid.meta.to_vec(), mutate);
+            let mut frame = Frame::new(valid.kind, valid.request_id, meta.into(), valid.data.clone());
+            if let Some(data) = data {
+                frame.data = data.into();
+            }
+            // Through the frame codec, as it arrives.
+            let mut wire = bytes::BytesMut::from(&frame.encode_to_vec().unwrap()[..]);
+            let received = tokio_util::codec::Decoder::decode(&mut crate::frame::FrameDecoder::new(1 << 20), &mut wire)
+                .unwrap()
+                .unwrap();
+            match Reply::from_frame(&received) {
+                Ok(reply) => use_reply(&reply),
+                Err(WireError::Malformed { kind, .. }) => prop_assert_eq!(kind, valid.kind),
+                Err(e) => prop_assert!(false, "{e:?}"),
+            }
+            prop_assert!(Request::from_frame(&received).is_err());
+            // Unmutated, it round-trips (when its own blocks are well formed).
+            if mutations.is_empty() && received.data == valid.data {
+                let round = Reply::from_frame(&received);
+                if let Reply::Data { blocks, .. } = &reply {
+                    prop_assert_eq!(round.is_ok(), blocks.check_shape().is_ok());
+                } else {
+                    prop_assert_eq!(round, Ok(reply));
+                }
             }
         }
     }

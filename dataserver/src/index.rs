@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use cairn_common::config::{BLOCK_BYTES_MAX, IO_ALIGN_BYTES};
 use cairn_common::ids::ShardId;
 use prost::Message;
 use rocksdb::{
@@ -42,7 +43,7 @@ pub enum IndexError {
     #[error("shard index entry {key} is unreadable: {reason}")]
     BadEntry { key: String, reason: String },
     #[error("shard index was written by a newer Cairn (format {found}, this build reads up to {FORMAT_VERSION})")]
-    TooNew { found: u32 },
+    TooNew { found: u64 },
 }
 
 type Result<T> = std::result::Result<T, IndexError>;
@@ -67,6 +68,42 @@ pub struct ShardRecord {
     /// period). Added in a later build: records written before it read as 0, as old.
     #[prost(uint64, tag = "5")]
     pub created_ms: u64,
+}
+
+impl ShardRecord {
+    /// The record's block size, once the record is one a put could have stored: a block
+    /// size that is a multiple of `IO_ALIGN_BYTES` up to `BLOCK_BYTES_MAX` (never 0),
+    /// and one checksum for each block of its length, every block with a 32-bit index.
+    /// A record comes off the disk, so a reader checks it before its fields go into any
+    /// arithmetic (invariant 7): a zero block size would divide by zero, and a length
+    /// its checksums do not cover would size a read buffer. The reason names the field.
+    pub fn checked_block_bytes(&self) -> std::result::Result<u64, String> {
+        let bs = self.block_bytes;
+        if bs == 0 {
+            return Err("block_bytes is 0".into());
+        }
+        if !(IO_ALIGN_BYTES..=BLOCK_BYTES_MAX).contains(&bs) || !bs.is_multiple_of(IO_ALIGN_BYTES) {
+            return Err(format!(
+                "block_bytes {bs} is not a multiple of {IO_ALIGN_BYTES} up to {BLOCK_BYTES_MAX}"
+            ));
+        }
+        let bs = u64::from(bs);
+        let blocks = self.len.div_ceil(bs);
+        if blocks > u64::from(u32::MAX) {
+            return Err(format!(
+                "len {} is {blocks} blocks of {bs} bytes, more than 32-bit block indices number",
+                self.len
+            ));
+        }
+        if u64::try_from(self.checksums.len()).ok() != Some(blocks) {
+            return Err(format!(
+                "{} checksums for len {} in blocks of {bs} bytes ({blocks} blocks)",
+                self.checksums.len(),
+                self.len
+            ));
+        }
+        Ok(bs)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -129,7 +166,7 @@ impl Index {
                     &sync_write(),
                 )
                 .map_err(db_err("write format version"))?,
-            Some(v) if v > u64::from(FORMAT_VERSION) => return Err(IndexError::TooNew { found: v as u32 }),
+            Some(v) if v > u64::from(FORMAT_VERSION) => return Err(IndexError::TooNew { found: v }),
             Some(_) => {}
         }
         Ok(index)
@@ -171,7 +208,7 @@ impl Index {
         let rec = ShardRecord::decode(v).map_err(|e| bad(e.to_string()))?;
         if rec.format_version > FORMAT_VERSION {
             return Err(IndexError::TooNew {
-                found: rec.format_version,
+                found: u64::from(rec.format_version),
             });
         }
         Ok(rec)
@@ -191,7 +228,8 @@ impl Index {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_SHARDS), id.to_bytes(), record.encode_to_vec());
         batch.merge_cf(self.cf(CF_META), KEY_SHARD_COUNT, 1i64.to_le_bytes());
-        batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, (disk_bytes as i64).to_le_bytes());
+        let added = i64::try_from(disk_bytes).unwrap_or(i64::MAX);
+        batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, added.to_le_bytes());
         self.db.write_opt(batch, &sync_write()).map_err(db_err("commit put"))
     }
 
@@ -200,7 +238,9 @@ impl Index {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_SHARDS), id.to_bytes());
         batch.merge_cf(self.cf(CF_META), KEY_SHARD_COUNT, (-1i64).to_le_bytes());
-        batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, (-(disk_bytes as i64)).to_le_bytes());
+        // Saturating: a damaged record's length must not overflow the negation.
+        let removed = 0i64.saturating_sub_unsigned(disk_bytes);
+        batch.merge_cf(self.cf(CF_META), KEY_USED_BYTES, removed.to_le_bytes());
         self.db.write_opt(batch, &sync_write()).map_err(db_err("commit delete"))
     }
 
@@ -279,5 +319,59 @@ mod tests {
             Index::open_read_only(dir.path()).is_ok(),
             "read-only open beside a writer"
         );
+    }
+
+    /// A record with a zero block size, or one whose length its checksums do not cover,
+    /// is refused by its check with the field named, before any arithmetic uses it.
+    #[test]
+    fn a_record_with_a_zero_block_size_fails_its_check() {
+        assert_eq!(rec(10_000).checked_block_bytes(), Ok(4096));
+        assert_eq!(rec(0).checked_block_bytes(), Ok(4096));
+        let zero = ShardRecord {
+            block_bytes: 0,
+            ..rec(10_000)
+        };
+        assert_eq!(zero.checked_block_bytes(), Err("block_bytes is 0".to_owned()));
+        let empty_zero = ShardRecord {
+            block_bytes: 0,
+            ..rec(0)
+        };
+        assert!(empty_zero.checked_block_bytes().is_err());
+        for bad in [
+            ShardRecord {
+                block_bytes: 1000,
+                ..rec(10_000)
+            },
+            ShardRecord {
+                block_bytes: u32::MAX,
+                ..rec(10_000)
+            },
+            ShardRecord {
+                len: u64::MAX,
+                ..rec(10_000)
+            },
+            ShardRecord {
+                checksums: vec![7; 2],
+                ..rec(10_000)
+            },
+            ShardRecord {
+                checksums: vec![7; 4],
+                ..rec(10_000)
+            },
+        ] {
+            let reason = bad.checked_block_bytes().unwrap_err();
+            assert!(
+                ["block_bytes", "checksums for len", "block indices"]
+                    .iter()
+                    .any(|field| reason.contains(field)),
+                "{reason}"
+            );
+        }
+        // A length of more blocks than 32-bit indices number.
+        let huge = ShardRecord {
+            len: (u64::from(u32::MAX) + 1) * 4096,
+            ..rec(0)
+        };
+        assert!(huge.checked_block_bytes().unwrap_err().contains("block indices"));
     }
 }

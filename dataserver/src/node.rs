@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cairn_common::config::Config;
+use cairn_common::durable_dir::create_dir_durable;
 use cairn_common::ids::{HallId, NodeId};
 use cairn_common::metrics;
 use cairn_common::transport::Listener;
@@ -43,8 +44,7 @@ pub struct Node {
 impl Node {
     pub async fn start(config: &Config) -> anyhow::Result<Node> {
         let ds = config.dataserver()?;
-        std::fs::create_dir_all(&ds.data_dir)
-            .with_context(|| format!("create data directory {}", ds.data_dir.display()))?;
+        create_dir_durable(&ds.data_dir).with_context(|| format!("create data directory {}", ds.data_dir.display()))?;
         let choice = disk::choose(&ds.data_dir, ds.io, ds.uring_entries)
             .await
             .context("choose disk I/O engine")?;

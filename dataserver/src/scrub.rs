@@ -18,7 +18,9 @@ const PAGE_SHARDS: usize = 256;
 pub struct ScrubReport {
     pub shards: u64,
     pub bytes: u64,
-    /// Shards with corrupt blocks, and those blocks.
+    /// Shards with corrupt blocks, and those blocks; none are listed for a shard that
+    /// could not be checked block by block (its file is missing, or its index record is
+    /// unusable).
     pub corrupt: Vec<(ShardId, Vec<u32>)>,
 }
 
@@ -48,6 +50,12 @@ pub async fn scrub_pass(
                 }
                 // Deleted, or being moved, since the page was listed.
                 Err(StoreError::NotFound(_) | StoreError::Busy(_)) => {}
+                // Already counted and logged by the store; the pass goes on to the
+                // other shards rather than stopping at this one every time.
+                Err(StoreError::Corrupt { .. }) => {
+                    report.shards += 1;
+                    report.corrupt.push((*id, Vec::new()));
+                }
                 Err(e) => return Err(e),
             }
             if bytes_per_sec > 0 {

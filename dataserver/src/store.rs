@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use cairn_common::checksum::{block_count, crc32c, verify_blocks, ChecksummedBlocks};
 use cairn_common::config::{BLOCK_BYTES_MAX, IO_ALIGN_BYTES};
+use cairn_common::durable_dir::{create_dir_durable, sync_dir};
 use cairn_common::ids::ShardId;
 use cairn_common::wire::ErrorCode;
 use thiserror::Error;
@@ -186,7 +187,7 @@ struct Workdir {
 impl Workdir {
     fn open(path: PathBuf, create: bool) -> Result<Workdir> {
         if create {
-            std::fs::create_dir_all(&path).map_err(io_err("create directory", &path))?;
+            create_dir_durable(&path).map_err(io_err("create directory", &path))?;
         }
         let handle = Arc::new(File::open(&path).map_err(io_err("open directory", &path))?);
         Ok(Workdir { path, handle })
@@ -249,7 +250,9 @@ impl ShardStore {
     /// Opens the store in `data_dir`, creating it if new, and finishes what a crash
     /// interrupted (only `staging/` and `trash/` are looked at; nothing else is scanned).
     pub fn open(data_dir: &Path, disk: DiskChoice, limits: StoreLimits, metrics: Metrics) -> Result<ShardStore> {
-        let index = Index::open(&data_dir.join("index"))?;
+        let index_dir = data_dir.join("index");
+        create_dir_durable(&index_dir).map_err(io_err("create directory", &index_dir))?;
+        let index = Index::open(&index_dir)?;
         let store = Self::assemble(data_dir, index, disk, limits, metrics, true)?;
         store.recover()?;
         Ok(store)
@@ -275,11 +278,14 @@ impl ShardStore {
         create: bool,
     ) -> Result<ShardStore> {
         let shards_dir = data_dir.join("shards");
-        for i in 0..256 {
-            let d = shards_dir.join(format!("{i:02x}"));
-            if create {
+        if create {
+            // Each of the 256 created, then one fsync of `shards/` makes them all durable.
+            create_dir_durable(&shards_dir).map_err(io_err("create directory", &shards_dir))?;
+            for i in 0..256 {
+                let d = shards_dir.join(format!("{i:02x}"));
                 std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
             }
+            sync_dir(&shards_dir).map_err(io_err("sync directory", &shards_dir))?;
         }
         let (shard_count, used_bytes) = index.counters()?;
         Ok(ShardStore {
@@ -431,6 +437,10 @@ impl ShardStore {
             .blocking(move |s| s.index.get(id).map_err(StoreError::from))
             .await?
             .ok_or(StoreError::NotFound(id))?;
+        record.checked_block_bytes().map_err(|reason| StoreError::Corrupt {
+            shard: id,
+            detail: format!("its index record is unusable, nothing written: {reason}"),
+        })?;
         if data.len() as u64 != record.len {
             return Err(StoreError::BadRequest(format!(
                 "a repair of {} bytes for a shard of {}",
@@ -500,7 +510,7 @@ impl ShardStore {
                 "block size {block_bytes} must be a multiple of {IO_ALIGN_BYTES} up to {BLOCK_BYTES_MAX}"
             )));
         }
-        let want = block_count(len, block_bytes);
+        let want = block_count(len, block_bytes).map_err(|e| StoreError::BadRequest(e.to_string()))?;
         if checksums.len() as u64 != want {
             return Err(StoreError::BadRequest(format!(
                 "{} checksums for {want} blocks of {block_bytes} bytes",
@@ -518,6 +528,7 @@ impl ShardStore {
     /// the module's comment).
     pub async fn read(&self, id: ShardId, offset: u64, length: Option<u64>) -> Result<ShardRead> {
         let (record, file) = self.blocking(move |s| s.open_indexed(id)).await?;
+        let bs = self.usable(id, &record, "read")?;
         let end = match length {
             Some(l) => offset.checked_add(l),
             None => Some(record.len),
@@ -536,7 +547,7 @@ impl ShardStore {
                 ..ChecksummedBlocks::default()
             }
         } else {
-            self.read_blocks(id, &record, file, offset, end).await?
+            self.read_blocks(id, &record, bs, file, offset, end).await?
         };
         self.inner.metrics.bytes_read.inc_by(end - offset);
         Ok(ShardRead {
@@ -547,24 +558,28 @@ impl ShardStore {
         })
     }
 
-    /// Reads the blocks covering [start, end), with their checksums. A file shorter than
-    /// its record, or a record short of checksums, is corruption found here.
+    /// Reads the blocks covering [start, end) (within the length of `record`, whose block
+    /// size `bs` was checked), with their checksums. A file shorter than its record is
+    /// corruption found here.
     async fn read_blocks(
         &self,
         id: ShardId,
         record: &ShardRecord,
+        bs: u64,
         file: Arc<File>,
         start: u64,
         end: u64,
     ) -> Result<ChecksummedBlocks> {
-        let bs = u64::from(record.block_bytes);
+        // A checked record has fewer than 2^32 blocks of at most BLOCK_BYTES_MAX: none of
+        // this overflows, and the conversions below cannot fail.
         let first_block = start / bs;
         let last_block = end.div_ceil(bs);
-        let read_start = first_block * bs;
-        let read_end = (last_block * bs).min(padded_len(record.len));
+        let read_start = first_block.saturating_mul(bs);
+        let read_end = last_block.saturating_mul(bs).min(padded_len(record.len));
         let path = self.inner.path(id);
         let disk = &self.inner.disk.disk;
-        let buf = match disk.read_at(file, read_start, (read_end - read_start) as usize).await {
+        let read_len = fits(id, read_end.saturating_sub(read_start))?;
+        let buf = match disk.read_at(file, read_start, read_len).await {
             Ok(buf) => buf,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(self.corrupt(id, "read", format!("file is shorter than its {} bytes", record.len), 1));
@@ -572,18 +587,31 @@ impl ShardStore {
             Err(e) => return Err(io_err("read shard", &path)(e)),
         };
         // The buffer holds whole blocks; the shard's bytes stop at its length.
-        let data_len = (record.len.min(read_end) - read_start) as usize;
+        let data_len: usize = fits(id, record.len.min(read_end).saturating_sub(read_start))?;
         let checksums = record
             .checksums
-            .get(first_block as usize..last_block as usize)
+            .get(fits(id, first_block)?..fits(id, last_block)?)
             .ok_or_else(|| self.corrupt(id, "read", "index has too few checksums".into(), 1))?
             .to_vec();
+        let bytes = buf.into_bytes();
+        if bytes.len() < data_len {
+            return Err(self.corrupt(id, "read", format!("file is shorter than its {} bytes", record.len), 1));
+        }
         Ok(ChecksummedBlocks {
             block_bytes: record.block_bytes,
-            first_block: first_block as u32,
+            first_block: fits(id, first_block)?,
             checksums,
-            bytes: buf.into_bytes().slice(..data_len),
+            bytes: bytes.slice(..data_len),
         })
+    }
+
+    /// The block size of `record`, read from the index for shard `id`; a record no put
+    /// could have stored (a block size of 0, a length its checksums do not cover) is
+    /// corruption found by `found_by`, before any of its fields is used in arithmetic.
+    fn usable(&self, id: ShardId, record: &ShardRecord, found_by: &str) -> Result<u64> {
+        record
+            .checked_block_bytes()
+            .map_err(|reason| self.corrupt(id, found_by, format!("its index record is unusable: {reason}"), 1))
     }
 
     fn corrupt(&self, id: ShardId, found_by: &str, detail: String, blocks: u64) -> StoreError {
@@ -605,11 +633,23 @@ impl ShardStore {
         let Some(record) = record else { return Ok(false) };
         let trashed = self.inner.trash.file(id);
         let to = trashed.clone();
-        self.blocking(move |s| match std::fs::rename(s.path(id), &to) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("move to trash", &to)(e)),
-            _ => Ok(()),
-        })
-        .await?;
+        // The space the put counted: its padded length, from the record; a damaged
+        // record's length says nothing of it (and may not even round up to a u64), so
+        // then the file's own size on disk is taken.
+        let usable = record.checked_block_bytes().is_ok();
+        let disk_bytes = self
+            .blocking(move |s| {
+                match std::fs::rename(s.path(id), &to) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("move to trash", &to)(e)),
+                    _ => {}
+                }
+                Ok(if usable {
+                    padded_len(record.len)
+                } else {
+                    std::fs::metadata(&to).map_or(0, |m| m.len())
+                })
+            })
+            .await?;
         let trash = self.inner.trash.handle.clone();
         self.inner
             .disk
@@ -617,7 +657,6 @@ impl ShardStore {
             .sync(trash)
             .await
             .map_err(io_err("sync directory of", &trashed))?;
-        let disk_bytes = padded_len(record.len);
         self.blocking(move |s| {
             s.index.commit_delete(id, disk_bytes)?;
             s.shard_count.fetch_sub(1, Ordering::Relaxed);
@@ -656,28 +695,31 @@ impl ShardStore {
     }
 
     /// Re-reads a whole shard and checks every block; a shard deleted meanwhile gives
-    /// `NotFound`. Corrupt blocks are counted and logged, not returned as an error.
+    /// `NotFound`. Corrupt blocks are counted and logged, not returned as an error; a
+    /// shard that cannot be checked block by block (its file is missing, its index
+    /// record is unusable) is `Corrupt`.
     pub async fn scrub(&self, id: ShardId) -> Result<ScrubOutcome> {
         let (record, file) = self.blocking(move |s| s.open_indexed(id)).await?;
-        let bs = u64::from(record.block_bytes);
+        let bs = self.usable(id, &record, "scrub")?;
         let piece = READ_PIECE_BYTES.max(bs) / bs * bs;
         let mut corrupt_blocks = Vec::new();
         let mut pos = 0;
+        // A checked record has fewer than 2^32 blocks of at most BLOCK_BYTES_MAX: the
+        // sums and products below do not overflow, and the conversions do not fail.
         while pos < record.len {
-            let end = (pos + piece).min(record.len);
-            let blocks = (pos / bs) as u32..end.div_ceil(bs) as u32;
-            match self
-                .inner
-                .disk
-                .disk
-                .read_at(file.clone(), pos, (padded_len(end) - pos) as usize)
-                .await
-            {
+            let end = pos.saturating_add(piece).min(record.len);
+            let blocks = fits::<u32>(id, pos / bs)?..fits(id, end.div_ceil(bs))?;
+            let len = fits(id, padded_len(end) - pos)?;
+            match self.inner.disk.disk.read_at(file.clone(), pos, len).await {
                 Ok(buf) => {
                     for b in blocks {
-                        let lo = u64::from(b) * bs - pos;
-                        let hi = ((u64::from(b) + 1) * bs).min(end) - pos;
-                        if !block_ok(&record, b, &buf.as_slice()[lo as usize..hi as usize]) {
+                        let lo = fits(id, u64::from(b) * bs - pos)?;
+                        let hi = fits(id, ((u64::from(b) + 1) * bs).min(end) - pos)?;
+                        if !buf
+                            .as_slice()
+                            .get(lo..hi)
+                            .is_some_and(|bytes| block_ok(&record, b, bytes))
+                        {
                             corrupt_blocks.push(b);
                         }
                     }
@@ -688,13 +730,14 @@ impl ShardStore {
                     for b in blocks {
                         let lo = u64::from(b) * bs;
                         let hi = (lo + bs).min(record.len);
-                        let read = self
-                            .inner
-                            .disk
-                            .disk
-                            .read_at(file.clone(), lo, (padded_len(hi) - lo) as usize)
-                            .await;
-                        if !read.is_ok_and(|buf| block_ok(&record, b, &buf.as_slice()[..(hi - lo) as usize])) {
+                        let len = fits(id, padded_len(hi) - lo)?;
+                        let want = fits(id, hi - lo)?;
+                        let read = self.inner.disk.disk.read_at(file.clone(), lo, len).await;
+                        if !read.is_ok_and(|buf| {
+                            buf.as_slice()
+                                .get(..want)
+                                .is_some_and(|bytes| block_ok(&record, b, bytes))
+                        }) {
                             corrupt_blocks.push(b);
                         }
                     }
@@ -721,7 +764,19 @@ impl ShardStore {
 }
 
 fn block_ok(record: &ShardRecord, block: u32, bytes: &[u8]) -> bool {
-    record.checksums.get(block as usize) == Some(&crc32c(bytes))
+    usize::try_from(block)
+        .ok()
+        .and_then(|b| record.checksums.get(b))
+        .is_some_and(|&want| want == crc32c(bytes))
+}
+
+/// `n`, a length or block index derived from a checked index record, as a `T`. It
+/// always fits; should it not, the record is to blame, so that is corruption.
+fn fits<T: TryFrom<u64>>(id: ShardId, n: u64) -> Result<T> {
+    T::try_from(n).map_err(|_| StoreError::Corrupt {
+        shard: id,
+        detail: format!("{n} is out of range for its index record"),
+    })
 }
 
 impl Inner {
@@ -1114,5 +1169,79 @@ mod tests {
         }
         assert_eq!(created, 1);
         assert_eq!(get(&store, id, 0, None).await.unwrap().1, d);
+    }
+
+    /// Invariant 7 for what comes off the disk: an index record no put could have
+    /// stored (a block size of 0, a length its checksums do not cover, a block size off
+    /// the I/O unit) is corruption to every reader of it, named by field, and never a
+    /// division by zero, an overflow or a read buffer sized by a damaged length. Scrub
+    /// reports it and goes on; the damaged shard can still be deleted.
+    #[tokio::test]
+    async fn a_damaged_index_record_is_corrupt_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path()).await;
+        let good = ShardId::new(StripeId(100), 0);
+        put(&store, good, &data(5000, 1)).await.unwrap();
+        let d = data(5000, 2);
+        let sums = block_checksums(&d, BS);
+        let damaged = |f: fn(&mut ShardRecord)| {
+            let mut r = ShardRecord {
+                format_version: FORMAT_VERSION,
+                len: 5000,
+                block_bytes: BS,
+                checksums: sums.clone(),
+                created_ms: 1,
+            };
+            f(&mut r);
+            r
+        };
+        let cases = [
+            (damaged(|r| r.block_bytes = 0), "block_bytes is 0"),
+            (damaged(|r| r.len = u64::MAX), "block indices"),
+            (damaged(|r| r.len = 1 << 50), "block indices"),
+            (damaged(|r| r.len = 500_000), "2 checksums for len 500000"),
+            (
+                damaged(|r| {
+                    r.len = u64::MAX;
+                    r.block_bytes = 0
+                }),
+                "block_bytes is 0",
+            ),
+            (damaged(|r| r.block_bytes = u32::MAX), "block_bytes 4294967295"),
+            (damaged(|r| r.block_bytes = 4096 * 2048), "block_bytes 8388608"),
+            (damaged(|r| r.checksums.truncate(1)), "1 checksums"),
+        ];
+        let before = store.usage().unwrap().used_bytes;
+        assert_eq!(before, 8192);
+        for (i, (record, field)) in cases.into_iter().enumerate() {
+            let id = ShardId::new(StripeId(200 + i as u128), 0);
+            put(&store, id, &d).await.unwrap();
+            store.inner.index.commit_put(id, &record, 0).unwrap();
+            for length in [None, Some(0), Some(10)] {
+                match store.read(id, 0, length).await {
+                    Err(StoreError::Corrupt { detail, .. }) => assert!(detail.contains(field), "{field}: {detail}"),
+                    other => panic!("{field}: read of {length:?}: {other:?}"),
+                }
+            }
+            assert!(
+                matches!(store.scrub(id).await, Err(StoreError::Corrupt { .. })),
+                "{field}: scrub"
+            );
+            match store.repair(id, d.clone(), "scrub").await {
+                Err(StoreError::Corrupt { detail, .. }) => assert!(detail.contains(field), "{field}: {detail}"),
+                other => panic!("{field}: repair: {other:?}"),
+            }
+            let report = crate::scrub::scrub_pass(&store, 0, &tokio_util::sync::CancellationToken::new())
+                .await
+                .unwrap();
+            assert_eq!(report.corrupt, vec![(id, vec![])], "{field}");
+            assert_eq!(report.shards, 2, "{field}: the pass went past the damaged shard");
+            assert!(store.delete(id).await.unwrap(), "{field}: delete");
+            assert!(matches!(store.read(id, 0, None).await, Err(StoreError::NotFound(_))));
+        }
+        assert_eq!(get(&store, good, 0, None).await.unwrap().1, data(5000, 1));
+        // Each delete took back the space its put counted, whatever its record said.
+        let u = store.usage().unwrap();
+        assert_eq!((u.used_bytes, u.shard_count), (before, 1), "{u:?}");
     }
 }

@@ -22,6 +22,7 @@ mod attrs;
 mod fresh_dirs;
 mod locks;
 pub mod passthrough;
+pub mod powercut;
 mod recent;
 mod removals;
 pub mod session;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cairn_common::config::{Config, MetadataEntry, DATASERVER_SILENT_AFTER};
+use cairn_common::durable_dir::create_dir_durable;
 use cairn_common::proto::metadata::{
     admin_server::AdminServer, meta_request::Op, metadata_server::MetadataServer, raft_server::RaftServer, SetDraining,
 };
@@ -70,7 +71,11 @@ pub async fn run(config: Config, bootstrap: bool) -> anyhow::Result<()> {
         .entry(&config.metadata_nodes)
         .context("metadata.node_id is not in metadata_nodes")?
         .clone();
-    std::fs::create_dir_all(&md.data_dir).with_context(|| format!("creating {}", md.data_dir.display()))?;
+    // RocksDB syncs what it creates inside its own directory, not that directory's
+    // entry: it and the snapshots' directory are made durable here.
+    for dir in [md.data_dir.join("db"), md.data_dir.join("snapshots")] {
+        create_dir_durable(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let db = Db::open(&md.data_dir.join("db"), md.cache_bytes).context("opening RocksDB")?;
     let sm = StateMachine::open(db.clone(), md.data_dir.join("snapshots"), md.dedupe_entries_max)?;
     let raft_config = openraft::Config {

@@ -18,6 +18,7 @@ pub mod local;
 pub mod metadata;
 pub mod metrics;
 pub mod mount;
+pub mod powercut;
 
 /// Where the workspace's binaries are: `CAIRN_BIN_DIR`, or the profile directory that
 /// holds this test executable (`target/<profile>/deps/..`).
@@ -113,6 +114,11 @@ impl Process {
         self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Its process id, while it has one.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
     /// SIGSTOP (`frozen`) or SIGCONT: a process that stalls for a while (a paused VM, a
     /// swap storm) and then runs on, unaware of the time it lost.
     pub fn freeze(&self, frozen: bool) {
@@ -140,6 +146,7 @@ impl Drop for Process {
 #[derive(Debug)]
 pub struct Dataserver {
     pub dir: tempfile::TempDir,
+    data: PathBuf,
     pub addr: SocketAddr,
     pub config: PathBuf,
     child: Process,
@@ -154,18 +161,30 @@ impl Dataserver {
 
     /// Like [`Dataserver::start`], as node `node_id` in hall `hall`.
     pub async fn start_in(node_id: u32, hall: &str, extra: &str) -> anyhow::Result<Dataserver> {
+        Dataserver::start_with(node_id, hall, extra, None).await
+    }
+
+    /// Like [`Dataserver::start`], with its data directory at `data` (on a power-cut
+    /// disk, say) instead of in its own directory.
+    pub async fn start_on(data: PathBuf, extra: &str) -> anyhow::Result<Dataserver> {
+        Dataserver::start_with(1, "hall-a", extra, Some(data)).await
+    }
+
+    async fn start_with(node_id: u32, hall: &str, extra: &str, data: Option<PathBuf>) -> anyhow::Result<Dataserver> {
         let dir = tempfile::tempdir()?;
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let config = dir.path().join("dataserver.toml");
         std::fs::write(
             &config,
             format!(
                 "[dataserver]\nnode_id = {node_id}\nhall = \"{hall}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n",
-                dir.path().join("data").display()
+                data.display()
             ),
         )?;
         let mut ds = Dataserver {
             dir,
+            data,
             addr,
             config,
             child: Process::default(),
@@ -175,7 +194,12 @@ impl Dataserver {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
+    }
+
+    /// Its process (while it runs), for a power cut.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.child
     }
 
     /// The file of shard `id` in this dataserver's store, if it holds one.

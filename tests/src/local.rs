@@ -28,19 +28,19 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// `cairnctl local up` of the default cluster, without a mount.
     pub fn up() -> anyhow::Result<LocalCluster> {
+        LocalCluster::up_with(&[])
+    }
+
+    /// [`LocalCluster::up`] with more arguments to `cairnctl local up`.
+    pub fn up_with(args: &[&str]) -> anyhow::Result<LocalCluster> {
         let cluster = LocalCluster {
             dir: tempfile::tempdir()?,
             base_port: free_ports(PORTS),
         };
-        let up = cairnctl(&[
-            "local",
-            "up",
-            "--no-mount",
-            "--dir",
-            &cluster.dir_arg(),
-            "--base-port",
-            &cluster.base_port.to_string(),
-        ]);
+        let (dir, port) = (cluster.dir_arg(), cluster.base_port.to_string());
+        let mut all = vec!["local", "up", "--no-mount", "--dir", &dir, "--base-port", &port];
+        all.extend_from_slice(args);
+        let up = cairnctl(&all);
         anyhow::ensure!(
             up.status.success(),
             "cairnctl local up: {}",

@@ -47,6 +47,11 @@ impl MetadataNode {
         self.child.kill9();
     }
 
+    /// Its process (while it runs), for a power cut.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.child
+    }
+
     /// SIGSTOP (`frozen`) or SIGCONT.
     pub fn freeze(&self, frozen: bool) {
         self.child.freeze(frozen);
@@ -77,6 +82,22 @@ impl MetadataCluster {
     /// Like [`MetadataCluster::start`], with only the first `running` nodes started (a
     /// quorum at least); the others can be started later.
     pub async fn start_some(n: usize, extra: &str, running: usize) -> anyhow::Result<MetadataCluster> {
+        MetadataCluster::start_with(n, extra, running, None).await
+    }
+
+    /// Like [`MetadataCluster::start`], node `i`'s data directory at `data_dirs[i]` (on
+    /// power-cut disks, say).
+    pub async fn start_on(extra: &str, data_dirs: Vec<PathBuf>) -> anyhow::Result<MetadataCluster> {
+        let n = data_dirs.len();
+        MetadataCluster::start_with(n, extra, n, Some(data_dirs)).await
+    }
+
+    async fn start_with(
+        n: usize,
+        extra: &str,
+        running: usize,
+        data_dirs: Option<Vec<PathBuf>>,
+    ) -> anyhow::Result<MetadataCluster> {
         let dir = tempfile::tempdir()?;
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()).parse())
@@ -92,12 +113,16 @@ impl MetadataCluster {
         for (i, addr) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("m{id}.toml"));
+            let data = match &data_dirs {
+                Some(d) => d[i].clone(),
+                None => dir.path().join(format!("m{id}")),
+            };
             let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
             std::fs::write(
                 &config,
                 format!(
                     "[metadata]\nnode_id = {id}\ndata_dir = \"{}\"\nmetrics_listen = \"{metrics}\"\n{extra}\n\n{members}",
-                    dir.path().join(format!("m{id}")).display()
+                    data.display()
                 ),
             )?;
             nodes.push(MetadataNode {

@@ -34,29 +34,46 @@ async fn a_drained_dataserver_leaves_every_stripe_whole_elsewhere() -> anyhow::R
     );
     let (dir, mut files) = written(&client, "/drain", 12, 3_000_000).await?;
 
-    // Foreground load while the drain runs: new files written and read back.
+    // Foreground load while the drain runs: new files written and read back. How many
+    // depends on how fast this build is against the drain (hundreds in a release build),
+    // so the names come from a counter that never wraps: an exclusive create of a name
+    // already used fails with EEXIST. Contents repeat every 256 files (a pattern's seed is
+    // a byte), so the files kept for the final check share 256 buffers at most.
     let stop = Arc::new(AtomicBool::new(false));
+    let (first_written, load_running) = tokio::sync::oneshot::channel::<()>();
     let load = {
         let (client, stop) = (client.clone(), stop.clone());
         tokio::spawn(async move {
             let mut written = Vec::new();
-            let mut n = 0u8;
+            let mut contents: HashMap<u8, bytes::Bytes> = HashMap::new();
+            let mut first_written = Some(first_written);
+            let mut n = 0u64;
             while !stop.load(Ordering::Acquire) {
-                n = n.wrapping_add(1);
+                n += 1;
                 let f = client
                     .create_in(dir, format!("load{n}").as_bytes(), 0o644, true)
                     .await?;
-                let data = pattern(1_500_000, n);
+                let seed = n.to_le_bytes()[0];
+                let data = contents.entry(seed).or_insert_with(|| pattern(1_500_000, seed)).clone();
                 client.write_file(f.inode, data.clone()).await?;
                 anyhow::ensure!(
                     client.read_file(f.inode).await? == data,
                     "load file {n} read back wrong"
                 );
                 written.push((f.inode, data));
+                if let Some(tx) = first_written.take() {
+                    let _ = tx.send(());
+                }
             }
             anyhow::Ok(written)
         })
     };
+    // However fast the drain (a release build's is), it starts with the load under way.
+    if load_running.await.is_err() {
+        // The load stopped before its first file: its error says why.
+        load.await??;
+        anyhow::bail!("the load stopped before writing a file");
+    }
     let drain = tokio::task::spawn_blocking({
         let config_path = config_path.clone();
         move || {

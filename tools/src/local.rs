@@ -4,8 +4,15 @@
 //! cluster lives in one directory: `cluster.toml` (every member, read by `status`), one
 //! config, data directory, log and pid file per process. `up` also mounts the cluster
 //! (`cairn-fuse`, by default at `<dir>/mnt`); `down` unmounts it first. `kill-hall`
-//! cuts a hall's power (SIGKILL to each of its processes) and `start-hall` brings it
-//! back; `up` after a full power loss starts everything again.
+//! crashes a hall (SIGKILL to each of its processes) and `start-hall` brings it back;
+//! `up` after a full power loss starts everything again.
+//!
+//! A test tool beside it: `up --power-cut-harness` puts every metadata voter's and
+//! dataserver's data directory on a power-cut disk of its own (`cairn-powercut`, process
+//! `disk-<node>`, kept under `<dir>/disks/<node>/`), and `power-cut` cuts the power of a
+//! hall or of the whole site: its processes frozen, the unsynced writes and directory
+//! changes of its disks dropped, the processes killed. A SIGKILL alone is a crash, not a
+//! power cut: the kernel keeps what was written.
 
 use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
@@ -28,6 +35,10 @@ const MOUNT_WAIT: Duration = Duration::from_secs(30);
 /// The mount's process name (`fuse.pid`, `fuse.log`) and the file naming its path.
 const FUSE: &str = "fuse";
 const MOUNT_FILE: &str = "mount.path";
+/// Present in a cluster directory whose nodes keep their data on power-cut disks.
+const HARNESS_MARK: &str = "power-cut-harness";
+/// The prefix of a power-cut disk's process name (`disk-dataserver-3`).
+const DISK_PREFIX: &str = "disk-";
 
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -75,7 +86,7 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
             addr,
             section: format!(
                 "[metadata]\nnode_id = {h}\ndata_dir = \"{}\"\n",
-                dir.join(format!("metadata-{h}")).display()
+                data_dir(dir, &format!("metadata-{h}")).display()
             ),
         });
     }
@@ -96,7 +107,7 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
                 section: format!(
                     "[dataserver]\nnode_id = {id}\nhall = \"hall-{h}\"\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
                      scrub_bytes_per_sec = {scrub}\n",
-                    dir.join(format!("dataserver-{id}")).display()
+                    data_dir(dir, &format!("dataserver-{id}")).display()
                 ),
             });
         }
@@ -123,6 +134,113 @@ fn plan(dir: &Path, l: &Layout) -> anyhow::Result<(String, Vec<Node>)> {
         }
     }
     Ok((shared, nodes))
+}
+
+/// Whether the cluster in `dir` keeps its data on power-cut disks.
+fn harnessed(dir: &Path) -> bool {
+    dir.join(HARNESS_MARK).exists()
+}
+
+/// Where node `name` keeps its data: on its power-cut disk in a harnessed cluster.
+fn data_dir(dir: &Path, name: &str) -> PathBuf {
+    if harnessed(dir) {
+        disk_dir(dir, name).join("mnt/data")
+    } else {
+        dir.join(name)
+    }
+}
+
+/// The folder of node `name`'s power-cut disk: `backing/`, `mnt/`, `control.sock`.
+fn disk_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("disks").join(name)
+}
+
+/// Whether `binary` keeps data (and so gets a power-cut disk in a harnessed cluster).
+fn keeps_data(binary: &str) -> bool {
+    binary != "cairn-logic"
+}
+
+/// Mounts node `name`'s power-cut disk unless it is mounted already.
+async fn ensure_disk(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let (disk, process) = (disk_dir(dir, name), format!("{DISK_PREFIX}{name}"));
+    let mountpoint = disk.join("mnt");
+    if pid_of(dir, &process).is_some() {
+        return Ok(());
+    }
+    if is_mounted(&mountpoint) {
+        // Its process is gone: a dead mount, detached before mounting again.
+        let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+    }
+    std::fs::create_dir_all(&mountpoint)?;
+    let args = [
+        OsStr::new("--backing"),
+        disk.join("backing").as_os_str(),
+        OsStr::new("--mountpoint"),
+        mountpoint.as_os_str(),
+        OsStr::new("--control"),
+        disk.join("control.sock").as_os_str(),
+    ]
+    .map(OsStr::to_owned);
+    let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    spawn(dir, &process, &sibling_binary("cairn-powercut")?, &args)?;
+    let deadline = Instant::now() + MOUNT_WAIT;
+    while !cairn_fuse::powercut::is_mounted(&mountpoint) {
+        if pid_of(dir, &process).is_none() || Instant::now() > deadline {
+            bail!(
+                "cairn-powercut did not mount {} (see {})",
+                mountpoint.display(),
+                dir.join(format!("{process}.log")).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Cuts the power of `hall` (every hall with `None`): its processes frozen, the unsynced
+/// state of their power-cut disks dropped, the processes killed. Returns the processes
+/// killed and each disk's report of what it dropped.
+pub fn power_cut(dir: &Path, hall: Option<u32>) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    if !harnessed(dir) {
+        bail!(
+            "the cluster in {} keeps its data on the real disk: start it with `cairnctl local up --power-cut-harness`",
+            dir.display()
+        );
+    }
+    let (_, _, nodes) = recorded(dir)?;
+    if let Some(h) = hall {
+        hall_members(dir, h)?;
+    }
+    let victims: Vec<(&Node, Pid)> = nodes
+        .iter()
+        .filter(|n| hall.is_none_or(|h| n.hall == h))
+        .filter_map(|n| pid_of(dir, &n.name).map(|pid| (n, pid)))
+        .collect();
+    for (n, pid) in &victims {
+        kill_process(*pid, Signal::STOP).with_context(|| format!("freezing {}", n.name))?;
+    }
+    let pids: Vec<u32> = victims
+        .iter()
+        .map(|(_, pid)| pid.as_raw_nonzero().get() as u32)
+        .collect();
+    let mut reports = Vec::new();
+    for n in nodes
+        .iter()
+        .filter(|n| keeps_data(n.binary) && hall.is_none_or(|h| n.hall == h))
+    {
+        let report = cairn_fuse::powercut::cut(&disk_dir(dir, &n.name).join("control.sock"), &pids)
+            .with_context(|| format!("the power-cut disk of {}", n.name))?;
+        reports.push(format!("{}: {report}", n.name));
+    }
+    for (n, pid) in &victims {
+        kill_process(*pid, Signal::KILL).with_context(|| format!("killing {}", n.name))?;
+    }
+    for (_, pid) in &victims {
+        while running(*pid) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok((victims.into_iter().map(|(n, _)| n.name.clone()).collect(), reports))
 }
 
 /// Where `cairnctl local` keeps its cluster unless told otherwise.
@@ -166,11 +284,14 @@ fn running(pid: Pid) -> bool {
 
 /// Starts those of `nodes` that are not running, with the binaries in `binaries` (else
 /// those beside cairnctl); returns how many it started.
-fn start(dir: &Path, shared: &str, nodes: &[Node], binaries: Option<&Path>) -> anyhow::Result<usize> {
+async fn start(dir: &Path, shared: &str, nodes: &[Node], binaries: Option<&Path>) -> anyhow::Result<usize> {
     let mut started = 0;
     for n in nodes {
         if pid_of(dir, &n.name).is_some() {
             continue;
+        }
+        if harnessed(dir) && keeps_data(n.binary) {
+            ensure_disk(dir, &n.name).await?;
         }
         let config = dir.join(format!("{}.toml", n.name));
         std::fs::write(&config, format!("{}\n{shared}", n.section))?;
@@ -276,13 +397,13 @@ pub fn kill(dir: &Path, names: &[String]) -> anyhow::Result<Vec<String>> {
 /// Starts those of `names` (every process with `None`) that do not run, without waiting
 /// for them, with the binaries in `binaries` (else those beside cairnctl); returns how
 /// many it started.
-pub fn start_stopped(dir: &Path, names: Option<&[String]>, binaries: Option<&Path>) -> anyhow::Result<usize> {
+pub async fn start_stopped(dir: &Path, names: Option<&[String]>, binaries: Option<&Path>) -> anyhow::Result<usize> {
     let (_, shared, nodes) = recorded(dir)?;
     let chosen: Vec<Node> = nodes
         .into_iter()
         .filter(|n| names.is_none_or(|names| names.contains(&n.name)))
         .collect();
-    start(dir, &shared, &chosen, binaries)
+    start(dir, &shared, &chosen, binaries).await
 }
 
 /// Waits until every node of the cluster in `dir` answers.
@@ -298,7 +419,7 @@ pub fn kill_hall(dir: &Path, hall: u32) -> anyhow::Result<Vec<String>> {
 /// Starts the processes of `hall` that are not running and waits until the cluster is
 /// healthy again.
 pub async fn start_hall(dir: &Path, hall: u32) -> anyhow::Result<usize> {
-    let started = start_stopped(dir, Some(&hall_members(dir, hall)?), None)?;
+    let started = start_stopped(dir, Some(&hall_members(dir, hall)?), None).await?;
     wait_healthy_in(dir).await?;
     Ok(started)
 }
@@ -316,11 +437,24 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Starts the cluster in `dir` (processes already running are kept), waits until it is
-/// healthy and, with `mount`, mounts it there.
-pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Result<()> {
+/// healthy and, with `mount`, mounts it there. With `power_cut_harness`, a new cluster
+/// keeps its data on power-cut disks (a cluster started so keeps doing so).
+pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>, power_cut_harness: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (shared, nodes) = plan(dir, layout)?;
     let cluster_file = dir.join("cluster.toml");
+    if power_cut_harness && !harnessed(dir) {
+        if cluster_file.exists() {
+            bail!(
+                "{} holds a cluster whose data is on the real disk: --power-cut-harness needs a new directory",
+                dir.display()
+            );
+        }
+        std::fs::write(
+            dir.join(HARNESS_MARK),
+            "data directories on power-cut disks (cairn-powercut)\n",
+        )?;
+    }
+    let (shared, nodes) = plan(dir, layout)?;
     if let Ok(existing) = std::fs::read_to_string(&cluster_file) {
         if !same_cluster(&existing, &shared) {
             bail!(
@@ -341,7 +475,7 @@ pub async fn up(dir: &Path, layout: &Layout, mount: Option<&Path>) -> anyhow::Re
         }
     }
     std::fs::write(&cluster_file, &shared)?;
-    let started = start(dir, &shared, &nodes, None)?;
+    let started = start(dir, &shared, &nodes, None).await?;
     println!("{started} processes started, {} already running", nodes.len() - started);
     wait_healthy(&Config::load(&cluster_file)?).await?;
     println!("cluster healthy; configuration in {}", cluster_file.display());
@@ -473,8 +607,11 @@ pub fn down(dir: &Path) -> anyhow::Result<()> {
     for file in &pid_files {
         std::fs::remove_file(file)?;
     }
-    terminate(&pids);
-    println!("{} processes stopped", pids.len());
+    // Power-cut disks last: a node stops cleanly only while its disk is there.
+    let (disks, nodes): (Vec<_>, Vec<_>) = pids.into_iter().partition(|(name, _)| name.starts_with(DISK_PREFIX));
+    terminate(&nodes);
+    terminate(&disks);
+    println!("{} processes stopped", nodes.len() + disks.len());
     Ok(())
 }
 

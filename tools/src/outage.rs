@@ -30,6 +30,10 @@ pub enum Scenario {
     HallLoss,
     /// SIGKILL every process of the cluster; start them all again.
     PowerLoss,
+    /// Cut the whole site's power (a cluster started with `--power-cut-harness`): every
+    /// process frozen, every write not synced dropped, every process killed; start them
+    /// all again.
+    SitePowerCut,
     /// SIGKILL one logic node; start it again.
     LogicCrash,
     /// `cairnctl rolling-restart`: every node in turn, the outage time unused.
@@ -146,7 +150,7 @@ pub async fn run(
     tokio::time::sleep(t.before).await;
     let victims = match scenario {
         Scenario::HallLoss => local::hall_members(dir, leader_hall(dir).await?)?,
-        Scenario::PowerLoss => local::members(dir)?.into_iter().map(|m| m.0).collect(),
+        Scenario::PowerLoss | Scenario::SitePowerCut => local::members(dir)?.into_iter().map(|m| m.0).collect(),
         Scenario::LogicCrash => vec!["logic-1".to_owned()],
         Scenario::RollingRestart => Vec::new(),
         Scenario::DataserverLoss => vec![format!("dataserver-{LOST_DATASERVER}")],
@@ -182,20 +186,23 @@ pub async fn run(
                 foreground_mib_s_during: (w.bytes_ok() - bytes_at) as f64 / took / MIB,
             });
             let started_at = Instant::now();
-            local::start_stopped(dir, Some(&victims), None)?;
+            local::start_stopped(dir, Some(&victims), None).await?;
             crate::drain::undrain(&config, LOST_DATASERVER).await?;
             (killed, started_at)
         }
         _ => {
-            let killed = local::kill(dir, &victims)?;
+            let killed = match scenario {
+                Scenario::SitePowerCut => power_cut(dir, None).await?.0,
+                _ => local::kill(dir, &victims)?,
+            };
             tokio::time::sleep(t.down).await;
             let started_at = Instant::now();
-            local::start_stopped(dir, Some(&victims), None)?;
+            local::start_stopped(dir, Some(&victims), None).await?;
             (killed, started_at)
         }
     };
     let first = match scenario {
-        Scenario::PowerLoss => Some(first_read(dir, probe).await?),
+        Scenario::PowerLoss | Scenario::SitePowerCut => Some(first_read(dir, probe).await?),
         _ => None,
     };
     local::wait_healthy_in(dir).await?;
@@ -236,13 +243,77 @@ pub async fn chaos(dir: &Path, seconds: u64, seed: u64) -> anyhow::Result<ChaosR
         };
         killed.extend(local::kill(dir, &victims)?);
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..5000))).await;
-        local::start_stopped(dir, Some(&victims), None)?;
+        local::start_stopped(dir, Some(&victims), None).await?;
         local::wait_healthy_in(dir).await?;
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
     }
     Ok(ChaosReport {
         kills: killed.len() as u64,
         killed,
+        workload: w.finish().await,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct PowerCutsReport {
+    pub hall_cuts: u64,
+    pub site_cuts: u64,
+    /// What the power-cut disks dropped over all cuts: bytes written and not synced,
+    /// directory entries changed and not synced.
+    pub dropped_bytes: u64,
+    pub dropped_entries: u64,
+    /// The longest time from restarting the cut processes until every node answered.
+    pub longest_restart_s: f64,
+    pub workload: Report,
+}
+
+/// [`local::power_cut`] off the runtime's threads (it waits for the processes to die).
+async fn power_cut(dir: &Path, hall: Option<u32>) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || local::power_cut(&dir, hall)).await?
+}
+
+/// The sum of `key=N` over the disks' reports.
+fn dropped(reports: &[String], key: &str) -> u64 {
+    reports
+        .iter()
+        .flat_map(|r| r.split_whitespace())
+        .filter_map(|w| w.strip_prefix(key)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Power cuts of a random hall (`hall_cuts` of them) and of the whole site (`site_cuts`),
+/// in random order, under the checked workload; each followed by a restart of what lost
+/// power and a wait until the cluster is healthy. Needs `local up --power-cut-harness`.
+pub async fn power_cuts(dir: &Path, hall_cuts: u64, site_cuts: u64, seed: u64) -> anyhow::Result<PowerCutsReport> {
+    let client = client_of(dir)?;
+    let halls = local::members(dir)?.iter().map(|m| m.1).max().unwrap_or(0);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut cuts: Vec<Option<u32>> = (0..hall_cuts).map(|_| Some(rng.random_range(1..=halls))).collect();
+    for _ in 0..site_cuts {
+        let at = rng.random_range(0..=cuts.len());
+        cuts.insert(at, None);
+    }
+    let w = Workload::start(client, workload_config(&format!("/power-cuts-{seed}"), seed)).await?;
+    let (mut bytes, mut entries, mut longest) = (0, 0, Duration::ZERO);
+    for hall in cuts {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
+        let (killed, reports) = power_cut(dir, hall).await?;
+        bytes += dropped(&reports, "bytes=");
+        entries += dropped(&reports, "entries=");
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1500))).await;
+        let started = Instant::now();
+        local::start_stopped(dir, Some(&killed), None).await?;
+        local::wait_healthy_in(dir).await?;
+        longest = longest.max(started.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(PowerCutsReport {
+        hall_cuts,
+        site_cuts,
+        dropped_bytes: bytes,
+        dropped_entries: entries,
+        longest_restart_s: longest.as_secs_f64(),
         workload: w.finish().await,
     })
 }

@@ -194,7 +194,7 @@ pub async fn rolling_restart(
             }
         }
         local::stop(dir, name);
-        local::start_stopped(dir, Some(std::slice::from_ref(name)), binaries)?;
+        local::start_stopped(dir, Some(std::slice::from_ref(name)), binaries).await?;
         local::wait_healthy_in(dir)
             .await
             .with_context(|| format!("{name} restarted but the cluster is not healthy"))?;

@@ -112,13 +112,18 @@ enum LocalCommand {
         /// Do not mount the cluster.
         #[arg(long, conflicts_with = "mount")]
         no_mount: bool,
+        /// A test tool: keep every voter's and dataserver's data on a power-cut disk of
+        /// its own (cairn-powercut), so that `local power-cut` drops what was not synced.
+        #[arg(long)]
+        power_cut_harness: bool,
     },
     /// Unmount, then stop every process of the cluster (SIGTERM, then SIGKILL after 10 s).
     Down {
         #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
     },
-    /// Cut the power of a hall: SIGKILL every process that runs in it.
+    /// Crash a hall: SIGKILL every process that runs in it. The kernel keeps what they
+    /// wrote (for a power cut that loses it, see `power-cut`).
     KillHall {
         /// The hall's number (1 for hall-1).
         hall: u32,
@@ -129,6 +134,17 @@ enum LocalCommand {
     StartHall {
         /// The hall's number (1 for hall-1).
         hall: u32,
+        #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
+        dir: PathBuf,
+    },
+    /// A test tool, for a cluster started with `up --power-cut-harness`: cut the power of
+    /// a hall (of the whole site without --hall). Its processes are frozen, every write
+    /// and directory change on their disks that was not synced is dropped, then they are
+    /// killed. `up` (or `start-hall`) brings them back.
+    PowerCut {
+        /// The hall's number (1 for hall-1); every hall when left out.
+        #[arg(long)]
+        hall: Option<u32>,
         #[arg(long, default_value_os_t = cairn_tools::local::default_dir())]
         dir: PathBuf,
     },
@@ -241,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     base_port,
                     mount,
                     no_mount,
+                    power_cut_harness,
                 },
         } => {
             let layout = cairn_tools::local::Layout {
@@ -250,7 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 base_port,
             };
             let mount = (!no_mount).then(|| mount.unwrap_or_else(|| dir.join("mnt")));
-            return cairn_tools::local::up(&dir, &layout, mount.as_deref()).await;
+            return cairn_tools::local::up(&dir, &layout, mount.as_deref(), power_cut_harness).await;
         }
         Top::Local {
             command: LocalCommand::Down { dir },
@@ -260,6 +277,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let killed = cairn_tools::local::kill_hall(&dir, hall)?;
             println!("hall-{hall} is dark: killed {}", killed.join(", "));
+            return Ok(());
+        }
+        Top::Local {
+            command: LocalCommand::PowerCut { hall, dir },
+        } => {
+            let (killed, dropped) = cairn_tools::local::power_cut(&dir, hall)?;
+            let what = hall.map_or("the site".to_owned(), |h| format!("hall-{h}"));
+            println!("{what} lost power: killed {}", killed.join(", "));
+            for line in dropped {
+                println!("  {line}");
+            }
             return Ok(());
         }
         Top::Local {
