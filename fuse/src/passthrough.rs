@@ -370,20 +370,8 @@ impl Filesystem for Passthrough {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let r = self
-            .path(INodeNo(1))
-            .and_then(|p| rustix::fs::statvfs(&p).map_err(|e| Errno::from_i32(e.raw_os_error())));
-        match r {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                255,
-                s.f_frsize as u32,
-            ),
+        match self.path(INodeNo(1)) {
+            Ok(p) => session::statfs_of(&p, reply),
             Err(e) => reply.error(e),
         }
     }

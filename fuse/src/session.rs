@@ -1,7 +1,10 @@
 //! What every fuser file system of this crate sets up the same way: request sizes asked
-//! of the kernel, the mount's threads, and replying to calls that return nothing.
+//! of the kernel, the mount's threads, replying to calls that return nothing, and
+//! `statfs` of a file system that keeps its data in a local directory.
 
-use fuser::{Errno, KernelConfig, MountOption, ReplyEmpty};
+use std::path::Path;
+
+use fuser::{Errno, KernelConfig, MountOption, ReplyEmpty, ReplyStatfs};
 
 /// The largest read and write request asked of the kernel; also the preferred I/O size
 /// reported to programs (`st_blksize`).
@@ -31,5 +34,22 @@ pub fn done(reply: ReplyEmpty, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
+    }
+}
+
+/// Answers `statfs` with the figures of the file system holding `dir`.
+pub fn statfs_of(dir: &Path, reply: ReplyStatfs) {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            255,
+            s.f_frsize as u32,
+        ),
+        Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
     }
 }

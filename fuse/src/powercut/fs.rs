@@ -418,18 +418,6 @@ impl Filesystem for PowerCutFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let backing = self.lock().disk.backing().to_owned();
-        match rustix::fs::statvfs(&backing) {
-            Ok(s) => reply.statfs(
-                s.f_blocks,
-                s.f_bfree,
-                s.f_bavail,
-                s.f_files,
-                s.f_ffree,
-                s.f_bsize as u32,
-                255,
-                s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
-        }
+        session::statfs_of(&backing, reply);
     }
 }
